@@ -1,0 +1,1 @@
+"""The small shared core: geo math, storage, errors, PNG metadata."""

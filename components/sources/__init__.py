@@ -1,0 +1,1 @@
+"""Inputs shared by the stages: OpenStreetMap data (files or Overpass) and location sources."""

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines wiring of the stages (compiled pipeline YAML lives beside this package)."""

@@ -1,0 +1,20 @@
+"""Shared test fixtures: paths to the bundled sample data and to ../shared/data."""
+
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_OSM = PROJECT_ROOT / "data" / "osm"
+HELSINKI_PBF = SAMPLE_OSM / "helsinki-center.osm.pbf"
+KOTKA_PBF = SAMPLE_OSM / "kotka-karhula.osm.pbf"
+# Real feeds we may test on but never ship (see ../shared/data/README.md). A user's fresh clone has
+# no ../shared: the tests that need it are skipped with that reason.
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent (real third-party feeds are not shipped with the project)")
+    return SHARED_DATA
