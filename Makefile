@@ -1,0 +1,29 @@
+# One place for the commands a newcomer and CI use. VENV is created by `make install`.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PIP := $(PYTHON) -m pip
+# Restated in every pip call: an unpinned resolve pulls a newer torch with CUDA packages.
+CONSTRAINTS := -c constraints.txt
+
+.PHONY: install test demo bench
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+install: $(PYTHON)
+	$(PIP) install $(CONSTRAINTS) -e '.[test]'
+
+test: install
+	$(PYTHON) -m pytest -q
+
+# The main job on the bundled sample data: render training pairs for central Helsinki around its
+# OSM bicycle stations and parkings, and the 5 x 5 grid of Kotka to generate for.
+demo: install
+	$(VENV)/bin/locgen render --osm data/osm/helsinki-center.osm.pbf --city helsinki --out out/helsinki \
+		--pairs 200 --locations osm:amenity=bicycle_rental,amenity=bicycle_parking --workers 0
+	$(VENV)/bin/locgen render --osm data/osm/kotka-karhula.osm.pbf --city kotka --out out/kotka \
+		--center 60.53,26.95 --grid 5 --workers 0
+
+bench: install
+	$(PYTHON) benchmarks/bench_render.py

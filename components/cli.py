@@ -1,0 +1,115 @@
+"""The `locgen` command line: every stage runs from here as well as from its KFP component.
+
+Bad input ends with one line `locgen: error: ...` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from components.core.errors import LocgenError
+from components.core.geo import parse_bbox, parse_latlon
+
+
+def _add_location_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-disabled", action="store_true", help="keep GBFS vehicles marked is_disabled")
+    parser.add_argument("--drop-reserved", action="store_true", help="drop GBFS vehicles marked is_reserved")
+
+
+def _render_parser(commands) -> None:
+    parser = commands.add_parser("render", help="render map tiles (and tiles with markers) into a tile set",
+                                 description="Render exactly georeferenced OSM map tiles to a local path or s3://.")
+    parser.add_argument("--osm", action="append", required=True, metavar="SRC",
+                        help="OSM data: .osm.pbf/.osm/.osm.bz2 path, s3:// URI, or 'overpass' (repeatable)")
+    parser.add_argument("--out", required=True, metavar="URI", help="tile set: local path or s3://bucket/prefix")
+    area = parser.add_mutually_exclusive_group()
+    area.add_argument("--bbox", type=parse_bbox, metavar="W,S,E,N", help="cover this area (degrees)")
+    area.add_argument("--center", type=parse_latlon, metavar="LAT,LON", help="centre of an N x N grid")
+    parser.add_argument("--grid", type=int, metavar="N", help="tiles per side around --center (15: the original's grid)")
+    parser.add_argument("--pairs", type=int, metavar="N", help="training pairs placed around the locations")
+    parser.add_argument("--locations", action="append", default=[], metavar="SRC",
+                        help="GBFS gbfs.json/feed (file or URL), CSV, GeoJSON, or osm:KEY=VALUE (repeatable)")
+    parser.add_argument("--city", help="city name recorded with every tile (default: the OSM file's name)")
+    parser.add_argument("--size-px", type=int, default=256, help="tile size in pixels (default 256)")
+    parser.add_argument("--m-per-px", type=float, default=2.0, help="ground metres per pixel (default 2.0)")
+    parser.add_argument("--overlap-px", type=int, default=0, help="overlap of neighbouring grid tiles in pixels")
+    parser.add_argument("--marker-radius-px", type=float, default=3.0, help="marker disc radius (default 3)")
+    parser.add_argument("--empty-share", type=float, default=0.1, help="share of pairs with no location (0.1)")
+    parser.add_argument("--holdout", type=lambda text: parse_bbox(text, "--holdout"), metavar="W,S,E,N",
+                        help="held-out region for evaluation: no training pair touches it")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the pair placement")
+    parser.add_argument("--workers", type=int, default=1, help="processes (0: all cores)")
+    parser.add_argument("--overpass-url", default=None, help="Overpass API interpreter URL for --osm overpass")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="download cache (default $LOCGEN_CACHE "
+                        "or ~/.cache/locgen)")
+    _add_location_options(parser)
+    parser.set_defaults(run=_run_render)
+
+
+def _run_render(args) -> dict:
+    from components.render.job import RenderSettings, render
+
+    settings = RenderSettings(
+        osm=args.osm, out=args.out, bbox=args.bbox, center=args.center, grid=args.grid, pairs=args.pairs,
+        locations=args.locations, city=args.city, size_px=args.size_px, m_per_px=args.m_per_px,
+        overlap_px=args.overlap_px, marker_radius_px=args.marker_radius_px, empty_share=args.empty_share,
+        holdout=args.holdout, seed=args.seed, workers=args.workers, drop_disabled=not args.keep_disabled,
+        drop_reserved=args.drop_reserved)
+    if args.overpass_url:
+        settings.overpass_url = args.overpass_url
+    if args.cache_dir:
+        settings.cache_dir = args.cache_dir
+    return render(settings)
+
+
+def _locations_parser(commands) -> None:
+    parser = commands.add_parser("locations", help="normalise location sources to points, to inspect them",
+                                 description="Write the points of location sources as CSV or GeoJSON.")
+    parser.add_argument("sources", nargs="+", metavar="SRC",
+                        help="GBFS gbfs.json/feed (file or URL), CSV, GeoJSON, or osm:KEY=VALUE")
+    parser.add_argument("--osm", action="append", default=[], metavar="FILE", help="OSM file for osm: sources")
+    parser.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.geojson")
+    parser.add_argument("--lat-column", help="CSV latitude column (default: found by its usual name)")
+    parser.add_argument("--lon-column", help="CSV longitude column (default: found by its usual name)")
+    _add_location_options(parser)
+    parser.set_defaults(run=_run_locations)
+
+
+def _run_locations(args) -> dict:
+    from components.sources.locations import load_locations, write_locations
+
+    sources = [load_locations(spec, osm_files=args.osm, drop_disabled=not args.keep_disabled,
+                              drop_reserved=args.drop_reserved, lat_column=args.lat_column,
+                              lon_column=args.lon_column) for spec in args.sources]
+    write_locations(sources, args.out)
+    return {"out": args.out, "points": sum(len(source.points) for source in sources),
+            "sources": [{"uri": s.uri, "kind": s.kind, "points": len(s.points), "sha256": s.sha256}
+                        for s in sources]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="locgen", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _render_parser(commands)
+    _locations_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        summary = args.run(args)
+    except LocgenError as error:
+        parser.exit(2, f"locgen: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "locgen: interrupted; run the same command again to resume\n")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The render stage as one call: sources -> tile plan -> rendered PNGs -> published tile set.
+
+Tiles go to the store first, each under a key that carries the hash of its inputs; the manifest is
+published last, atomically. A run that stops half-way leaves no manifest pointing at missing tiles,
+and the next run renders only what is not there yet.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import osmium
+from tqdm import tqdm
+
+from components.core.errors import LocgenError
+from components.core.geo import (Bounds, bounds_lonlat_to_m, bounds_m_to_lonlat, check_bbox, contains, expand,
+                                 lonlat_to_m)
+from components.core.pngmeta import encode_png
+from components.core.storage import Store, open_store
+from components.render.osm import MapData, read_osm
+from components.render.plan import PairSettings, PlannedTile, bbox_plan, grid_plan, pairs_plan
+from components.render.raster import draw_markers, render_map
+from components.render.tileset import (MANIFEST_KEY, inputs_sha256, manifest_bytes, manifest_row, png_text,
+                                       tile_key)
+from components.sources.locations import LocationSource, load_locations
+from components.sources.overpass import DEFAULT_OVERPASS_URL, fetch_overpass
+
+OVERPASS = "overpass"
+OSM_MARGIN_M = 200.0  # map data kept around the tiles, so features that only cross an edge are drawn
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LOCGEN_CACHE", Path.home() / ".cache" / "locgen"))
+
+
+@dataclass
+class RenderSettings:
+    """Everything `locgen render` takes, with its defaults, in one place."""
+
+    osm: list[str]
+    out: str
+    bbox: Bounds | None = None
+    center: tuple[float, float] | None = None  # lon, lat
+    grid: int | None = None
+    pairs: int | None = None
+    locations: list[str] = field(default_factory=list)
+    city: str | None = None
+    size_px: int = 256
+    m_per_px: float = 2.0
+    overlap_px: int = 0
+    marker_radius_px: float = 3.0
+    empty_share: float = 0.1
+    holdout: Bounds | None = None
+    seed: int = 0
+    workers: int = 1  # 0: all cores
+    drop_disabled: bool = True
+    drop_reserved: bool = False
+    overpass_url: str = DEFAULT_OVERPASS_URL
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    progress: bool = True
+
+
+@dataclass
+class _Job:
+    """What every worker needs to render and store its tiles (inherited by forked workers)."""
+
+    map_data: MapData
+    store: Store
+    city: str
+    osm_sources: list[dict]
+    location_sources: list[dict]
+    points_lonlat: np.ndarray  # (N, 2) locations with a positive weight
+    points_m: np.ndarray  # (N, 2) the same in EPSG:3857 metres
+    marker_radius_px: float
+    existing_keys: set[str]
+
+
+_JOB: _Job | None = None
+
+
+def render(settings: RenderSettings) -> dict:
+    """Render and publish a tile set; returns a summary (tile counts, the manifest's URI)."""
+    _check_mode(settings)
+    store = open_store(settings.out)
+    sources = [load_locations(spec, osm_files=_local_osm_files(settings), drop_disabled=settings.drop_disabled,
+                              drop_reserved=settings.drop_reserved) for spec in settings.locations]
+    points_lonlat, weights = _positions(sources)
+    plan = _plan(settings, points_lonlat, weights)
+    osm_paths = _osm_paths(settings, _plan_bounds_lonlat(plan))
+    map_data = read_osm(osm_paths, _plan_bounds_lonlat(plan), OSM_MARGIN_M)
+    drawn = weights > 0
+    job = _Job(map_data, store, settings.city or _default_city(settings),
+               [source._asdict() for source in map_data.sources],
+               [{"uri": s.uri, "kind": s.kind, "sha256": s.sha256} for s in sources],
+               points_lonlat[drawn], np.stack(lonlat_to_m(*points_lonlat[drawn].T), axis=1).reshape(-1, 2),
+               settings.marker_radius_px, store.list_keys())
+    rows, rendered = _render_all(job, plan, settings.workers, settings.progress)
+    store.publish_bytes(MANIFEST_KEY, manifest_bytes(rows), "application/jsonl")
+    return {"tileset": store.uri, "manifest": store.url(MANIFEST_KEY), "city": job.city, "tiles": len(rows),
+            "rendered": rendered, "skipped": len(rows) - rendered,
+            "domains": sorted({row["domain"] for row in rows})}
+
+
+def _check_mode(settings: RenderSettings) -> None:
+    if not settings.osm:
+        raise LocgenError("no OSM data: give --osm FILE.osm.pbf (or --osm overpass)")
+    if settings.pairs is None and settings.bbox is None and settings.center is None:
+        raise LocgenError("no area: give --bbox WEST,SOUTH,EAST,NORTH, or --center LAT,LON --grid N, or --pairs N")
+    if settings.center is not None and settings.grid is None:
+        raise LocgenError("--center needs --grid N (tiles per side)")
+    if settings.pairs is not None and not settings.locations:
+        raise LocgenError("--pairs needs --locations SRC: training tiles are placed around the locations")
+    if settings.bbox is not None and settings.center is not None:
+        raise LocgenError("give either --bbox or --center, not both")
+
+
+def _local_osm_files(settings: RenderSettings) -> list[str]:
+    """The OSM files that `osm:` location sources read (Overpass data only exists once fetched)."""
+    return [spec for spec in settings.osm if spec != OVERPASS and not spec.startswith("s3://")]
+
+
+def _positions(sources: list[LocationSource]) -> tuple[np.ndarray, np.ndarray]:
+    points = [point for source in sources for point in source.points]
+    lonlat = np.array([[p.lon, p.lat] for p in points], dtype=np.float64).reshape(-1, 2)
+    return lonlat, np.array([p.weight for p in points], dtype=np.float64)
+
+
+def _plan(settings: RenderSettings, points_lonlat: np.ndarray, weights: np.ndarray) -> list[PlannedTile]:
+    if settings.pairs is None:
+        if settings.bbox is not None:
+            return bbox_plan(settings.bbox, settings.size_px, settings.m_per_px, settings.overlap_px)
+        return grid_plan(settings.center, settings.grid, settings.size_px, settings.m_per_px, settings.overlap_px)
+    area = settings.bbox or _osm_extent(settings)
+    points_m = np.stack(lonlat_to_m(*points_lonlat.T), axis=1).reshape(-1, 2)
+    area_m = bounds_lonlat_to_m(area)
+    inside = contains(area_m, points_m[:, 0], points_m[:, 1])
+    if not inside.any():
+        raise LocgenError(f"none of the {len(points_m)} locations lies in the area {tuple(area)}; "
+                          "give --locations for the city of the OSM data, or a --bbox around them")
+    holdout_m = bounds_lonlat_to_m(settings.holdout) if settings.holdout else None
+    pair_settings = PairSettings(settings.pairs, settings.empty_share, seed=settings.seed,
+                                 size_px=settings.size_px, m_per_px=settings.m_per_px)
+    return pairs_plan(points_m[inside], weights[inside], area_m, pair_settings, holdout_m)
+
+
+def _osm_extent(settings: RenderSettings) -> Bounds:
+    """The area the OSM files say they cover (their header bbox), for placing training pairs."""
+    boxes = []
+    for spec in _local_osm_files(settings):
+        if not Path(spec).is_file():
+            raise LocgenError(f"--osm {spec}: no such file; give an .osm.pbf/.osm/.osm.bz2 file or 'overpass'")
+        box = osmium.io.Reader(spec, osmium.osm.osm_entity_bits.NOTHING).header().box()
+        if box.valid():
+            boxes.append(Bounds(box.bottom_left.lon, box.bottom_left.lat, box.top_right.lon, box.top_right.lat))
+    if not boxes or len(boxes) != len(settings.osm):
+        raise LocgenError("--pairs: the OSM data states no extent; give the training area with --bbox W,S,E,N")
+    return check_bbox(Bounds(min(b.west for b in boxes), min(b.south for b in boxes),
+                             max(b.east for b in boxes), max(b.north for b in boxes)), "OSM data extent")
+
+
+def _plan_bounds_lonlat(plan: list[PlannedTile]) -> Bounds:
+    bounds = np.array([planned.tile.bounds_3857 for planned in plan])
+    return bounds_m_to_lonlat(Bounds(bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max()))
+
+
+def _osm_paths(settings: RenderSettings, area: Bounds) -> list[Path]:
+    """Local files for every --osm source: a path, an s3:// object (cached), or Overpass (cached)."""
+    paths = []
+    for spec in settings.osm:
+        if spec == OVERPASS:
+            margin_deg = bounds_m_to_lonlat(expand(bounds_lonlat_to_m(area), OSM_MARGIN_M))
+            paths.append(fetch_overpass(check_bbox(margin_deg), url=settings.overpass_url,
+                                        cache_dir=settings.cache_dir / "overpass"))
+        elif spec.startswith("s3://"):
+            folder, _, name = spec.rpartition("/")
+            paths.append(open_store(folder).download_to(name, settings.cache_dir / "osm" / name))
+        else:
+            paths.append(Path(spec))
+    return paths
+
+
+def _default_city(settings: RenderSettings) -> str:
+    first = settings.osm[0]
+    return "overpass-area" if first == OVERPASS else Path(first).name.split(".")[0]
+
+
+def _render_all(job: _Job, plan: list[PlannedTile], workers: int, progress: bool) -> tuple[list[dict], int]:
+    """Render every planned tile (in parallel when asked); manifest rows in plan order."""
+    global _JOB
+    _JOB = job
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(plan), unit="tile", desc=f"render {job.city}", disable=not progress)
+    if workers == 1:
+        results = map(_render_one, plan)
+        pool = None
+    else:
+        # fork: the workers inherit the map data instead of unpickling it.
+        pool = multiprocessing.get_context("fork").Pool(workers)
+        results = pool.imap(_render_one, plan, chunksize=8)
+    rows, rendered = [], 0
+    try:
+        for tile_rows, tile_rendered in results:
+            rows.extend(tile_rows)
+            rendered += tile_rendered
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+        _JOB = None
+    return rows, rendered
+
+
+def _render_one(planned: PlannedTile) -> tuple[list[dict], int]:
+    """Render, encode and store the b tile (and the a tile when there are locations) of one plan entry."""
+    job = _JOB
+    tile = planned.tile
+    bounds = tile.bounds_3857
+    inside = contains(bounds, job.points_m[:, 0], job.points_m[:, 1])
+    radius_m = job.marker_radius_px * tile.mpp_3857
+    near = contains(expand(bounds, radius_m), job.points_m[:, 0], job.points_m[:, 1])  # discs that spill in
+    osm_hashes = [source["sha256"] for source in job.osm_sources]
+    jobs = [("b", job.osm_sources, None, None)]
+    if len(job.location_sources):
+        jobs.append(("a", job.osm_sources + job.location_sources, job.points_m[near],
+                     job.points_lonlat[inside].tolist()))
+    rows, rendered, base = [], 0, None
+    for domain, sources, points_m, points_lonlat in jobs:
+        inputs_hash = inputs_sha256(tile, domain, osm_hashes, points_m, job.marker_radius_px)
+        row = manifest_row(planned, domain, job.city, inputs_hash, sources, points_lonlat)
+        rows.append(row)
+        if tile_key(domain, planned.tile_id, inputs_hash) in job.existing_keys:
+            continue
+        if base is None:
+            base = render_map(job.map_data, tile)
+        image = base if points_m is None else draw_markers(base, tile, points_m, job.marker_radius_px)
+        job.store.put_bytes(row["path"], encode_png(image, png_text(row)), "image/png")
+        rendered += 1
+    return rows, rendered

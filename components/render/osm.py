@@ -1,0 +1,205 @@
+"""Read OpenStreetMap data (.osm.pbf, .osm, .osm.bz2) into flat arrays the renderer draws fast.
+
+pyosmium streams the file once: node locations are resolved from an in-memory index,
+multipolygon relations and closed ways are assembled into areas, and only the features whose
+bounding box touches the requested area (plus a margin) are kept. Everything is projected to
+EPSG:3857 metres once, here, so rendering a tile is array arithmetic and a few OpenCV calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import osmium
+import shapely
+from shapely.geometry import LineString, box
+from shapely.ops import linemerge, polygonize, unary_union
+
+from components.core.errors import LocgenError
+from components.core.geo import Bounds, bounds_lonlat_to_m, expand, intersects, lonlat_to_m
+from components.render.style import LAYERS, match_layer
+
+OSM_SUFFIXES = (".osm.pbf", ".pbf", ".osm", ".osm.bz2", ".osm.gz")
+
+
+class FeatureArrays(NamedTuple):
+    """The features of one style layer, flattened: feature -> rings -> vertices."""
+
+    coords_m: np.ndarray  # (V, 2) float64 EPSG:3857 metres of every ring/line, concatenated
+    ring_offsets: np.ndarray  # (R + 1,) int64: ring r is coords_m[ring_offsets[r]:ring_offsets[r + 1]]
+    feature_rings: np.ndarray  # (F + 1,) int64: feature f owns rings feature_rings[f]:feature_rings[f + 1]
+    bbox_m: np.ndarray  # (F, 4) float64 west, south, east, north of each feature
+
+
+class SourceRecord(NamedTuple):
+    uri: str
+    kind: str
+    sha256: str
+
+
+class MapData(NamedTuple):
+    layers: dict[str, FeatureArrays]  # by layer name, for every layer of the style
+    area_m: Bounds  # the area that was kept (requested area plus margin), EPSG:3857
+    sources: list[SourceRecord]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _LayerBuilder:
+    """Collects the rings of one layer's features before they become FeatureArrays."""
+
+    def __init__(self):
+        self.features: list[list[np.ndarray]] = []
+
+    def add(self, rings_m: list[np.ndarray]) -> None:
+        self.features.append(rings_m)
+
+    def build(self) -> FeatureArrays:
+        rings = [ring for feature in self.features for ring in feature]
+        ring_sizes = np.array([len(ring) for ring in rings], dtype=np.int64)
+        rings_per_feature = np.array([len(feature) for feature in self.features], dtype=np.int64)
+        coords_m = np.concatenate(rings) if rings else np.zeros((0, 2))
+        bbox_m = np.array([
+            [*np.concatenate(f).min(axis=0), *np.concatenate(f).max(axis=0)] for f in self.features
+        ]).reshape(-1, 4)
+        return FeatureArrays(coords_m, np.concatenate([[0], np.cumsum(ring_sizes)]),
+                             np.concatenate([[0], np.cumsum(rings_per_feature)]), bbox_m)
+
+
+def _project(lonlats: list[tuple[float, float]]) -> np.ndarray:
+    lon_lat = np.asarray(lonlats, dtype=np.float64)
+    x_m, y_m = lonlat_to_m(lon_lat[:, 0], lon_lat[:, 1])
+    return np.stack([x_m, y_m], axis=1)
+
+
+def _node_lonlats(nodes) -> list[tuple[float, float]]:
+    """Locations of a way's or ring's nodes; nodes cut off by the extract are left out."""
+    return [(node.lon, node.lat) for node in nodes if node.location.valid()]
+
+
+def _keep(rings_m: list[np.ndarray], area_m: Bounds) -> bool:
+    allv = np.concatenate(rings_m)
+    feature_bounds = Bounds(*allv.min(axis=0), *allv.max(axis=0))
+    return intersects(feature_bounds, area_m)
+
+
+def _read_file(path: Path, area_m: Bounds, builders: dict[str, _LayerBuilder],
+               coastlines: list[np.ndarray]) -> None:
+    """Stream one file into the layer builders (areas, lines) and the coastline list."""
+    entities = osmium.osm.NODE | osmium.osm.WAY | osmium.osm.RELATION | osmium.osm.AREA
+    processor = osmium.FileProcessor(str(path), entities).with_areas()
+    for obj in processor:
+        if obj.is_way():
+            if obj.tags.get("natural") == "coastline":
+                points = _node_lonlats(obj.nodes)
+                if len(points) >= 2:
+                    coastlines.append(_project(points))
+            layer_index = match_layer(obj.tags, "line")
+            if layer_index is None:
+                continue
+            points = _node_lonlats(obj.nodes)
+            rings_m = [_project(points)] if len(points) >= 2 else []
+        elif obj.is_area():
+            layer_index = match_layer(obj.tags, "area")
+            if layer_index is None:
+                continue
+            rings_m = []
+            for outer in obj.outer_rings():
+                rings_m.append(_project(_node_lonlats(outer)))
+                rings_m.extend(_project(_node_lonlats(inner)) for inner in obj.inner_rings(outer))
+            rings_m = [ring for ring in rings_m if len(ring) >= 3]
+        else:
+            continue
+        if rings_m and _keep(rings_m, area_m):
+            builders[LAYERS[layer_index].name].add(rings_m)
+
+
+def sea_polygons(coastlines: list[np.ndarray], area_m: Bounds) -> list[list[np.ndarray]]:
+    """Sea inside the area, from coastline ways (OSM: land on the left, water on the right).
+
+    The coastline pieces and the area's border cut the area into faces; a face is sea when more
+    probe points just right of the coastline fall in it than just left of it.
+    """
+    if not coastlines:
+        return []
+    frame = box(*area_m)
+    merged = linemerge([LineString(c) for c in coastlines])
+    reach_m = math.hypot(area_m.east - area_m.west, area_m.north - area_m.south)
+    chains = [_extend_open_ends(np.asarray(line.coords), reach_m) for line in getattr(merged, "geoms", [merged])]
+    faces = list(polygonize(unary_union([frame.exterior] + [LineString(c).intersection(frame) for c in chains])))
+    probes_right, probes_left = _coastline_probes(coastlines)
+    seas = []
+    for face in faces:
+        right = int(shapely.contains_xy(face, probes_right[:, 0], probes_right[:, 1]).sum())
+        left = int(shapely.contains_xy(face, probes_left[:, 0], probes_left[:, 1]).sum())
+        if right > left:
+            polygons = getattr(face, "geoms", [face])
+            for polygon in polygons:
+                seas.append([np.asarray(polygon.exterior.coords)]
+                            + [np.asarray(hole.coords) for hole in polygon.interiors])
+    return seas
+
+
+def _extend_open_ends(chain: np.ndarray, reach_m: float) -> np.ndarray:
+    """A coastline chain whose open ends go on straight for reach_m.
+
+    Extracts cut the coastline at their edge; going on in the direction of the last segment
+    carries the cut ends out to the frame, so the chain still divides the area into land and sea.
+    """
+    if np.allclose(chain[0], chain[-1]):
+        return chain
+
+    def beyond(end: np.ndarray, before: np.ndarray) -> np.ndarray:
+        direction = end - before
+        length = math.hypot(*direction)
+        return end + direction / length * reach_m if length > 0 else end
+
+    return np.vstack([beyond(chain[0], chain[1]), chain, beyond(chain[-1], chain[-2])])
+
+
+def _coastline_probes(coastlines: list[np.ndarray], offset_m: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Points offset_m to the right and to the left of every coastline segment's middle."""
+    segments = [(c[:-1], c[1:]) for c in coastlines]
+    start = np.concatenate([s for s, _ in segments])
+    end = np.concatenate([e for _, e in segments])
+    direction = end - start
+    length = np.hypot(direction[:, 0], direction[:, 1])
+    valid = length > 0
+    middle, direction, length = (start + end)[valid] / 2, direction[valid], length[valid]
+    right_normal = np.stack([direction[:, 1], -direction[:, 0]], axis=1) / length[:, None]
+    return middle + offset_m * right_normal, middle - offset_m * right_normal
+
+
+def read_osm(paths: list[Path], area_lonlat: Bounds, margin_m: float = 200.0) -> MapData:
+    """Read the features of the style that touch the area (lon/lat) plus margin_m (EPSG:3857 metres)."""
+    area_m = expand(bounds_lonlat_to_m(area_lonlat), margin_m)
+    builders = {layer.name: _LayerBuilder() for layer in LAYERS}
+    coastlines: list[np.ndarray] = []
+    sources = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise LocgenError(f"--osm {path}: no such file; give an .osm.pbf/.osm/.osm.bz2 file or 'overpass'")
+        try:
+            _read_file(path, area_m, builders, coastlines)
+        except RuntimeError as error:
+            raise LocgenError(f"--osm {path}: not a readable OSM file ({error}); "
+                              "download it again or check that it is .osm.pbf, .osm or .osm.bz2") from None
+        sources.append(SourceRecord(str(path), "osm", file_sha256(path)))
+    for rings_m in sea_polygons(coastlines, area_m):
+        builders["sea"].add(rings_m)
+    layers = {name: builder.build() for name, builder in builders.items()}
+    if not any(len(layer.bbox_m) for layer in layers.values()):
+        raise LocgenError(f"no OSM map features in {tuple(round(v, 6) for v in area_lonlat)} in "
+                          f"{', '.join(str(p) for p in paths)}; choose an area inside the data or another OSM source")
+    return MapData(layers, area_m, sources)

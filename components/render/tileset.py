@@ -1,0 +1,88 @@
+"""The tile set contract: PNG tiles under `<domain>/` plus `manifest.jsonl`, one row per tile.
+
+A row holds: id (shared by the a/b twins of a pair), path (key relative to the tile set), domain,
+city, size_px, m_per_px (ground resolution at the tile's centre), mpp_3857, exact bounds
+(`bounds_3857`, `bounds_lonlat`: west, south, east, north), style version and hash, the sources
+with their sha256, `inputs_sha256`, and for domain `a` the exact `points` ([lon, lat]) drawn.
+
+Tile keys contain the first hex digits of `inputs_sha256`, the hash of everything that shapes the
+pixels: a re-run finds what is already there with one listing and renders only the rest, and a
+tile from other inputs never hides under the same name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from components.core.geo import Bounds, Tile, tile_from_bounds_3857
+from components.core.storage import Store
+from components.render.plan import PlannedTile
+from components.render.style import ATTRIBUTION, STYLE_VERSION, style_sha256
+
+MANIFEST_KEY = "manifest.jsonl"
+GEOREF_TEXT_KEY = "locgen:georef"
+KEY_HASH_CHARS = 16
+
+
+def inputs_sha256(tile: Tile, domain: str, source_hashes: list[str], points_m: np.ndarray | None,
+                  marker_radius_px: float) -> str:
+    """Hash of everything that decides a tile's pixels."""
+    document = {
+        "tile": list(tile), "domain": domain, "style": style_sha256(), "sources": sorted(source_hashes),
+        "points_m": None if points_m is None else np.round(points_m, 4).tolist(),
+        "marker_radius_px": marker_radius_px if domain == "a" else None,
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def tile_key(domain: str, tile_id: str, inputs_hash: str) -> str:
+    return f"{domain}/{tile_id}-{inputs_hash[:KEY_HASH_CHARS]}.png"
+
+
+def manifest_row(planned: PlannedTile, domain: str, city: str, inputs_hash: str, sources: list[dict],
+                 points_lonlat: list[list[float]] | None) -> dict:
+    tile = planned.tile
+    row = {
+        "id": planned.tile_id,
+        "path": tile_key(domain, planned.tile_id, inputs_hash),
+        "domain": domain,
+        "city": city,
+        "size_px": tile.size_px,
+        "m_per_px": tile.m_per_px,
+        "mpp_3857": tile.mpp_3857,
+        "crs": "EPSG:3857",
+        "bounds_3857": list(tile.bounds_3857),
+        "bounds_lonlat": list(tile.bounds_lonlat),
+        "style_version": STYLE_VERSION,
+        "style_sha256": style_sha256(),
+        "sources": sources,
+        "inputs_sha256": inputs_hash,
+        "attribution": ATTRIBUTION,
+    }
+    if points_lonlat is not None:
+        row["points"] = points_lonlat
+    return row
+
+
+def png_text(row: dict) -> dict[str, str]:
+    """The text chunks of a tile's PNG: its georeference and the attribution."""
+    georef = {key: row[key] for key in ("id", "domain", "city", "crs", "size_px", "m_per_px", "mpp_3857",
+                                        "bounds_3857", "bounds_lonlat", "style_version", "style_sha256",
+                                        "inputs_sha256")}
+    return {GEOREF_TEXT_KEY: json.dumps(georef), "Copyright": ATTRIBUTION, "Source": "locgen"}
+
+
+def tile_of_row(row: dict) -> Tile:
+    """The exact tile geometry of a manifest row or PNG georeference."""
+    return tile_from_bounds_3857(Bounds(*row["bounds_3857"]), row["size_px"])
+
+
+def read_manifest(store: Store) -> list[dict]:
+    return [json.loads(line) for line in store.get_bytes(MANIFEST_KEY).decode().splitlines() if line]
+
+
+def manifest_bytes(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
