@@ -28,7 +28,8 @@ def _render_parser(commands) -> None:
     area = parser.add_mutually_exclusive_group()
     area.add_argument("--bbox", type=parse_bbox, metavar="W,S,E,N", help="cover this area (degrees)")
     area.add_argument("--center", type=parse_latlon, metavar="LAT,LON", help="centre of an N x N grid")
-    parser.add_argument("--grid", type=int, metavar="N", help="tiles per side around --center (15: the original's grid)")
+    parser.add_argument("--grid", type=int, metavar="N",
+                        help="tiles per side around --center (15: the original's grid)")
     parser.add_argument("--pairs", type=int, metavar="N", help="training pairs placed around the locations")
     parser.add_argument("--locations", action="append", default=[], metavar="SRC",
                         help="GBFS gbfs.json/feed (file or URL), CSV, GeoJSON, or osm:KEY=VALUE (repeatable)")

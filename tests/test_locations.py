@@ -24,9 +24,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from components.core import storage
 from components.core.errors import LocgenError
 from components.core.geo import MAX_LAT
-from components.sources import locations
 from components.sources.locations import Location, LocationSource, load_locations, write_locations
 from conftest import HELSINKI_PBF, KOTKA_PBF
 
@@ -610,8 +610,8 @@ def test_write_unknown_suffix_and_failed_write(tmp_path, monkeypatch):
 
     def fail(src, dst):
         raise OSError("disk full")
-    monkeypatch.setattr(locations.os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(storage.os, "replace", fail)
+    with pytest.raises(LocgenError, match="disk full"):
         write_locations([source], out)
     assert out.read_text() == "previous\n"
     assert [p.name for p in tmp_path.iterdir()] == ["locations.csv"]  # no temporary file left behind

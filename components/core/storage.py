@@ -92,6 +92,16 @@ def open_store(uri: str | os.PathLike[str]) -> Store:
     return LocalStore(uri)
 
 
+def open_file_uri(uri: str | os.PathLike[str]) -> tuple[Store, str]:
+    """The store of the folder holding a single file's URI, and the file's key in it."""
+    folder, _, name = os.fspath(uri).rstrip("/").rpartition("/")
+    if not name:
+        raise LocgenError(f"{uri!r} names no file; give a path or URI that ends in a file name")
+    if folder in ("s3:/", "file:/"):
+        raise LocgenError(f"{uri!r} names a bucket or root, not a file; add the file name")
+    return open_store(folder or "."), name
+
+
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """Split `s3://bucket/some/prefix/` into ("bucket", "some/prefix"), validating the bucket name."""
     if not uri.startswith("s3://"):

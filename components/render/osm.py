@@ -8,7 +8,6 @@ EPSG:3857 metres once, here, so rendering a tile is array arithmetic and a few O
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +19,7 @@ from shapely.geometry import LineString, box
 from shapely.ops import linemerge, polygonize, unary_union
 
 from components.core.errors import LocgenError
+from components.core.hashing import file_sha256
 from components.core.geo import Bounds, bounds_lonlat_to_m, expand, intersects, lonlat_to_m
 from components.render.style import LAYERS, match_layer
 
@@ -45,14 +45,6 @@ class MapData(NamedTuple):
     layers: dict[str, FeatureArrays]  # by layer name, for every layer of the style
     area_m: Bounds  # the area that was kept (requested area plus margin), EPSG:3857
     sources: list[SourceRecord]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _LayerBuilder:

@@ -44,8 +44,6 @@ import hashlib
 import http.client
 import io
 import json
-import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -55,6 +53,8 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import osmium
 
 from components.core.errors import LocgenError
+from components.core.hashing import file_sha256
+from components.core.storage import open_file_uri
 from components.core.geo import check_lonlat
 
 PREFIXES = ("gbfs", "csv", "geojson", "osm")
@@ -118,14 +118,14 @@ def load_locations(spec: str, *, osm_files: Sequence[str | Path] = (), drop_disa
     return LocationSource(spec, kind, sha256, points)
 
 
-def write_locations(sources: Sequence[LocationSource], out_path: str | Path) -> None:
-    """Write the points of all sources to a .csv or .geojson file, all at once or not at all."""
-    out = Path(out_path)
-    render = {".csv": _csv_text, ".geojson": _geojson_text}.get(out.suffix.lower())
+def write_locations(sources: Sequence[LocationSource], out_uri: str | Path) -> None:
+    """Write the points of all sources to a .csv or .geojson file (local or s3://), all at once or not at all."""
+    out = str(out_uri)
+    render = {".csv": _csv_text, ".geojson": _geojson_text}.get(Path(out).suffix.lower())
     if render is None:
         raise LocgenError(f"{out}: unknown output format; give a path ending in .csv or .geojson")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(out, render(sources))
+    store, key = open_file_uri(out)
+    store.put_bytes(key, render(sources).encode("utf-8"))
 
 
 # --- reading bytes, JSON and hashes -------------------------------------------------------------
@@ -170,11 +170,6 @@ def _parse_json(raw: bytes, name: str) -> Any:
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise LocgenError(f"{name}: is not valid JSON ({exc}); re-download or fix the file "
                           "(a CSV source needs the .csv suffix or the csv: prefix)") from None
-
-
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as file:  # OSM extracts can be gigabytes: hash in chunks, not in memory
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _combined_sha256(digests: Sequence[str]) -> str:
@@ -452,7 +447,7 @@ def _osm_points(spec: str, terms: list[tuple[str, str | None]],
     for path in map(Path, osm_files):
         if not path.is_file():
             raise LocgenError(f"{path}: no such OSM file; check the --osm path")
-        digests.append(_file_sha256(path))
+        digests.append(file_sha256(path))
         points += _osm_file_points(path, terms)
     return points, _combined_sha256(digests)
 
@@ -519,16 +514,3 @@ def _geojson_text(sources: Sequence[LocationSource]) -> str:
     # allow_nan=False: NaN is not JSON, and a file other tools cannot parse is worse than an error here.
     collection = {"type": "FeatureCollection", "features": features}
     return json.dumps(collection, ensure_ascii=False, allow_nan=False)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`: readers never see half a file."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600 files; outputs are meant to be read by others
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
