@@ -1,8 +1,11 @@
 """Shared test fixtures: paths to the bundled sample data and to ../shared/data."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from s3server import S3Server, s3_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_OSM = PROJECT_ROOT / "data" / "osm"
@@ -18,3 +21,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent (real third-party feeds are not shipped with the project)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3 server (moto) on 127.0.0.1 with one bucket, for the whole test session."""
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch) -> S3Server:
+    """Point the AWS_* variables at the test server."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    return s3

@@ -4,7 +4,6 @@ import multiprocessing
 import pickle
 import socket
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,21 +12,7 @@ import pytest
 
 from components.core.errors import LocgenError
 from components.core.storage import LocalStore, S3Config, S3Store, open_store, split_s3_uri
-from s3server import DyingProxy, RequestSplitter, S3Server, free_port, s3_server, unique_prefix
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
-
-
-@pytest.fixture
-def s3_env(s3, monkeypatch) -> S3Server:
-    """Point the AWS_* variables at the test server."""
-    for name, value in s3.env().items():
-        monkeypatch.setenv(name, value)
-    return s3
+from s3server import DyingProxy, RequestSplitter, S3Server, free_port, unique_prefix
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -1,0 +1,143 @@
+"""`locgen render` and `locgen locations` end to end: local and S3 tile sets, re-runs, bad input."""
+
+import csv
+import json
+
+import pytest
+
+from components.cli import main
+from components.core.storage import open_store
+from components.render.tileset import MANIFEST_KEY, read_manifest
+from conftest import HELSINKI_PBF, KOTKA_PBF
+from overpass_server import OverpassServer
+from s3server import DyingProxy, free_port, unique_prefix
+
+BICYCLE_POINTS = "osm:amenity=bicycle_rental,amenity=bicycle_parking"
+HELSINKI_PAIRS = ["render", "--osm", str(HELSINKI_PBF), "--city", "helsinki", "--pairs", "6",
+                  "--locations", BICYCLE_POINTS]
+
+
+def run(capsys, *argv):
+    """Run the CLI; return (exit status, the JSON summary or the stderr lines)."""
+    try:
+        status = main(list(argv))
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    if status == 0:
+        return status, json.loads(captured.out)
+    return status, [line for line in captured.err.splitlines() if line.strip() and not line.startswith("render ")]
+
+
+def test_a_rerun_renders_nothing_and_a_changed_input_renders_only_what_it_changes(tmp_path, capsys):
+    out = str(tmp_path / "pairs")
+    status, first = run(capsys, *HELSINKI_PAIRS, "--out", out)
+    assert status == 0 and (first["tiles"], first["rendered"], first["skipped"]) == (12, 12, 0)
+    manifest = (tmp_path / "pairs" / MANIFEST_KEY).read_bytes()
+    status, again = run(capsys, *HELSINKI_PAIRS, "--out", out)
+    assert (again["rendered"], again["skipped"]) == (0, 12)
+    assert (tmp_path / "pairs" / MANIFEST_KEY).read_bytes() == manifest
+    status, bigger = run(capsys, *HELSINKI_PAIRS, "--out", out, "--marker-radius-px", "4")
+    assert (bigger["rendered"], bigger["skipped"]) == (6, 6)  # the b tiles have no markers
+
+
+def test_all_cores_give_the_same_tiles_as_one(tmp_path, capsys):
+    args = ["render", "--osm", str(KOTKA_PBF), "--city", "kotka", "--center", "60.53,26.95", "--grid", "3"]
+    run(capsys, *args, "--out", str(tmp_path / "one"), "--workers", "1")
+    status, summary = run(capsys, *args, "--out", str(tmp_path / "all"), "--workers", "0")
+    assert status == 0 and summary["tiles"] == 9
+    one, every = read_manifest(open_store(str(tmp_path / "one"))), read_manifest(open_store(str(tmp_path / "all")))
+    assert one == every
+    for row in one:
+        assert (tmp_path / "one" / row["path"]).read_bytes() == (tmp_path / "all" / row["path"]).read_bytes()
+
+
+def _gbfs_without_positions(tmp_path):
+    feed = tmp_path / "free_bike_status.json"
+    feed.write_text(json.dumps({"last_updated": 1699003875, "ttl": 0, "version": "2.3", "data": {"bikes": []}}))
+    return str(feed)
+
+
+def _corrupt_pbf(tmp_path):
+    pbf = tmp_path / "corrupt.osm.pbf"
+    pbf.write_bytes(HELSINKI_PBF.read_bytes()[:1000] + b"\x00garbage" * 100)
+    return str(pbf)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("latitude 91", "--center: latitude 91.0 is outside ±85.05112878"),
+    ("inverted bbox", "--bbox: 24.96,60.16,24.93,60.18 is empty or inverted"),
+    ("bbox with no OSM data", "no OSM map features in (26.92"),
+    ("corrupt pbf", "not a readable OSM file"),
+    ("unreachable store", "is unreachable"),
+    ("GBFS with no positions", "free_bike_status.json"),
+])
+def test_bad_input_gives_one_clear_line_and_writes_nothing(case, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    out = tmp_path / "out"
+    helsinki = ["render", "--osm", str(HELSINKI_PBF), "--out", str(out)]
+    argv = {
+        "latitude 91": helsinki + ["--center", "91,24.94", "--grid", "3"],
+        "inverted bbox": helsinki + ["--bbox", "24.96,60.16,24.93,60.18"],
+        "bbox with no OSM data": helsinki + ["--bbox", "26.93,60.52,26.97,60.54"],
+        "corrupt pbf": ["render", "--osm", _corrupt_pbf(tmp_path), "--out", str(out), "--grid", "2",
+                        "--center", "60.17,24.94"],
+        "unreachable store": ["render", "--osm", str(HELSINKI_PBF), "--out", "s3://tiles/helsinki",
+                              "--center", "60.17,24.94", "--grid", "2"],
+        "GBFS with no positions": HELSINKI_PAIRS[:5] + ["--pairs", "2", "--out", str(out), "--locations",
+                                                        _gbfs_without_positions(tmp_path)],
+    }[case]
+    status, errors = run(capsys, *argv)
+    assert status == 2
+    assert len(errors) == 1 and errors[0].startswith("locgen: error: ") and message in errors[0], errors
+    assert not out.exists()
+
+
+def test_render_to_s3_lists_reruns_and_survives_a_store_that_dies_midway(s3_env, capsys, monkeypatch):
+    prefix = f"s3://{s3_env.bucket}/{unique_prefix()}"
+    args = ["render", "--osm", str(KOTKA_PBF), "--city", "kotka", "--center", "60.53,26.95", "--grid", "3"]
+
+    status, summary = run(capsys, *args, "--out", f"{prefix}/small", "--grid", "2")
+    assert status == 0 and summary["manifest"] == f"{prefix}/small/{MANIFEST_KEY}"
+    rows = read_manifest(open_store(f"{prefix}/small"))
+    assert open_store(f"{prefix}/small").list_keys() == {row["path"] for row in rows} | {MANIFEST_KEY}
+    status, again = run(capsys, *args, "--out", f"{prefix}/small", "--grid", "2")
+    assert (again["rendered"], again["skipped"]) == (0, 4)
+
+    # The store goes away at the 5th tile upload of a 9-tile run: one clear line, and the manifest
+    # of the earlier run still points only at tiles that exist.
+    with DyingProxy(s3_env.endpoint_url, rb"^PUT /\S+\.png ", nth=5) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        status, errors = run(capsys, *args, "--out", f"{prefix}/small")
+    assert proxy.died.is_set() and status == 2 and len(errors) == 1 and "unreachable" in errors[0]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint_url)
+    store = open_store(f"{prefix}/small")
+    assert read_manifest(store) == rows  # not replaced by a manifest of the unfinished run
+    assert all(store.exists(row["path"]) for row in rows)
+    assert not any(".tmp-" in name for name in s3_env.object_names())
+
+    status, resumed = run(capsys, *args, "--out", f"{prefix}/small")  # resumes where it stopped
+    assert (resumed["tiles"], resumed["rendered"], resumed["skipped"]) == (9, 5, 4)  # 4 landed before it died
+    assert len(read_manifest(store)) == 9
+
+
+def test_render_from_overpass_is_cached(tmp_path, capsys):
+    with OverpassServer() as server:
+        args = ["render", "--osm", "overpass", "--overpass-url", server.url, "--cache-dir", str(tmp_path / "cache"),
+                "--bbox", "24.940,60.168,24.946,60.172", "--city", "helsinki"]
+        status, summary = run(capsys, *args, "--out", str(tmp_path / "a"))
+        assert status == 0 and summary["tiles"] == 1
+        status, _ = run(capsys, *args, "--out", str(tmp_path / "b"))
+        assert status == 0 and len(server.requests) == 1  # the second run read the cache
+    row = read_manifest(open_store(str(tmp_path / "a")))[0]
+    assert row["sources"][0]["kind"] == "osm" and row["sources"][0]["uri"].endswith(".osm")
+
+
+def test_locations_command_writes_points_with_provenance(tmp_path, capsys):
+    out = tmp_path / "points.csv"
+    status, summary = run(capsys, "locations", BICYCLE_POINTS, "--osm", str(HELSINKI_PBF), "--out", str(out))
+    assert status == 0 and summary["points"] == 68
+    with out.open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 68 and list(rows[0])[:2] == ["latitude", "longitude"]
+    assert {row["source"] for row in rows} == {BICYCLE_POINTS}
