@@ -21,18 +21,23 @@ from shapely.ops import linemerge, polygonize, unary_union
 from components.core.errors import LocgenError
 from components.core.hashing import file_sha256
 from components.core.geo import Bounds, bounds_lonlat_to_m, expand, intersects, lonlat_to_m
-from components.render.style import LAYERS, match_layer
+from components.render.style import LAYER_NAMES, LAYERS, match_layer
 
 OSM_SUFFIXES = (".osm.pbf", ".pbf", ".osm", ".osm.bz2", ".osm.gz")
 
 
 class FeatureArrays(NamedTuple):
-    """The features of one style layer, flattened: feature -> rings -> vertices."""
+    """Every feature of the map, flattened (feature -> rings -> vertices) and sorted by layer.
+
+    One set of arrays for all layers lets the renderer pick a tile's features with a handful of
+    numpy calls, whatever the number of layers.
+    """
 
     coords_m: np.ndarray  # (V, 2) float64 EPSG:3857 metres of every ring/line, concatenated
     ring_offsets: np.ndarray  # (R + 1,) int64: ring r is coords_m[ring_offsets[r]:ring_offsets[r + 1]]
     feature_rings: np.ndarray  # (F + 1,) int64: feature f owns rings feature_rings[f]:feature_rings[f + 1]
     bbox_m: np.ndarray  # (F, 4) float64 west, south, east, north of each feature
+    layer: np.ndarray  # (F,) int64 index into LAYERS, ascending
 
 
 class SourceRecord(NamedTuple):
@@ -42,30 +47,33 @@ class SourceRecord(NamedTuple):
 
 
 class MapData(NamedTuple):
-    layers: dict[str, FeatureArrays]  # by layer name, for every layer of the style
+    features: FeatureArrays
     area_m: Bounds  # the area that was kept (requested area plus margin), EPSG:3857
     sources: list[SourceRecord]
 
+    def feature_count(self, layer_name: str) -> int:
+        return int((self.features.layer == LAYER_NAMES.index(layer_name)).sum())
 
-class _LayerBuilder:
-    """Collects the rings of one layer's features before they become FeatureArrays."""
+
+class _FeatureBuilder:
+    """Collects the rings of each layer's features before they become FeatureArrays."""
 
     def __init__(self):
-        self.features: list[list[np.ndarray]] = []
+        self.by_layer: list[list[list[np.ndarray]]] = [[] for _ in LAYERS]
 
-    def add(self, rings_m: list[np.ndarray]) -> None:
-        self.features.append(rings_m)
+    def add(self, layer_index: int, rings_m: list[np.ndarray]) -> None:
+        self.by_layer[layer_index].append(rings_m)
 
     def build(self) -> FeatureArrays:
-        rings = [ring for feature in self.features for ring in feature]
+        features = [feature for layer in self.by_layer for feature in layer]
+        rings = [ring for feature in features for ring in feature]
         ring_sizes = np.array([len(ring) for ring in rings], dtype=np.int64)
-        rings_per_feature = np.array([len(feature) for feature in self.features], dtype=np.int64)
+        rings_per_feature = np.array([len(feature) for feature in features], dtype=np.int64)
         coords_m = np.concatenate(rings) if rings else np.zeros((0, 2))
-        bbox_m = np.array([
-            [*np.concatenate(f).min(axis=0), *np.concatenate(f).max(axis=0)] for f in self.features
-        ]).reshape(-1, 4)
+        bbox_m = np.array([[*np.concatenate(f).min(axis=0), *np.concatenate(f).max(axis=0)] for f in features])
+        layer = np.repeat(np.arange(len(LAYERS)), [len(layer) for layer in self.by_layer])
         return FeatureArrays(coords_m, np.concatenate([[0], np.cumsum(ring_sizes)]),
-                             np.concatenate([[0], np.cumsum(rings_per_feature)]), bbox_m)
+                             np.concatenate([[0], np.cumsum(rings_per_feature)]), bbox_m.reshape(-1, 4), layer)
 
 
 def _project(lonlats: list[tuple[float, float]]) -> np.ndarray:
@@ -85,9 +93,9 @@ def _keep(rings_m: list[np.ndarray], area_m: Bounds) -> bool:
     return intersects(feature_bounds, area_m)
 
 
-def _read_file(path: Path, area_m: Bounds, builders: dict[str, _LayerBuilder],
+def _read_file(path: Path, area_m: Bounds, builder: _FeatureBuilder,
                coastlines: list[np.ndarray]) -> None:
-    """Stream one file into the layer builders (areas, lines) and the coastline list."""
+    """Stream one file into the feature builder (areas, lines) and the coastline list."""
     entities = osmium.osm.NODE | osmium.osm.WAY | osmium.osm.RELATION | osmium.osm.AREA
     processor = osmium.FileProcessor(str(path), entities).with_areas()
     for obj in processor:
@@ -113,7 +121,7 @@ def _read_file(path: Path, area_m: Bounds, builders: dict[str, _LayerBuilder],
         else:
             continue
         if rings_m and _keep(rings_m, area_m):
-            builders[LAYERS[layer_index].name].add(rings_m)
+            builder.add(layer_index, rings_m)
 
 
 def sea_polygons(coastlines: list[np.ndarray], area_m: Bounds) -> list[list[np.ndarray]]:
@@ -175,7 +183,7 @@ def _coastline_probes(coastlines: list[np.ndarray], offset_m: float = 0.5) -> tu
 def read_osm(paths: list[Path], area_lonlat: Bounds, margin_m: float = 200.0) -> MapData:
     """Read the features of the style that touch the area (lon/lat) plus margin_m (EPSG:3857 metres)."""
     area_m = expand(bounds_lonlat_to_m(area_lonlat), margin_m)
-    builders = {layer.name: _LayerBuilder() for layer in LAYERS}
+    builder = _FeatureBuilder()
     coastlines: list[np.ndarray] = []
     sources = []
     for path in paths:
@@ -183,15 +191,15 @@ def read_osm(paths: list[Path], area_lonlat: Bounds, margin_m: float = 200.0) ->
         if not path.is_file():
             raise LocgenError(f"--osm {path}: no such file; give an .osm.pbf/.osm/.osm.bz2 file or 'overpass'")
         try:
-            _read_file(path, area_m, builders, coastlines)
+            _read_file(path, area_m, builder, coastlines)
         except RuntimeError as error:
             raise LocgenError(f"--osm {path}: not a readable OSM file ({error}); "
                               "download it again or check that it is .osm.pbf, .osm or .osm.bz2") from None
         sources.append(SourceRecord(str(path), "osm", file_sha256(path)))
     for rings_m in sea_polygons(coastlines, area_m):
-        builders["sea"].add(rings_m)
-    layers = {name: builder.build() for name, builder in builders.items()}
-    if not any(len(layer.bbox_m) for layer in layers.values()):
+        builder.add(LAYER_NAMES.index("sea"), rings_m)
+    features = builder.build()
+    if not len(features.bbox_m):
         raise LocgenError(f"no OSM map features in {tuple(round(v, 6) for v in area_lonlat)} in "
                           f"{', '.join(str(p) for p in paths)}; choose an area inside the data or another OSM source")
-    return MapData(layers, area_m, sources)
+    return MapData(features, area_m, sources)
