@@ -7,8 +7,11 @@ and the next run renders only what is not there yet.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +34,8 @@ from components.sources.overpass import DEFAULT_OVERPASS_URL, fetch_overpass
 
 OVERPASS = "overpass"
 OSM_MARGIN_M = 200.0  # map data kept around the tiles, so features that only cross an edge are drawn
+CHUNK_TILES = 16  # tiles a worker renders before it waits for their uploads
+UPLOAD_THREADS = 8  # concurrent uploads per process: enough to hide an object store's round trips
 
 
 def default_cache_dir() -> Path:
@@ -98,11 +103,13 @@ def render(settings: RenderSettings) -> dict:
                [{"uri": s.uri, "kind": s.kind, "sha256": s.sha256} for s in sources],
                points_lonlat[drawn], np.stack(lonlat_to_m(*points_lonlat[drawn].T), axis=1).reshape(-1, 2),
                settings.marker_radius_px, store.list_keys())
+    started_s = time.perf_counter()
     rows, rendered = _render_all(job, plan, settings.workers, settings.progress)
+    render_s = time.perf_counter() - started_s
     store.publish_bytes(MANIFEST_KEY, manifest_bytes(rows), "application/jsonl")
     return {"tileset": store.uri, "manifest": store.url(MANIFEST_KEY), "city": job.city, "tiles": len(rows),
             "rendered": rendered, "skipped": len(rows) - rendered,
-            "domains": sorted({row["domain"] for row in rows})}
+            "domains": sorted({row["domain"] for row in rows}), "render_s": round(render_s, 3)}
 
 
 def _check_mode(settings: RenderSettings) -> None:
@@ -193,20 +200,21 @@ def _render_all(job: _Job, plan: list[PlannedTile], workers: int, progress: bool
     global _JOB
     _JOB = job
     workers = workers or os.cpu_count() or 1
+    chunks = [plan[start:start + CHUNK_TILES] for start in range(0, len(plan), CHUNK_TILES)]
     bar = tqdm(total=len(plan), unit="tile", desc=f"render {job.city}", disable=not progress)
+    pool = None
     if workers == 1:
-        results = map(_render_one, plan)
-        pool = None
+        results = map(_render_chunk, chunks)
     else:
         # fork: the workers inherit the map data instead of unpickling it.
         pool = multiprocessing.get_context("fork").Pool(workers)
-        results = pool.imap(_render_one, plan, chunksize=8)
+        results = pool.imap(_render_chunk, chunks)
     rows, rendered = [], 0
     try:
-        for tile_rows, tile_rendered in results:
-            rows.extend(tile_rows)
-            rendered += tile_rendered
-            bar.update()
+        for chunk, (chunk_rows, chunk_rendered) in zip(chunks, results):
+            rows.extend(chunk_rows)
+            rendered += chunk_rendered
+            bar.update(len(chunk))
     finally:
         bar.close()
         if pool is not None:
@@ -215,8 +223,28 @@ def _render_all(job: _Job, plan: list[PlannedTile], workers: int, progress: bool
     return rows, rendered
 
 
-def _render_one(planned: PlannedTile) -> tuple[list[dict], int]:
-    """Render, encode and store the b tile (and the a tile when there are locations) of one plan entry."""
+@functools.cache
+def _uploads() -> ThreadPoolExecutor:
+    """This process's upload threads: the next tiles render while the last ones travel to the store."""
+    return ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload")
+
+
+def _render_chunk(chunk: list[PlannedTile]) -> tuple[list[dict], int]:
+    """Render a few tiles and store them; returns once every upload of the chunk has landed."""
+    rows, uploads = [], []
+    for planned in chunk:
+        for row, png in _render_tile(planned):
+            rows.append(row)
+            if png is not None:
+                uploads.append(_uploads().submit(_JOB.store.put_bytes, row["path"], png, "image/png"))
+    for upload in uploads:
+        upload.result()  # raises the first failed upload's error
+    return rows, len(uploads)
+
+
+def _render_tile(planned: PlannedTile) -> list[tuple[dict, bytes | None]]:
+    """The manifest rows of the b tile (and the a tile when there are locations), with the PNG of
+    each tile that is not in the store yet."""
     job = _JOB
     tile = planned.tile
     bounds = tile.bounds_3857
@@ -224,20 +252,19 @@ def _render_one(planned: PlannedTile) -> tuple[list[dict], int]:
     radius_m = job.marker_radius_px * tile.mpp_3857
     near = contains(expand(bounds, radius_m), job.points_m[:, 0], job.points_m[:, 1])  # discs that spill in
     osm_hashes = [source["sha256"] for source in job.osm_sources]
-    jobs = [("b", job.osm_sources, None, None)]
-    if len(job.location_sources):
-        jobs.append(("a", job.osm_sources + job.location_sources, job.points_m[near],
-                     job.points_lonlat[inside].tolist()))
-    rows, rendered, base = [], 0, None
-    for domain, sources, points_m, points_lonlat in jobs:
+    variants = [("b", job.osm_sources, None, None)]
+    if job.location_sources:
+        variants.append(("a", job.osm_sources + job.location_sources, job.points_m[near],
+                         job.points_lonlat[inside].tolist()))
+    results, base = [], None
+    for domain, sources, points_m, points_lonlat in variants:
         inputs_hash = inputs_sha256(tile, domain, osm_hashes, points_m, job.marker_radius_px)
         row = manifest_row(planned, domain, job.city, inputs_hash, sources, points_lonlat)
-        rows.append(row)
         if tile_key(domain, planned.tile_id, inputs_hash) in job.existing_keys:
+            results.append((row, None))
             continue
         if base is None:
             base = render_map(job.map_data, tile)
         image = base if points_m is None else draw_markers(base, tile, points_m, job.marker_radius_px)
-        job.store.put_bytes(row["path"], encode_png(image, png_text(row)), "image/png")
-        rendered += 1
-    return rows, rendered
+        results.append((row, encode_png(image, png_text(row))))
+    return results

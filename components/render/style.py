@@ -10,6 +10,7 @@ itself is defined here so the renderer tests can prove it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import NamedTuple
@@ -102,6 +103,7 @@ def style_document() -> dict:
     }
 
 
+@functools.cache  # the style is module data: hash it once, not for every tile
 def style_sha256() -> str:
     canonical = json.dumps(style_document(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
