@@ -15,6 +15,7 @@ install: $(PYTHON)
 	$(PIP) install $(CONSTRAINTS) -e '.[test]'
 
 test: install
+	$(VENV)/bin/ruff check components pipeline tests benchmarks
 	$(PYTHON) -m pytest -q
 
 # The main job on the bundled sample data: render training pairs for central Helsinki around its

@@ -4,7 +4,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from s3server import S3Server, s3_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from components.core.errors import LocgenError
-from components.core.geo import (MAX_LAT, WORLD_HALF_M, Bounds, check_bbox, lonlat_to_m, m_to_lonlat,
-                                 parse_bbox, parse_latlon, tile_at, tile_from_bounds_3857)
+from components.core.geo import (
+    MAX_LAT,
+    WORLD_HALF_M,
+    Bounds,
+    check_bbox,
+    lonlat_to_m,
+    m_to_lonlat,
+    parse_bbox,
+    parse_latlon,
+    tile_at,
+    tile_from_bounds_3857,
+)
 
 lons = st.floats(-180, 180)
 lats = st.floats(-MAX_LAT, MAX_LAT)

@@ -21,6 +21,7 @@ from pathlib import Path
 import jsonschema
 import osmium
 import pytest
+from conftest import HELSINKI_PBF, KOTKA_PBF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +29,6 @@ from components.core import storage
 from components.core.errors import LocgenError
 from components.core.geo import MAX_LAT
 from components.sources.locations import Location, LocationSource, load_locations, write_locations
-from conftest import HELSINKI_PBF, KOTKA_PBF
 
 MARSEILLE = Path("gbfs/marseille-voi-2023-11-03/free_bike_status.json")
 CHICAGO = Path("gbfs/chicago-divvy-2025-01-29")

@@ -9,13 +9,22 @@ import time
 
 import osmium
 import pytest
+from conftest import HELSINKI_PBF
+from overpass_server import (
+    OverpassServer,
+    bad_request,
+    cut_off,
+    empty_result,
+    gateway_timeout,
+    html_page,
+    rate_limited,
+    runtime_error,
+    stall,
+)
 
 from components.core.errors import LocgenError
 from components.core.geo import Bounds
 from components.sources.overpass import fetch_overpass, overpass_query
-from conftest import HELSINKI_PBF
-from overpass_server import (OverpassServer, bad_request, cut_off, empty_result, gateway_timeout, html_page,
-                             rate_limited, runtime_error, stall)
 
 # Two neighbouring areas inside the Helsinki sample extract (around Kluuvi and Kruununhaka).
 KLUUVI = Bounds(24.940, 60.166, 24.946, 60.170)

@@ -41,7 +41,10 @@ def test_bbox_plan_covers_the_bbox_with_the_fewest_tiles():
     assert (rows - 1) * tile_m < bbox_m.north - bbox_m.south <= rows * tile_m
 
 
-@pytest.mark.parametrize("kwargs, message", [({"grid": 0}, "--grid 0"), ({"grid": 3, "overlap_px": 256}, "--overlap-px")])
+@pytest.mark.parametrize("kwargs, message", [
+    ({"grid": 0}, "--grid 0"),
+    ({"grid": 3, "overlap_px": 256}, "--overlap-px"),
+])
 def test_bad_grids(kwargs, message):
     with pytest.raises(LocgenError, match=message):
         grid_plan((24.94, 60.17), **kwargs)

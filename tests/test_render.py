@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import HELSINKI_PBF, KOTKA_PBF
 
 from components.cli import main
 from components.core.geo import Bounds, lonlat_to_m, tile_at
@@ -14,7 +15,6 @@ from components.render.osm import read_osm
 from components.render.raster import draw_markers, render_map
 from components.render.style import LAND_RGB, LAYERS, MARKER_RGB, WATER_RGB, marker_range_mask
 from components.render.tileset import GEOREF_TEXT_KEY, read_manifest, tile_of_row
-from conftest import HELSINKI_PBF, KOTKA_PBF
 
 HELSINKI_EXTENT = Bounds(24.9351762, 60.1641550, 24.9534145, 60.1791130)
 KOTKA_EXTENT = Bounds(26.93, 60.52, 26.97, 60.54)

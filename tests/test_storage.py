@@ -9,10 +9,10 @@ from pathlib import Path
 
 import moto.settings
 import pytest
+from s3server import DyingProxy, RequestSplitter, S3Server, free_port, unique_prefix
 
 from components.core.errors import LocgenError
 from components.core.storage import LocalStore, S3Config, S3Store, open_store, split_s3_uri
-from s3server import DyingProxy, RequestSplitter, S3Server, free_port, unique_prefix
 
 
 @pytest.fixture(params=["local", "s3"])

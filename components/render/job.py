@@ -20,15 +20,21 @@ import osmium
 from tqdm import tqdm
 
 from components.core.errors import LocgenError
-from components.core.geo import (Bounds, bounds_lonlat_to_m, bounds_m_to_lonlat, check_bbox, contains, expand,
-                                 lonlat_to_m)
+from components.core.geo import (
+    Bounds,
+    bounds_lonlat_to_m,
+    bounds_m_to_lonlat,
+    check_bbox,
+    contains,
+    expand,
+    lonlat_to_m,
+)
 from components.core.pngmeta import encode_png
 from components.core.storage import Store, open_store
 from components.render.osm import MapData, read_osm
 from components.render.plan import PairSettings, PlannedTile, bbox_plan, grid_plan, pairs_plan
 from components.render.raster import draw_markers, render_map
-from components.render.tileset import (MANIFEST_KEY, inputs_sha256, manifest_bytes, manifest_row, png_text,
-                                       tile_key)
+from components.render.tileset import MANIFEST_KEY, inputs_sha256, manifest_bytes, manifest_row, png_text, tile_key
 from components.sources.locations import LocationSource, load_locations
 from components.sources.overpass import DEFAULT_OVERPASS_URL, fetch_overpass
 
@@ -117,8 +123,10 @@ def _check_mode(settings: RenderSettings) -> None:
         raise LocgenError("no OSM data: give --osm FILE.osm.pbf (or --osm overpass)")
     if settings.pairs is None and settings.bbox is None and settings.center is None:
         raise LocgenError("no area: give --bbox WEST,SOUTH,EAST,NORTH, or --center LAT,LON --grid N, or --pairs N")
-    if settings.center is not None and settings.grid is None:
-        raise LocgenError("--center needs --grid N (tiles per side)")
+    if (settings.center is None) != (settings.grid is None):
+        raise LocgenError("--center LAT,LON and --grid N go together: N x N tiles around the centre")
+    if settings.pairs is not None and settings.center is not None:
+        raise LocgenError("--pairs places tiles around the locations: give it --bbox (or no area), not --center")
     if settings.pairs is not None and not settings.locations:
         raise LocgenError("--pairs needs --locations SRC: training tiles are placed around the locations")
     if settings.bbox is not None and settings.center is not None:

@@ -17,8 +17,16 @@ from typing import NamedTuple
 import numpy as np
 
 from components.core.errors import LocgenError
-from components.core.geo import (Bounds, Tile, bounds_lonlat_to_m, contains, intersects, m_to_lonlat,
-                                 mercator_scale, tile_at)
+from components.core.geo import (
+    Bounds,
+    Tile,
+    bounds_lonlat_to_m,
+    contains,
+    intersects,
+    m_to_lonlat,
+    mercator_scale,
+    tile_at,
+)
 
 MAX_TRIES_PER_TILE = 1000
 

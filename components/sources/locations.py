@@ -53,9 +53,9 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import osmium
 
 from components.core.errors import LocgenError
+from components.core.geo import check_lonlat
 from components.core.hashing import file_sha256
 from components.core.storage import open_file_uri
-from components.core.geo import check_lonlat
 
 PREFIXES = ("gbfs", "csv", "geojson", "osm")
 ACCEPTED_FORMS = ("a GBFS gbfs.json or feed (file or http(s) URL), a .csv with lat/lon columns, a .geojson, "
