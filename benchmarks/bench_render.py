@@ -6,7 +6,8 @@ Cases, measured side by side in one run on the same tiles:
 - a naive baseline on the same machine: a Python loop that projects and draws every feature of the
   map one by one for every tile (what a first implementation does), then encodes and writes.
 
-Prints one JSON document. Usage: python benchmarks/bench_render.py [--step-px N] [--naive-tiles N]
+Each case is run 3 times after a warm-up; the median is reported with the range. Prints one JSON
+document. Usage: python benchmarks/bench_render.py [--step-px N] [--naive-tiles N]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HELSINKI_PBF = ROOT / "data" / "osm" / "helsinki-center.osm.pbf"
 HELSINKI_DATA = Bounds(24.9380, 60.1660, 24.9520, 60.1780)  # where the extract has data on every side
 BUCKET = "bench"
+REPEATS = 3  # this machine's speed wanders by +-15 % from run to run: report the median
 
 
 def overlapping_bbox_settings(out: str, step_px: int, workers: int) -> RenderSettings:
@@ -45,11 +48,15 @@ def overlapping_bbox_settings(out: str, step_px: int, workers: int) -> RenderSet
                           overlap_px=256 - step_px, workers=workers, progress=False)
 
 
-def timed_render(settings: RenderSettings) -> dict:
-    summary = render(settings)
-    assert summary["rendered"] == summary["tiles"], summary
-    return {"tiles": summary["tiles"], "seconds": summary["render_s"],
-            "tiles_per_s": round(summary["tiles"] / summary["render_s"], 1)}
+def timed_render(out: str, step_px: int, workers: int) -> dict:
+    """Median of REPEATS runs, each into a fresh destination so that no tile is skipped."""
+    rates = []
+    for repeat in range(REPEATS):
+        summary = render(overlapping_bbox_settings(f"{out}/{repeat}", step_px, workers))
+        assert summary["rendered"] == summary["tiles"], summary
+        rates.append(summary["tiles"] / summary["render_s"])
+    return {"tiles": summary["tiles"], "tiles_per_s": round(statistics.median(rates), 1),
+            "range": [round(min(rates), 1), round(max(rates), 1)]}
 
 
 def naive_render(map_data, tile: Tile) -> np.ndarray:
@@ -114,11 +121,10 @@ def main() -> None:
     server, bucket = start_s3_server()
     try:
         with tempfile.TemporaryDirectory() as folder:
+            timed_render(f"{folder}/warm-up", 64, 1)  # imports, caches and page faults out of the way
             for name, workers in [("1_process", 1), (f"{cores}_processes", 0)]:
-                results[f"local_{name}"] = timed_render(
-                    overlapping_bbox_settings(f"{folder}/{name}", args.step_px, workers))
-                results[f"s3_{name}"] = timed_render(
-                    overlapping_bbox_settings(f"{bucket}/{name}", args.step_px, workers))
+                results[f"local_{name}"] = timed_render(f"{folder}/{name}", args.step_px, workers)
+                results[f"s3_{name}"] = timed_render(f"{bucket}/{name}", args.step_px, workers)
             naive_folder = Path(folder) / "naive"
             naive_folder.mkdir()
             results["naive_1_process"] = timed_naive(args.step_px, naive_folder, args.naive_tiles)

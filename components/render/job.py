@@ -7,7 +7,6 @@ and the next run renders only what is not there yet.
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import os
 import time
@@ -227,14 +226,23 @@ def _render_all(job: _Job, plan: list[PlannedTile], workers: int, progress: bool
         bar.close()
         if pool is not None:
             pool.terminate()
+        # No thread may outlive a render: a later render's fork would copy it dead into its workers.
+        uploads = _UPLOADS.pop(os.getpid(), None)
+        if uploads is not None:
+            uploads.shutdown()
         _JOB = None
     return rows, rendered
 
 
-@functools.cache
+_UPLOADS: dict[int, ThreadPoolExecutor] = {}  # by process id: a forked worker must not use its parent's
+
+
 def _uploads() -> ThreadPoolExecutor:
     """This process's upload threads: the next tiles render while the last ones travel to the store."""
-    return ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload")
+    pid = os.getpid()
+    if pid not in _UPLOADS:
+        _UPLOADS[pid] = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload")
+    return _UPLOADS[pid]
 
 
 def _render_chunk(chunk: list[PlannedTile]) -> tuple[list[dict], int]:
