@@ -4,6 +4,7 @@ import itertools
 import json
 
 import numpy as np
+import osmium
 import pytest
 from conftest import HELSINKI_PBF, KOTKA_PBF
 
@@ -145,3 +146,16 @@ def test_lines_are_anti_aliased(helsinki_map):
     style_colours = {LAND_RGB, WATER_RGB} | {layer.rgb for layer in LAYERS}
     colours = {tuple(c) for c in image.reshape(-1, 3)}
     assert len(colours - style_colours) > 100  # edge pixels blend, they are not stair-stepped
+
+
+@pytest.mark.parametrize("suffix", [".osm", ".osm.bz2"])
+def test_xml_extracts_give_the_same_map_as_the_pbf(tmp_path, helsinki_map, suffix):
+    converted = tmp_path / f"helsinki{suffix}"
+    with osmium.SimpleWriter(str(converted)) as writer:
+        for obj in osmium.FileProcessor(str(HELSINKI_PBF)):
+            writer.add(obj)
+    from_xml = read_osm([converted], HELSINKI_EXTENT)
+    for ours, theirs in zip(from_xml.features, helsinki_map.features):
+        assert np.array_equal(ours, theirs)
+    tile = tile_at(24.944, 60.170)
+    assert np.array_equal(render_map(from_xml, tile), render_map(helsinki_map, tile))

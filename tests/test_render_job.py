@@ -137,6 +137,18 @@ def test_render_to_s3_lists_reruns_and_survives_a_store_that_dies_midway(s3_env,
     assert len(read_manifest(store)) == 9
 
 
+def test_osm_data_and_osm_tag_locations_from_s3(s3_env, tmp_path, capsys):
+    pbf_uri = f"s3://{s3_env.bucket}/{unique_prefix()}/osm/helsinki-center.osm.pbf"
+    open_store(pbf_uri.rpartition("/")[0]).put_bytes("helsinki-center.osm.pbf", HELSINKI_PBF.read_bytes())
+    status, summary = run(capsys, "render", "--osm", pbf_uri, "--cache-dir", str(tmp_path / "cache"),
+                          "--pairs", "3", "--locations", BICYCLE_POINTS, "--out", str(tmp_path / "tiles"))
+    assert status == 0 and summary["city"] == "helsinki-center" and summary["tiles"] == 6
+    row = read_manifest(open_store(str(tmp_path / "tiles")))[1]
+    assert row["sources"][0] == {"uri": pbf_uri, "kind": "osm",
+                                 "sha256": "b73e9c2c82054d654209b0127f1c3287d5900d6780a6083bf3a45ead8ba3e5ee"}
+    assert len(row["points"]) >= 1
+
+
 def test_render_from_overpass_is_cached(tmp_path, capsys):
     with OverpassServer() as server:
         args = ["render", "--osm", "overpass", "--overpass-url", server.url, "--cache-dir", str(tmp_path / "cache"),
@@ -146,7 +158,8 @@ def test_render_from_overpass_is_cached(tmp_path, capsys):
         status, _ = run(capsys, *args, "--out", str(tmp_path / "b"))
         assert status == 0 and len(server.requests) == 1  # the second run read the cache
     row = read_manifest(open_store(str(tmp_path / "a")))[0]
-    assert row["sources"][0]["kind"] == "osm" and row["sources"][0]["uri"].endswith(".osm")
+    assert row["sources"][0]["kind"] == "osm"
+    assert row["sources"][0]["uri"].startswith(f"{server.url}?bbox=24.93")  # the lineage names the endpoint
 
 
 def test_locations_command_writes_points_with_provenance(tmp_path, capsys):

@@ -7,6 +7,7 @@ and the next run renders only what is not there yet.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import time
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import osmium
 from tqdm import tqdm
 
 from components.core.errors import LocgenError
@@ -29,8 +29,8 @@ from components.core.geo import (
     lonlat_to_m,
 )
 from components.core.pngmeta import encode_png
-from components.core.storage import Store, open_store
-from components.render.osm import MapData, read_osm
+from components.core.storage import Store, open_file_uri, open_store
+from components.render.osm import MapData, header_bounds, read_osm
 from components.render.plan import PairSettings, PlannedTile, bbox_plan, grid_plan, pairs_plan
 from components.render.raster import draw_markers, render_map
 from components.render.tileset import MANIFEST_KEY, inputs_sha256, manifest_bytes, manifest_row, png_text, tile_key
@@ -96,12 +96,12 @@ def render(settings: RenderSettings) -> dict:
     """Render and publish a tile set; returns a summary (tile counts, the manifest's URI)."""
     _check_mode(settings)
     store = open_store(settings.out)
-    sources = [load_locations(spec, osm_files=_local_osm_files(settings), drop_disabled=settings.drop_disabled,
+    osm_files = _osm_files(settings)
+    sources = [load_locations(spec, osm_files=osm_files, drop_disabled=settings.drop_disabled,
                               drop_reserved=settings.drop_reserved) for spec in settings.locations]
     points_lonlat, weights = _positions(sources)
-    plan = _plan(settings, points_lonlat, weights)
-    osm_paths = _osm_paths(settings, _plan_bounds_lonlat(plan))
-    map_data = read_osm(osm_paths, _plan_bounds_lonlat(plan), OSM_MARGIN_M)
+    plan = _plan(settings, osm_files, points_lonlat, weights)
+    map_data = _read_map(settings, osm_files, _plan_bounds_lonlat(plan))
     drawn = weights > 0
     job = _Job(map_data, store, settings.city or _default_city(settings),
                [source._asdict() for source in map_data.sources],
@@ -132,9 +132,35 @@ def _check_mode(settings: RenderSettings) -> None:
         raise LocgenError("give either --bbox or --center, not both")
 
 
-def _local_osm_files(settings: RenderSettings) -> list[str]:
-    """The OSM files that `osm:` location sources read (Overpass data only exists once fetched)."""
-    return [spec for spec in settings.osm if spec != OVERPASS and not spec.startswith("s3://")]
+def _osm_files(settings: RenderSettings) -> list[Path]:
+    """Local files of the --osm sources other than Overpass (whose area is known only once planned).
+
+    s3:// objects are downloaded to the cache, under a folder named by the hash of their URI.
+    """
+    files = []
+    for spec in settings.osm:
+        if spec.startswith("s3://"):
+            store, key = open_file_uri(spec)
+            folder = settings.cache_dir / "osm" / hashlib.sha256(spec.encode()).hexdigest()[:16]
+            files.append(store.download_to(key, folder / key))
+        elif spec != OVERPASS:
+            if not Path(spec).is_file():
+                raise LocgenError(f"--osm {spec}: no such file; give an .osm.pbf/.osm/.osm.bz2 file, "
+                                  "an s3:// URI or 'overpass'")
+            files.append(Path(spec))
+    return files
+
+
+def _read_map(settings: RenderSettings, osm_files: list[Path], area: Bounds) -> MapData:
+    """The map of the planned area, from the OSM files and, when asked, Overpass (fetched now that
+    the area is known)."""
+    osm_uris = [spec for spec in settings.osm if spec != OVERPASS]
+    if OVERPASS in settings.osm:
+        overpass_bbox = check_bbox(bounds_m_to_lonlat(expand(bounds_lonlat_to_m(area), OSM_MARGIN_M)))
+        osm_files = osm_files + [fetch_overpass(overpass_bbox, url=settings.overpass_url,
+                                                cache_dir=settings.cache_dir / "overpass")]
+        osm_uris.append(f"{settings.overpass_url}?bbox={','.join(f'{v:.7f}' for v in overpass_bbox)}")
+    return read_osm(osm_files, area, OSM_MARGIN_M, osm_uris)
 
 
 def _positions(sources: list[LocationSource]) -> tuple[np.ndarray, np.ndarray]:
@@ -143,12 +169,13 @@ def _positions(sources: list[LocationSource]) -> tuple[np.ndarray, np.ndarray]:
     return lonlat, np.array([p.weight for p in points], dtype=np.float64)
 
 
-def _plan(settings: RenderSettings, points_lonlat: np.ndarray, weights: np.ndarray) -> list[PlannedTile]:
+def _plan(settings: RenderSettings, osm_files: list[Path], points_lonlat: np.ndarray,
+          weights: np.ndarray) -> list[PlannedTile]:
     if settings.pairs is None:
         if settings.bbox is not None:
             return bbox_plan(settings.bbox, settings.size_px, settings.m_per_px, settings.overlap_px)
         return grid_plan(settings.center, settings.grid, settings.size_px, settings.m_per_px, settings.overlap_px)
-    area = settings.bbox or _osm_extent(settings)
+    area = settings.bbox or _osm_extent(osm_files, settings)
     points_m = np.stack(lonlat_to_m(*points_lonlat.T), axis=1).reshape(-1, 2)
     area_m = bounds_lonlat_to_m(area)
     inside = contains(area_m, points_m[:, 0], points_m[:, 1])
@@ -161,16 +188,10 @@ def _plan(settings: RenderSettings, points_lonlat: np.ndarray, weights: np.ndarr
     return pairs_plan(points_m[inside], weights[inside], area_m, pair_settings, holdout_m)
 
 
-def _osm_extent(settings: RenderSettings) -> Bounds:
+def _osm_extent(osm_files: list[Path], settings: RenderSettings) -> Bounds:
     """The area the OSM files say they cover (their header bbox), for placing training pairs."""
-    boxes = []
-    for spec in _local_osm_files(settings):
-        if not Path(spec).is_file():
-            raise LocgenError(f"--osm {spec}: no such file; give an .osm.pbf/.osm/.osm.bz2 file or 'overpass'")
-        box = osmium.io.Reader(spec, osmium.osm.osm_entity_bits.NOTHING).header().box()
-        if box.valid():
-            boxes.append(Bounds(box.bottom_left.lon, box.bottom_left.lat, box.top_right.lon, box.top_right.lat))
-    if not boxes or len(boxes) != len(settings.osm):
+    boxes = [header_bounds(path) for path in osm_files]
+    if not boxes or None in boxes or len(boxes) != len(settings.osm):
         raise LocgenError("--pairs: the OSM data states no extent; give the training area with --bbox W,S,E,N")
     return check_bbox(Bounds(min(b.west for b in boxes), min(b.south for b in boxes),
                              max(b.east for b in boxes), max(b.north for b in boxes)), "OSM data extent")
@@ -179,22 +200,6 @@ def _osm_extent(settings: RenderSettings) -> Bounds:
 def _plan_bounds_lonlat(plan: list[PlannedTile]) -> Bounds:
     bounds = np.array([planned.tile.bounds_3857 for planned in plan])
     return bounds_m_to_lonlat(Bounds(bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max()))
-
-
-def _osm_paths(settings: RenderSettings, area: Bounds) -> list[Path]:
-    """Local files for every --osm source: a path, an s3:// object (cached), or Overpass (cached)."""
-    paths = []
-    for spec in settings.osm:
-        if spec == OVERPASS:
-            margin_deg = bounds_m_to_lonlat(expand(bounds_lonlat_to_m(area), OSM_MARGIN_M))
-            paths.append(fetch_overpass(check_bbox(margin_deg), url=settings.overpass_url,
-                                        cache_dir=settings.cache_dir / "overpass"))
-        elif spec.startswith("s3://"):
-            folder, _, name = spec.rpartition("/")
-            paths.append(open_store(folder).download_to(name, settings.cache_dir / "osm" / name))
-        else:
-            paths.append(Path(spec))
-    return paths
 
 
 def _default_city(settings: RenderSettings) -> str:

@@ -180,26 +180,46 @@ def _coastline_probes(coastlines: list[np.ndarray], offset_m: float = 0.5) -> tu
     return middle + offset_m * right_normal, middle - offset_m * right_normal
 
 
-def read_osm(paths: list[Path], area_lonlat: Bounds, margin_m: float = 200.0) -> MapData:
-    """Read the features of the style that touch the area (lon/lat) plus margin_m (EPSG:3857 metres)."""
+def _unreadable(path: Path, error: Exception) -> LocgenError:
+    return LocgenError(f"--osm {path}: not a readable OSM file ({error}); "
+                       "download it again or check that it is .osm.pbf, .osm or .osm.bz2")
+
+
+def header_bounds(path: Path) -> Bounds | None:
+    """The bbox an OSM file's header states (extracts usually state one), else None."""
+    try:
+        box = osmium.io.Reader(str(path), osmium.osm.osm_entity_bits.NOTHING).header().box()
+    except RuntimeError as error:
+        raise _unreadable(path, error) from None
+    if not box.valid():
+        return None
+    return Bounds(box.bottom_left.lon, box.bottom_left.lat, box.top_right.lon, box.top_right.lat)
+
+
+def read_osm(paths: list[Path], area_lonlat: Bounds, margin_m: float = 200.0,
+             uris: list[str] | None = None) -> MapData:
+    """Read the features of the style that touch the area (lon/lat) plus margin_m (EPSG:3857 metres).
+
+    `uris` name the sources in the lineage when the files are local copies (of s3:// objects, of
+    Overpass answers); by default the paths themselves.
+    """
     area_m = expand(bounds_lonlat_to_m(area_lonlat), margin_m)
     builder = _FeatureBuilder()
     coastlines: list[np.ndarray] = []
     sources = []
-    for path in paths:
-        path = Path(path)
+    for path, uri in zip(map(Path, paths), uris or [str(path) for path in paths], strict=True):
         if not path.is_file():
-            raise LocgenError(f"--osm {path}: no such file; give an .osm.pbf/.osm/.osm.bz2 file or 'overpass'")
+            raise LocgenError(f"--osm {uri}: no such file; give an .osm.pbf/.osm/.osm.bz2 file or 'overpass'")
         try:
             _read_file(path, area_m, builder, coastlines)
         except RuntimeError as error:
-            raise LocgenError(f"--osm {path}: not a readable OSM file ({error}); "
-                              "download it again or check that it is .osm.pbf, .osm or .osm.bz2") from None
-        sources.append(SourceRecord(str(path), "osm", file_sha256(path)))
+            raise _unreadable(path, error) from None
+        sources.append(SourceRecord(uri, "osm", file_sha256(path)))
     for rings_m in sea_polygons(coastlines, area_m):
         builder.add(LAYER_NAMES.index("sea"), rings_m)
     features = builder.build()
     if not len(features.bbox_m):
         raise LocgenError(f"no OSM map features in {tuple(round(v, 6) for v in area_lonlat)} in "
-                          f"{', '.join(str(p) for p in paths)}; choose an area inside the data or another OSM source")
+                          f"{', '.join(source.uri for source in sources)}; "
+                          "choose an area inside the data or another OSM source")
     return MapData(features, area_m, sources)
