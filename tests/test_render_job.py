@@ -149,6 +149,15 @@ def test_osm_data_and_osm_tag_locations_from_s3(s3_env, tmp_path, capsys):
     assert len(row["points"]) >= 1
 
 
+def test_locations_from_and_to_s3(s3_env, capsys):
+    prefix = f"s3://{s3_env.bucket}/{unique_prefix()}"
+    open_store(prefix).put_bytes("points.csv", b"name;lat;lon\nkiosk;60,1699;24,9384\n")
+    status, summary = run(capsys, "locations", f"{prefix}/points.csv", "--out", f"{prefix}/normalised.geojson")
+    assert status == 0 and summary["points"] == 1
+    feature = json.loads(open_store(prefix).get_bytes("normalised.geojson"))["features"][0]
+    assert feature["geometry"]["coordinates"] == [24.9384, 60.1699]
+
+
 def test_render_from_overpass_is_cached(tmp_path, capsys):
     with OverpassServer() as server:
         args = ["render", "--osm", "overpass", "--overpass-url", server.url, "--cache-dir", str(tmp_path / "cache"),
@@ -170,3 +179,7 @@ def test_locations_command_writes_points_with_provenance(tmp_path, capsys):
         rows = list(csv.DictReader(file))
     assert len(rows) == 68 and list(rows[0])[:2] == ["latitude", "longitude"]
     assert {row["source"] for row in rows} == {BICYCLE_POINTS}
+    status, _ = run(capsys, "locations", BICYCLE_POINTS, "--osm", str(HELSINKI_PBF),
+                    "--out", str(tmp_path / "p.geojson"))
+    collection = json.loads((tmp_path / "p.geojson").read_text())
+    assert len(collection["features"]) == 68 and collection["attribution"] == "© OpenStreetMap contributors"

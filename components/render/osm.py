@@ -20,7 +20,7 @@ from shapely.ops import linemerge, polygonize, unary_union
 
 from components.core.errors import LocgenError
 from components.core.geo import Bounds, bounds_lonlat_to_m, expand, intersects, lonlat_to_m
-from components.core.hashing import file_sha256
+from components.core.provenance import file_sha256
 from components.render.style import LAYER_NAMES, LAYERS, match_layer
 
 OSM_SUFFIXES = (".osm.pbf", ".pbf", ".osm", ".osm.bz2", ".osm.gz")

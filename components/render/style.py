@@ -27,8 +27,6 @@ MARKER_HUE_RANGE_DEG = (260.0, 340.0)
 MARKER_MIN_SATURATION = 0.35
 MARKER_MIN_VALUE = 0.35
 
-ATTRIBUTION = "© OpenStreetMap contributors"
-
 
 class Layer(NamedTuple):
     """One drawing pass: features whose tags match `match` (key -> values, '*' for any)."""

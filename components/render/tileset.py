@@ -18,9 +18,10 @@ import json
 import numpy as np
 
 from components.core.geo import Bounds, Tile, tile_from_bounds_3857
+from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import Store
 from components.render.plan import PlannedTile
-from components.render.style import ATTRIBUTION, STYLE_VERSION, style_sha256
+from components.render.style import STYLE_VERSION, style_sha256
 
 MANIFEST_KEY = "manifest.jsonl"
 GEOREF_TEXT_KEY = "locgen:georef"
@@ -60,7 +61,7 @@ def manifest_row(planned: PlannedTile, domain: str, city: str, inputs_hash: str,
         "style_sha256": style_sha256(),
         "sources": sources,
         "inputs_sha256": inputs_hash,
-        "attribution": ATTRIBUTION,
+        "attribution": OSM_ATTRIBUTION,
     }
     if points_lonlat is not None:
         row["points"] = points_lonlat
@@ -72,7 +73,7 @@ def png_text(row: dict) -> dict[str, str]:
     georef = {key: row[key] for key in ("id", "domain", "city", "crs", "size_px", "m_per_px", "mpp_3857",
                                         "bounds_3857", "bounds_lonlat", "style_version", "style_sha256",
                                         "inputs_sha256")}
-    return {GEOREF_TEXT_KEY: json.dumps(georef), "Copyright": ATTRIBUTION, "Source": "locgen"}
+    return {GEOREF_TEXT_KEY: json.dumps(georef), "Copyright": OSM_ATTRIBUTION, "Source": "locgen"}
 
 
 def tile_of_row(row: dict) -> Tile:

@@ -54,7 +54,7 @@ import osmium
 
 from components.core.errors import LocgenError
 from components.core.geo import check_lonlat
-from components.core.hashing import file_sha256
+from components.core.provenance import OSM_ATTRIBUTION, file_sha256
 from components.core.storage import open_file_uri
 
 PREFIXES = ("gbfs", "csv", "geojson", "osm")
@@ -143,9 +143,12 @@ def _is_url(location: str) -> bool:
 
 
 def _read_bytes(location: str, timeout_s: float) -> bytes:
-    """The bytes of a local file or of an http(s) URL."""
+    """The bytes of a local file, an s3:// object or an http(s) URL."""
     if _is_url(location):
         return _fetch(location, timeout_s)
+    if location.startswith("s3://"):
+        store, key = open_file_uri(location)
+        return store.get_bytes(key)
     path = Path(location)
     if not path.is_file():
         raise LocgenError(f"{location}: no such file; check the path, or give {ACCEPTED_FORMS}")
@@ -513,4 +516,6 @@ def _geojson_text(sources: Sequence[LocationSource]) -> str:
     ]
     # allow_nan=False: NaN is not JSON, and a file other tools cannot parse is worse than an error here.
     collection = {"type": "FeatureCollection", "features": features}
+    if any(source.kind == "osm-tags" for source in sources):
+        collection["attribution"] = OSM_ATTRIBUTION  # ODbL: points taken from OSM keep its attribution
     return json.dumps(collection, ensure_ascii=False, allow_nan=False)

@@ -1,7 +1,10 @@
-"""sha256 of source files: the provenance every artifact records."""
+"""Provenance every artifact records: the sha256 of its sources, and the OSM attribution."""
 
 import hashlib
 from pathlib import Path
+
+# ODbL: every tile, preview and data set made from OpenStreetMap data carries this line.
+OSM_ATTRIBUTION = "© OpenStreetMap contributors"
 
 
 def file_sha256(path: Path) -> str:
