@@ -12,6 +12,9 @@ from pathlib import Path
 
 from components.core.errors import LocgenError
 from components.core.geo import parse_bbox, parse_latlon
+from components.render.job import RenderSettings, render
+
+DEFAULTS = RenderSettings(osm=[], out="")  # the defaults live in RenderSettings, not here
 
 
 def _add_location_options(parser: argparse.ArgumentParser) -> None:
@@ -34,36 +37,34 @@ def _render_parser(commands) -> None:
     parser.add_argument("--locations", action="append", default=[], metavar="SRC",
                         help="GBFS gbfs.json/feed (file or URL), CSV, GeoJSON, or osm:KEY=VALUE (repeatable)")
     parser.add_argument("--city", help="city name recorded with every tile (default: the OSM file's name)")
-    parser.add_argument("--size-px", type=int, default=256, help="tile size in pixels (default 256)")
-    parser.add_argument("--m-per-px", type=float, default=2.0, help="ground metres per pixel (default 2.0)")
-    parser.add_argument("--overlap-px", type=int, default=0, help="overlap of neighbouring grid tiles in pixels")
-    parser.add_argument("--marker-radius-px", type=float, default=3.0, help="marker disc radius (default 3)")
-    parser.add_argument("--empty-share", type=float, default=0.1, help="share of pairs with no location (0.1)")
+    parser.add_argument("--size-px", type=int, default=DEFAULTS.size_px, help="tile size in pixels (%(default)s)")
+    parser.add_argument("--m-per-px", type=float, default=DEFAULTS.m_per_px,
+                        help="ground metres per pixel at the tile centre (%(default)s)")
+    parser.add_argument("--overlap-px", type=int, default=DEFAULTS.overlap_px,
+                        help="overlap of neighbouring area tiles in pixels (%(default)s)")
+    parser.add_argument("--marker-radius-px", type=float, default=DEFAULTS.marker_radius_px,
+                        help="marker disc radius (%(default)s)")
+    parser.add_argument("--empty-share", type=float, default=DEFAULTS.empty_share,
+                        help="share of pairs with no location (%(default)s)")
     parser.add_argument("--holdout", type=lambda text: parse_bbox(text, "--holdout"), metavar="W,S,E,N",
                         help="held-out region for evaluation: no training pair touches it")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the pair placement")
-    parser.add_argument("--workers", type=int, default=1, help="processes (0: all cores)")
-    parser.add_argument("--overpass-url", default=None, help="Overpass API interpreter URL for --osm overpass")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="download cache (default $LOCGEN_CACHE "
-                        "or ~/.cache/locgen)")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="random seed of the pair placement")
+    parser.add_argument("--workers", type=int, default=DEFAULTS.workers, help="processes, 0: all cores (%(default)s)")
+    parser.add_argument("--overpass-url", default=DEFAULTS.overpass_url,
+                        help="Overpass API interpreter for --osm overpass (%(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULTS.cache_dir,
+                        help="download cache (default $LOCGEN_CACHE or ~/.cache/locgen)")
     _add_location_options(parser)
     parser.set_defaults(run=_run_render)
 
 
 def _run_render(args) -> dict:
-    from components.render.job import RenderSettings, render
-
-    settings = RenderSettings(
+    return render(RenderSettings(
         osm=args.osm, out=args.out, bbox=args.bbox, center=args.center, grid=args.grid, pairs=args.pairs,
         locations=args.locations, city=args.city, size_px=args.size_px, m_per_px=args.m_per_px,
         overlap_px=args.overlap_px, marker_radius_px=args.marker_radius_px, empty_share=args.empty_share,
         holdout=args.holdout, seed=args.seed, workers=args.workers, drop_disabled=not args.keep_disabled,
-        drop_reserved=args.drop_reserved)
-    if args.overpass_url:
-        settings.overpass_url = args.overpass_url
-    if args.cache_dir:
-        settings.cache_dir = args.cache_dir
-    return render(settings)
+        drop_reserved=args.drop_reserved, overpass_url=args.overpass_url, cache_dir=args.cache_dir))
 
 
 def _locations_parser(commands) -> None:

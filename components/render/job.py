@@ -102,12 +102,11 @@ def render(settings: RenderSettings) -> dict:
     points_lonlat, weights = _positions(sources)
     plan = _plan(settings, osm_files, points_lonlat, weights)
     map_data = _read_map(settings, osm_files, _plan_bounds_lonlat(plan))
-    drawn = weights > 0
+    drawn = weights > 0  # a station with no bike available has nothing standing there
     job = _Job(map_data, store, settings.city or _default_city(settings),
                [source._asdict() for source in map_data.sources],
                [{"uri": s.uri, "kind": s.kind, "sha256": s.sha256} for s in sources],
-               points_lonlat[drawn], np.stack(lonlat_to_m(*points_lonlat[drawn].T), axis=1).reshape(-1, 2),
-               settings.marker_radius_px, store.list_keys())
+               points_lonlat[drawn], _to_m(points_lonlat[drawn]), settings.marker_radius_px, store.list_keys())
     started_s = time.perf_counter()
     rows, rendered = _render_all(job, plan, settings.workers, settings.progress)
     render_s = time.perf_counter() - started_s
@@ -169,6 +168,10 @@ def _positions(sources: list[LocationSource]) -> tuple[np.ndarray, np.ndarray]:
     return lonlat, np.array([p.weight for p in points], dtype=np.float64)
 
 
+def _to_m(points_lonlat: np.ndarray) -> np.ndarray:
+    return np.stack(lonlat_to_m(points_lonlat[:, 0], points_lonlat[:, 1]), axis=1).reshape(-1, 2)
+
+
 def _plan(settings: RenderSettings, osm_files: list[Path], points_lonlat: np.ndarray,
           weights: np.ndarray) -> list[PlannedTile]:
     if settings.pairs is None:
@@ -176,7 +179,7 @@ def _plan(settings: RenderSettings, osm_files: list[Path], points_lonlat: np.nda
             return bbox_plan(settings.bbox, settings.size_px, settings.m_per_px, settings.overlap_px)
         return grid_plan(settings.center, settings.grid, settings.size_px, settings.m_per_px, settings.overlap_px)
     area = settings.bbox or _osm_extent(osm_files, settings)
-    points_m = np.stack(lonlat_to_m(*points_lonlat.T), axis=1).reshape(-1, 2)
+    points_m = _to_m(points_lonlat)
     area_m = bounds_lonlat_to_m(area)
     inside = contains(area_m, points_m[:, 0], points_m[:, 1])
     if not inside.any():
