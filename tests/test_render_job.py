@@ -113,7 +113,7 @@ def test_render_to_s3_lists_reruns_and_survives_a_store_that_dies_midway(s3_env,
     prefix = f"s3://{s3_env.bucket}/{unique_prefix()}"
     args = ["render", "--osm", str(KOTKA_PBF), "--city", "kotka", "--center", "60.53,26.95", "--grid", "3"]
 
-    status, summary = run(capsys, *args, "--out", f"{prefix}/small", "--grid", "2")
+    status, summary = run(capsys, *args, "--out", f"{prefix}/small", "--grid", "2", "--workers", "2")
     assert status == 0 and summary["manifest"] == f"{prefix}/small/{MANIFEST_KEY}"
     rows = read_manifest(open_store(f"{prefix}/small"))
     assert open_store(f"{prefix}/small").list_keys() == {row["path"] for row in rows} | {MANIFEST_KEY}
