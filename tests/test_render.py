@@ -141,6 +141,13 @@ def test_sea_from_clipped_coastlines_is_water(helsinki_map):
     assert tuple(render_map(helsinki_map, park)[8, 8]) != WATER_RGB
 
 
+def test_no_sea_is_made_up_beyond_the_extract(helsinki_map):
+    # East of the extract's stated edge (24.9534145 E) nothing is known: the cut coastlines must not
+    # turn it into sea, nor into anything else.
+    beyond = render_map(helsinki_map, tile_at(24.9580, 60.1700, 64, 2.0))
+    assert np.all(beyond == LAND_RGB)
+
+
 def test_lines_are_anti_aliased(helsinki_map):
     image = render_map(helsinki_map, tile_at(24.944, 60.170))
     style_colours = {LAND_RGB, WATER_RGB} | {layer.rgb for layer in LAYERS}

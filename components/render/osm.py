@@ -196,6 +196,20 @@ def header_bounds(path: Path) -> Bounds | None:
     return Bounds(box.bottom_left.lon, box.bottom_left.lat, box.top_right.lon, box.top_right.lat)
 
 
+def _sea_frame(area_m: Bounds, paths: list[Path]) -> Bounds:
+    """Where sea may be drawn: the area, cut to the extent the files state.
+
+    Outside an extract nothing is known, not even the coastline: sea assembled from coastlines that
+    the extract cuts must not spill past its edge.
+    """
+    extents = [header_bounds(path) for path in paths]
+    if None in extents:
+        return area_m
+    extent_m = [bounds_lonlat_to_m(extent) for extent in extents]
+    return Bounds(max(area_m.west, min(e.west for e in extent_m)), max(area_m.south, min(e.south for e in extent_m)),
+                  min(area_m.east, max(e.east for e in extent_m)), min(area_m.north, max(e.north for e in extent_m)))
+
+
 def read_osm(paths: list[Path], area_lonlat: Bounds, margin_m: float = 200.0,
              uris: list[str] | None = None) -> MapData:
     """Read the features of the style that touch the area (lon/lat) plus margin_m (EPSG:3857 metres).
@@ -215,7 +229,7 @@ def read_osm(paths: list[Path], area_lonlat: Bounds, margin_m: float = 200.0,
         except RuntimeError as error:
             raise _unreadable(path, error) from None
         sources.append(SourceRecord(uri, "osm", file_sha256(path)))
-    for rings_m in sea_polygons(coastlines, area_m):
+    for rings_m in sea_polygons(coastlines, _sea_frame(area_m, [Path(path) for path in paths])):
         builder.add(LAYER_NAMES.index("sea"), rings_m)
     features = builder.build()
     if not len(features.bbox_m):
