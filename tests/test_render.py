@@ -6,6 +6,7 @@ import json
 import numpy as np
 import osmium
 import pytest
+import shapely
 from conftest import HELSINKI_PBF, KOTKA_PBF
 
 from components.cli import main
@@ -167,3 +168,14 @@ def test_xml_extracts_give_the_same_map_as_the_pbf(tmp_path, helsinki_map, suffi
         assert np.array_equal(ours, theirs)
     tile = tile_at(24.944, 60.170)
     assert np.array_equal(render_map(from_xml, tile), render_map(helsinki_map, tile))
+
+
+def test_simplification_moves_no_line_by_more_than_its_tolerance(helsinki_map):
+    simple = read_osm([HELSINKI_PBF], HELSINKI_EXTENT, simplify_m=1.0)  # 1 EPSG:3857 m: 0.25 px here
+    plain_f, simple_f = helsinki_map.features, simple.features
+    assert len(simple_f.coords_m) < 0.8 * len(plain_f.coords_m)
+    assert np.array_equal(plain_f.feature_rings, simple_f.feature_rings)
+    for ring in range(len(plain_f.ring_offsets) - 1):
+        before = plain_f.coords_m[plain_f.ring_offsets[ring]:plain_f.ring_offsets[ring + 1]]
+        after = simple_f.coords_m[simple_f.ring_offsets[ring]:simple_f.ring_offsets[ring + 1]]
+        assert shapely.hausdorff_distance(shapely.LineString(before), shapely.LineString(after)) <= 1.0 + 1e-9

@@ -27,6 +27,7 @@ from components.core.geo import (
     contains,
     expand,
     lonlat_to_m,
+    mercator_scale,
 )
 from components.core.pngmeta import encode_png
 from components.core.storage import Store, open_file_uri, open_store
@@ -40,6 +41,7 @@ from components.sources.overpass import DEFAULT_OVERPASS_URL, fetch_overpass
 OVERPASS = "overpass"
 OSM_MARGIN_M = 200.0  # map data kept around the tiles, so features that only cross an edge are drawn
 CHUNK_TILES = 16  # tiles a worker renders before it waits for their uploads
+SIMPLIFY_PX = 0.25  # map lines lose the vertices that move them by less than this: invisible, and faster
 UPLOAD_THREADS = 8  # concurrent uploads per process: enough to hide an object store's round trips
 
 
@@ -159,7 +161,9 @@ def _read_map(settings: RenderSettings, osm_files: list[Path], area: Bounds) -> 
         osm_files = osm_files + [fetch_overpass(overpass_bbox, url=settings.overpass_url,
                                                 cache_dir=settings.cache_dir / "overpass")]
         osm_uris.append(f"{settings.overpass_url}?bbox={','.join(f'{v:.7f}' for v in overpass_bbox)}")
-    return read_osm(osm_files, area, OSM_MARGIN_M, osm_uris)
+    centre_lat = (area.south + area.north) / 2
+    simplify_m = SIMPLIFY_PX * settings.m_per_px * mercator_scale(centre_lat)
+    return read_osm(osm_files, area, OSM_MARGIN_M, osm_uris, simplify_m)
 
 
 def _positions(sources: list[LocationSource]) -> tuple[np.ndarray, np.ndarray]:

@@ -64,9 +64,9 @@ class _FeatureBuilder:
     def add(self, layer_index: int, rings_m: list[np.ndarray]) -> None:
         self.by_layer[layer_index].append(rings_m)
 
-    def build(self) -> FeatureArrays:
+    def build(self, simplify_m: float = 0.0) -> FeatureArrays:
         features = [feature for layer in self.by_layer for feature in layer]
-        rings = [ring for feature in features for ring in feature]
+        rings = _simplified([ring for feature in features for ring in feature], simplify_m)
         ring_sizes = np.array([len(ring) for ring in rings], dtype=np.int64)
         rings_per_feature = np.array([len(feature) for feature in features], dtype=np.int64)
         coords_m = np.concatenate(rings) if rings else np.zeros((0, 2))
@@ -74,6 +74,22 @@ class _FeatureBuilder:
         layer = np.repeat(np.arange(len(LAYERS)), [len(layer) for layer in self.by_layer])
         return FeatureArrays(coords_m, np.concatenate([[0], np.cumsum(ring_sizes)]),
                              np.concatenate([[0], np.cumsum(rings_per_feature)]), bbox_m.reshape(-1, 4), layer)
+
+
+def _simplified(rings: list[np.ndarray], tolerance_m: float) -> list[np.ndarray]:
+    """Rings and lines without the vertices that move them by less than tolerance_m (Douglas-Peucker).
+
+    A quarter of a pixel changes nothing visible and spares OpenCV a quarter of its segments. A
+    ring that would collapse below 3 vertices stays as it is.
+    """
+    if tolerance_m <= 0 or not rings:
+        return rings
+    sizes = [len(ring) for ring in rings]
+    lines = shapely.linestrings(np.concatenate(rings), indices=np.repeat(np.arange(len(rings)), sizes))
+    coords, index = shapely.get_coordinates(shapely.simplify(lines, tolerance_m, preserve_topology=False),
+                                            return_index=True)
+    simplified = np.split(coords, np.flatnonzero(np.diff(index)) + 1)
+    return [new if len(new) >= min(3, len(old)) else old for old, new in zip(rings, simplified, strict=True)]
 
 
 def _project(lonlats: list[tuple[float, float]]) -> np.ndarray:
@@ -211,11 +227,12 @@ def _sea_frame(area_m: Bounds, paths: list[Path]) -> Bounds:
 
 
 def read_osm(paths: list[Path], area_lonlat: Bounds, margin_m: float = 200.0,
-             uris: list[str] | None = None) -> MapData:
+             uris: list[str] | None = None, simplify_m: float = 0.0) -> MapData:
     """Read the features of the style that touch the area (lon/lat) plus margin_m (EPSG:3857 metres).
 
     `uris` name the sources in the lineage when the files are local copies (of s3:// objects, of
-    Overpass answers); by default the paths themselves.
+    Overpass answers); by default the paths themselves. `simplify_m` (EPSG:3857 metres) drops
+    vertices that move a line by less than that: give a fraction of a pixel.
     """
     area_m = expand(bounds_lonlat_to_m(area_lonlat), margin_m)
     builder = _FeatureBuilder()
@@ -231,7 +248,7 @@ def read_osm(paths: list[Path], area_lonlat: Bounds, margin_m: float = 200.0,
         sources.append(SourceRecord(uri, "osm", file_sha256(path)))
     for rings_m in sea_polygons(coastlines, _sea_frame(area_m, [Path(path) for path in paths])):
         builder.add(LAYER_NAMES.index("sea"), rings_m)
-    features = builder.build()
+    features = builder.build(simplify_m)
     if not len(features.bbox_m):
         raise LocgenError(f"no OSM map features in {tuple(round(v, 6) for v in area_lonlat)} in "
                           f"{', '.join(source.uri for source in sources)}; "
