@@ -23,8 +23,6 @@ from components.core.geo import Bounds, bounds_lonlat_to_m, expand, intersects, 
 from components.core.provenance import file_sha256
 from components.render.style import LAYER_NAMES, LAYERS, match_layer
 
-OSM_SUFFIXES = (".osm.pbf", ".pbf", ".osm", ".osm.bz2", ".osm.gz")
-
 
 class FeatureArrays(NamedTuple):
     """Every feature of the map, flattened (feature -> rings -> vertices) and sorted by layer.
@@ -48,11 +46,7 @@ class SourceRecord(NamedTuple):
 
 class MapData(NamedTuple):
     features: FeatureArrays
-    area_m: Bounds  # the area that was kept (requested area plus margin), EPSG:3857
     sources: list[SourceRecord]
-
-    def feature_count(self, layer_name: str) -> int:
-        return int((self.features.layer == LAYER_NAMES.index(layer_name)).sum())
 
 
 class _FeatureBuilder:
@@ -253,4 +247,4 @@ def read_osm(paths: list[Path], area_lonlat: Bounds, margin_m: float = 200.0,
         raise LocgenError(f"no OSM map features in {tuple(round(v, 6) for v in area_lonlat)} in "
                           f"{', '.join(source.uri for source in sources)}; "
                           "choose an area inside the data or another OSM source")
-    return MapData(features, area_m, sources)
+    return MapData(features, sources)
