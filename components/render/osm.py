@@ -110,15 +110,16 @@ def _read_file(path: Path, area_m: Bounds, builder: _FeatureBuilder,
     processor = osmium.FileProcessor(str(path), entities).with_areas()
     for obj in processor:
         if obj.is_way():
-            if obj.tags.get("natural") == "coastline":
-                points = _node_lonlats(obj.nodes)
-                if len(points) >= 2:
-                    coastlines.append(_project(points))
+            coastline = obj.tags.get("natural") == "coastline"
             layer_index = match_layer(obj.tags, "line")
-            if layer_index is None:
+            if layer_index is None and not coastline:
                 continue
             points = _node_lonlats(obj.nodes)
             rings_m = [_project(points)] if len(points) >= 2 else []
+            if coastline:
+                coastlines.extend(rings_m)
+            if layer_index is None:
+                continue
         elif obj.is_area():
             layer_index = match_layer(obj.tags, "area")
             if layer_index is None:
@@ -140,8 +141,8 @@ def sea_polygons(coastlines: list[np.ndarray], area_m: Bounds) -> list[list[np.n
     The coastline pieces and the area's border cut the area into faces; a face is sea when more
     probe points just right of the coastline fall in it than just left of it.
     """
-    if not coastlines:
-        return []
+    if not coastlines or area_m.west >= area_m.east or area_m.south >= area_m.north:
+        return []  # no coastline, or an area outside the data
     frame = box(*area_m)
     merged = linemerge([LineString(c) for c in coastlines])
     reach_m = math.hypot(area_m.east - area_m.west, area_m.north - area_m.south)
