@@ -50,6 +50,13 @@ def _fail_after(seconds: int):
     signal.alarm(seconds)
 
 
+def test_more_pairs_reuse_the_tiles_of_fewer(tmp_path, capsys):
+    out = str(tmp_path / "pairs")
+    run(capsys, *HELSINKI_PAIRS, "--out", out, "--empty-share", "0")
+    status, more = run(capsys, *HELSINKI_PAIRS, "--pairs", "9", "--out", out, "--empty-share", "0")  # last wins
+    assert status == 0 and (more["tiles"], more["rendered"], more["skipped"]) == (18, 6, 12)
+
+
 def test_all_cores_give_the_same_tiles_as_one(tmp_path, capsys):
     # One process first, then all cores, in the same Python process: no upload thread may outlive
     # a render, or a later render would fork it, dead, into its workers (a benchmark hung on that).

@@ -161,8 +161,9 @@ def _read_map(settings: RenderSettings, osm_files: list[Path], area: Bounds) -> 
         osm_files = osm_files + [fetch_overpass(overpass_bbox, url=settings.overpass_url,
                                                 cache_dir=settings.cache_dir / "overpass")]
         osm_uris.append(f"{settings.overpass_url}?bbox={','.join(f'{v:.7f}' for v in overpass_bbox)}")
-    centre_lat = (area.south + area.north) / 2
-    simplify_m = SIMPLIFY_PX * settings.m_per_px * mercator_scale(centre_lat)
+    # The scale at the whole degree of latitude: the same tolerance (and so the same pixels) for any
+    # plan in a city, so a re-run with more training pairs reuses the tiles it shares with the last.
+    simplify_m = SIMPLIFY_PX * settings.m_per_px * mercator_scale(round((area.south + area.north) / 2))
     return read_osm(osm_files, area, OSM_MARGIN_M, osm_uris, simplify_m)
 
 
@@ -286,7 +287,8 @@ def _render_tile(planned: PlannedTile) -> list[tuple[dict, bytes | None]]:
                          job.points_lonlat[inside].tolist()))
     results, base = [], None
     for domain, sources, points_m, points_lonlat in variants:
-        inputs_hash = inputs_sha256(tile, domain, osm_hashes, points_m, job.marker_radius_px)
+        inputs_hash = inputs_sha256(tile, domain, osm_hashes, job.map_data.simplify_m, points_m,
+                                    job.marker_radius_px)
         row = manifest_row(planned, domain, job.city, inputs_hash, sources, points_lonlat)
         if tile_key(domain, planned.tile_id, inputs_hash) in job.existing_keys:
             results.append((row, None))

@@ -47,6 +47,7 @@ class SourceRecord(NamedTuple):
 class MapData(NamedTuple):
     features: FeatureArrays
     sources: list[SourceRecord]
+    simplify_m: float  # the generalisation the lines went through: it shapes the pixels too
 
 
 class _FeatureBuilder:
@@ -248,4 +249,4 @@ def read_osm(paths: list[Path], area_lonlat: Bounds, margin_m: float = 200.0,
         raise LocgenError(f"no OSM map features in {tuple(round(v, 6) for v in area_lonlat)} in "
                           f"{', '.join(source.uri for source in sources)}; "
                           "choose an area inside the data or another OSM source")
-    return MapData(features, sources)
+    return MapData(features, sources, simplify_m)

@@ -28,11 +28,12 @@ GEOREF_TEXT_KEY = "locgen:georef"
 KEY_HASH_CHARS = 16
 
 
-def inputs_sha256(tile: Tile, domain: str, source_hashes: list[str], points_m: np.ndarray | None,
-                  marker_radius_px: float) -> str:
+def inputs_sha256(tile: Tile, domain: str, source_hashes: list[str], simplify_m: float,
+                  points_m: np.ndarray | None, marker_radius_px: float) -> str:
     """Hash of everything that decides a tile's pixels."""
     document = {
         "tile": list(tile), "domain": domain, "style": style_sha256(), "sources": sorted(source_hashes),
+        "simplify_m": simplify_m,
         "points_m": None if points_m is None else np.round(points_m, 4).tolist(),
         "marker_radius_px": marker_radius_px if domain == "a" else None,
     }
