@@ -94,6 +94,7 @@ def _corrupt_pbf(tmp_path):
     ("corrupt pbf", "not a readable OSM file"),
     ("unreachable store", "is unreachable"),
     ("GBFS with no positions", "free_bike_status.json"),
+    ("negative workers", "--workers -1: give a number of processes"),
 ])
 def test_bad_input_gives_one_clear_line_and_writes_nothing(case, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
@@ -109,6 +110,7 @@ def test_bad_input_gives_one_clear_line_and_writes_nothing(case, message, tmp_pa
                               "--center", "60.17,24.94", "--grid", "2"],
         "GBFS with no positions": HELSINKI_PAIRS[:5] + ["--pairs", "2", "--out", str(out), "--locations",
                                                         _gbfs_without_positions(tmp_path)],
+        "negative workers": helsinki + ["--center", "60.17,24.94", "--grid", "2", "--workers", "-1"],
     }[case]
     status, errors = run(capsys, *argv)
     assert status == 2

@@ -131,6 +131,10 @@ def _check_mode(settings: RenderSettings) -> None:
         raise LocgenError("--pairs needs --locations SRC: training tiles are placed around the locations")
     if settings.bbox is not None and settings.center is not None:
         raise LocgenError("give either --bbox or --center, not both")
+    if settings.workers < 0:
+        raise LocgenError(f"--workers {settings.workers}: give a number of processes, or 0 for all cores")
+    if settings.marker_radius_px <= 0:
+        raise LocgenError(f"--marker-radius-px {settings.marker_radius_px}: give a radius above 0 (3 by default)")
 
 
 def _osm_files(settings: RenderSettings) -> list[Path]:
