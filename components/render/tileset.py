@@ -17,6 +17,7 @@ import json
 
 import numpy as np
 
+from components import __version__
 from components.core.geo import Bounds, Tile, tile_from_bounds_3857
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import Store
@@ -32,6 +33,7 @@ def inputs_sha256(tile: Tile, domain: str, source_hashes: list[str], simplify_m:
                   points_m: np.ndarray | None, marker_radius_px: float) -> str:
     """Hash of everything that decides a tile's pixels."""
     document = {
+        "locgen": __version__,  # the renderer's code shapes the pixels as much as the style does
         "tile": list(tile), "domain": domain, "style": style_sha256(), "sources": sorted(source_hashes),
         "simplify_m": simplify_m,
         "points_m": None if points_m is None else np.round(points_m, 4).tolist(),
@@ -59,6 +61,7 @@ def manifest_row(planned: PlannedTile, domain: str, city: str, inputs_hash: str,
         "bounds_3857": list(tile.bounds_3857),
         "bounds_lonlat": list(tile.bounds_lonlat),
         "style_version": STYLE_VERSION,
+        "locgen_version": __version__,
         "style_sha256": style_sha256(),
         "sources": sources,
         "inputs_sha256": inputs_hash,
