@@ -11,11 +11,12 @@ from conftest import HELSINKI_PBF, KOTKA_PBF
 
 from components.cli import main
 from components.core.geo import Bounds, lonlat_to_m, tile_at
+from components.core.markers import MARKER_RGB, marker_mask
 from components.core.pngmeta import decode_png, read_png_text
 from components.core.storage import open_store
 from components.render.osm import read_osm
 from components.render.raster import draw_markers, render_map
-from components.render.style import LAND_RGB, LAYERS, MARKER_RGB, WATER_RGB, marker_range_mask
+from components.render.style import LAND_RGB, LAYERS, WATER_RGB
 from components.render.tileset import GEOREF_TEXT_KEY, read_manifest, tile_of_row
 
 HELSINKI_EXTENT = Bounds(24.9351762, 60.1641550, 24.9534145, 60.1791130)
@@ -52,7 +53,7 @@ def test_every_manifest_point_is_magenta_in_a_and_not_in_its_b_twin(helsinki_pai
         for lon, lat in row["points"]:
             col, row_px = (int(np.floor(v)) for v in tile.lonlat_to_px(lon, lat))
             assert tuple(a_image[row_px, col]) == MARKER_RGB
-            assert not marker_range_mask(b_image[row_px:row_px + 1, col:col + 1]).any()
+            assert not marker_mask(b_image[row_px:row_px + 1, col:col + 1]).any()
             checked += 1
     assert checked >= 40  # every located tile holds at least its seed location
 
@@ -98,7 +99,7 @@ def test_the_style_never_paints_in_the_marker_range_on_any_sample_tile(tmp_path)
         out, rows = _sample_tiles(tmp_path, osm, extent, city)
         for row in rows:
             image = _image(out, row)
-            assert not marker_range_mask(image).any(), row["path"]
+            assert not marker_mask(image).any(), row["path"]
             tiles += 1
     assert tiles == 8 + 25  # 2 x 4 tiles of 512 m cover central Helsinki, 5 x 5 cover Kotka
 
@@ -107,8 +108,8 @@ def test_no_blend_of_two_style_colours_reaches_the_marker_range():
     colours = {LAND_RGB, WATER_RGB} | {layer.rgb for layer in LAYERS}
     blends = [np.array(a) * t + np.array(b) * (1 - t)
               for a, b in itertools.combinations(colours, 2) for t in np.linspace(0, 1, 21)]
-    assert not marker_range_mask(np.rint(np.array(blends)).astype(np.uint8)[None]).any()
-    assert marker_range_mask(np.array([[MARKER_RGB, (230, 40, 220), (200, 90, 200)]], dtype=np.uint8)).all()
+    assert not marker_mask(np.rint(np.array(blends)).astype(np.uint8)[None]).any()
+    assert marker_mask(np.array([[MARKER_RGB, (230, 40, 220), (200, 90, 200)]], dtype=np.uint8)).all()
 
 
 def test_the_png_carries_its_georeference_and_attribution(helsinki_pairs):

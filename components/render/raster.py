@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 
 from components.core.geo import Tile
+from components.core.markers import MARKER_RGB
 from components.render.osm import FeatureArrays, MapData
-from components.render.style import LAND_RGB, LAYERS, MARKER_RGB
+from components.render.style import LAND_RGB, LAYERS
 
 SHIFT_BITS = 4
 FIXED_ONE = 1 << SHIFT_BITS

@@ -3,9 +3,9 @@
 The style is data, versioned and hashed: every tile records `STYLE_VERSION` and `style_sha256()`,
 so a model is never fed tiles of a style it was not trained on without it being visible.
 
-Colours avoid the marker range on purpose: no colour is purple or pink, and every pair blends
-(anti-aliased edges are convex mixes of two colours) to greys, not to magenta. The marker range
-itself is defined here so the renderer tests can prove it.
+Colours avoid the marker range (components.core.markers) on purpose: no colour is purple or
+pink, and every pair blends (anti-aliased edges are convex mixes of two colours) to greys, not to
+magenta; the renderer tests prove it.
 """
 
 from __future__ import annotations
@@ -15,17 +15,9 @@ import hashlib
 import json
 from typing import NamedTuple
 
-import numpy as np
+from components.core.markers import MARKER_RGB
 
 STYLE_VERSION = "1"
-
-MARKER_RGB = (255, 0, 255)
-
-# The colour range a marker may take after a GAN repaints it: hue around magenta (300 deg),
-# clearly saturated and bright. The base style must never produce a pixel in it.
-MARKER_HUE_RANGE_DEG = (260.0, 340.0)
-MARKER_MIN_SATURATION = 0.35
-MARKER_MIN_VALUE = 0.35
 
 
 class Layer(NamedTuple):
@@ -96,7 +88,7 @@ def style_document() -> dict:
     return {
         "version": STYLE_VERSION,
         "land_rgb": LAND_RGB,
-        "marker_rgb": MARKER_RGB,
+        "marker_rgb": MARKER_RGB,  # part of the look the model learns
         "layers": [layer._asdict() for layer in LAYERS],
     }
 
@@ -105,21 +97,3 @@ def style_document() -> dict:
 def style_sha256() -> str:
     canonical = json.dumps(style_document(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def marker_range_mask(rgb: np.ndarray) -> np.ndarray:
-    """Boolean mask of the pixels of an (H, W, 3) RGB uint8 image that fall in the marker range."""
-    pixels = rgb.astype(np.float32) / 255.0
-    value = pixels.max(axis=-1)
-    chroma = value - pixels.min(axis=-1)
-    saturation = np.divide(chroma, value, out=np.zeros_like(value), where=value > 0)
-    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
-    # Standard RGB -> hue; only the sector between blue and red (180..360) can hold magenta.
-    safe_chroma = np.where(chroma > 0, chroma, 1.0)
-    hue_deg = np.where(
-        value == red, (60.0 * (green - blue) / safe_chroma) % 360.0,
-        np.where(value == green, 60.0 * (blue - red) / safe_chroma + 120.0,
-                 60.0 * (red - green) / safe_chroma + 240.0))
-    low, high = MARKER_HUE_RANGE_DEG
-    return (chroma > 0) & (hue_deg >= low) & (hue_deg <= high) & \
-        (saturation >= MARKER_MIN_SATURATION) & (value >= MARKER_MIN_VALUE)
