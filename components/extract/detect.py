@@ -1,0 +1,138 @@
+"""Find the marker dots in one tile: one detection per dot, at its sub-pixel centroid.
+
+1. colour mask: pixels in the marker range (components.core.markers), tolerant to a GAN's hue
+   drift and softened edges;
+2. clean-up: a morphological opening drops isolated noise pixels;
+3. connected components with a minimum area;
+4. touching dots are split at the peaks of the distance transform of the blob's core (a dot's
+   centre is farther from the background than its rim, so two merged discs keep two peaks with a
+   saddle between them);
+5. each part's centroid is weighted by how magenta its pixels are, so a softened rim pulls less
+   than the core; its score is the mean of that closeness over the part.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from components.core.markers import MarkerRange, magenta_closeness, marker_mask
+
+CROSS_3X3 = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+# Two peaks are two dots when the depth between them falls below this share of the shallower one
+# (merged discs of radius 3 px at 5 px apart: ~0.6; bumps on one blurred dot: above 0.85).
+SADDLE_RATIO = 0.8
+
+
+class DetectSettings(NamedTuple):
+    marker_range: MarkerRange = MarkerRange()
+    # A rendered dot of radius 3 px has 29 px; a GAN's faint dot still has ~10. Specks below 5 px
+    # are noise (measured on degraded tiles in tests/test_extract.py).
+    min_area_px: int = 5
+    # Peaks of the distance transform closer than this belong to one dot: two dots closer than
+    # this are reported as one.
+    min_separation_px: float = 3.0
+    # A peak must be this far inside the blob's core: shallower bumps are the rim of a single dot.
+    min_peak_depth_px: float = 1.5
+    # A blob's core: its pixels at least this saturated, i.e. about half magenta or more. Where a
+    # blurred dot's rim fades, its edge sits where the original disc's edge was.
+    core_saturation: float = 0.55
+
+
+class Detection(NamedTuple):
+    col: float  # continuous pixel coordinates: the centre of pixel (c, r) is (c + 0.5, r + 0.5)
+    row: float
+    area_px: int
+    score: float  # mean closeness of the dot's pixels to pure magenta, 0..1
+    touches_edge: bool  # the dot is cut by the tile's border: its centroid is biased inwards
+
+
+def detect_markers(rgb: np.ndarray, settings: DetectSettings = DetectSettings()) -> list[Detection]:
+    """The marker dots of an (H, W, 3) RGB uint8 tile."""
+    mask = marker_mask(rgb, settings.marker_range)
+    if not mask.any():
+        return []
+    # Opening drops isolated noise pixels. No closing: it would fill the waist between two
+    # touching dots, which is what tells them apart.
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, CROSS_3X3)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    closeness = core = None
+    detections = []
+    for label in range(1, count):
+        left, top, width, height, area = stats[label]
+        if area < settings.min_area_px:
+            continue
+        if closeness is None:  # only for tiles that have a dot
+            closeness = magenta_closeness(rgb)
+            core = marker_mask(rgb, settings.marker_range._replace(min_saturation=settings.core_saturation))
+        window = (slice(top, top + height), slice(left, left + width))
+        blob = labels[window] == label
+        detections.extend(_split_blob(blob, blob & (core[window] > 0), closeness[window], left, top,
+                                      rgb.shape[:2], settings))
+    return detections
+
+
+def _split_blob(blob: np.ndarray, blob_core: np.ndarray, closeness: np.ndarray, left: int, top: int,
+                tile_shape: tuple[int, int], settings: DetectSettings) -> list[Detection]:
+    """One detection per distance-transform peak of a connected blob (a window of the tile).
+
+    The peaks come from the blob's core, its pixels that are at least half magenta: blur spreads a
+    rim of fainter pixels that fills the waist between two touching dots, the core keeps it.
+    """
+    padded = cv2.copyMakeBorder(blob_core.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    depth = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    peaks = _peaks(depth, settings)
+    rows, cols = np.nonzero(blob)
+    # Each pixel goes to its nearest peak: the parts of two merged discs meet along the saddle.
+    nearest = np.argmin((rows[:, None] - peaks[None, :, 0]) ** 2 + (cols[:, None] - peaks[None, :, 1]) ** 2, axis=1)
+    weight = closeness[rows, cols]
+    height_px, width_px = tile_shape
+    detections = []
+    for part in range(len(peaks)):
+        chosen = nearest == part
+        part_weight = weight[chosen]
+        if chosen.sum() < settings.min_area_px or part_weight.sum() <= 0:
+            continue
+        part_rows, part_cols = rows[chosen] + top, cols[chosen] + left
+        touches = part_rows.min() == 0 or part_cols.min() == 0 or part_rows.max() == height_px - 1 \
+            or part_cols.max() == width_px - 1
+        detections.append(Detection(
+            col=float(np.average(part_cols, weights=part_weight)) + 0.5,
+            row=float(np.average(part_rows, weights=part_weight)) + 0.5,
+            area_px=int(chosen.sum()), score=float(part_weight.mean()), touches_edge=bool(touches)))
+    return detections
+
+
+def _peaks(depth: np.ndarray, settings: DetectSettings) -> np.ndarray:
+    """(P, 2) row/col of the dots in a blob: the peaks of its distance transform that a saddle
+    separates from every deeper peak. A blob always has at least one: its deepest point."""
+    local_max = (depth >= cv2.dilate(depth, np.ones((3, 3), np.uint8))) & (depth >= settings.min_peak_depth_px)
+    if not local_max.any():
+        return np.array([np.unravel_index(np.argmax(depth), depth.shape)], dtype=np.float64)
+    # A flat top gives several maximal pixels: each group of touching ones is one peak, at its middle.
+    count, groups, _, centroids = cv2.connectedComponentsWithStats(local_max.astype(np.uint8), connectivity=8)
+    peak_depths = [float(depth[groups == group].max()) for group in range(1, count)]
+    kept: list[tuple[np.ndarray, float]] = []
+    for index in np.argsort(peak_depths)[::-1]:  # deepest first: a shallow bump joins the deep dot
+        peak, peak_depth = centroids[index + 1, ::-1], peak_depths[index]  # (x, y) -> (row, col)
+        if all(_separate(depth, peak, peak_depth, other, other_depth, settings) for other, other_depth in kept):
+            kept.append((peak, peak_depth))
+    return np.array([peak for peak, _ in kept])
+
+
+def _separate(depth: np.ndarray, peak: np.ndarray, peak_depth: float, other: np.ndarray, other_depth: float,
+              settings: DetectSettings) -> bool:
+    """Whether two peaks are two dots: far enough apart, with a saddle between them.
+
+    Along the segment between two merged discs the depth dips well below both peaks; along the
+    rim bumps of one blurred dot it barely does.
+    """
+    distance_px = float(np.hypot(*(peak - other)))
+    if distance_px < settings.min_separation_px:
+        return False
+    steps = np.linspace(0.0, 1.0, int(np.ceil(distance_px * 2)) + 1)
+    samples = np.rint(peak[None, :] + steps[:, None] * (other - peak)[None, :]).astype(int)
+    saddle_depth = depth[samples[:, 0], samples[:, 1]].min()
+    return saddle_depth < SADDLE_RATIO * min(peak_depth, other_depth)
