@@ -12,9 +12,13 @@ from pathlib import Path
 
 from components.core.errors import LocgenError
 from components.core.geo import parse_bbox, parse_latlon
+from components.core.markers import MarkerRange
+from components.extract.job import ExtractSettings, extract
 from components.render.job import RenderSettings, render
 
-DEFAULTS = RenderSettings(osm=[], out="")  # the defaults live in RenderSettings, not here
+# The defaults live in the settings classes, not here.
+DEFAULTS = RenderSettings(osm=[], out="")
+EXTRACT_DEFAULTS = ExtractSettings(tiles="", out="")
 
 
 def _add_location_options(parser: argparse.ArgumentParser) -> None:
@@ -92,11 +96,47 @@ def _run_locations(args) -> dict:
                         for s in sources]}
 
 
+def _extract_parser(commands) -> None:
+    parser = commands.add_parser("extract", help="turn the marker dots of a tile set into points",
+                                 description="Extract one point per marker dot, as CSV or GeoJSON.")
+    parser.add_argument("--tiles", required=True, metavar="URI", help="tile set: local path or s3://bucket/prefix")
+    parser.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.geojson (local or s3://)")
+    parser.add_argument("--dedupe-m", type=float, default=EXTRACT_DEFAULTS.dedupe_m,
+                        help="merge a dot seen in two tiles within this geodesic distance (%(default)s m)")
+    parser.add_argument("--preview", metavar="FILE.png", help="also write a preview of the area with the points")
+    detect = EXTRACT_DEFAULTS.detect
+    parser.add_argument("--hue-deg", type=_pair, default=detect.marker_range.hue_deg, metavar="LOW,HIGH",
+                        help="marker hue range in degrees (%(default)s)")
+    parser.add_argument("--min-saturation", type=float, default=detect.marker_range.min_saturation,
+                        help="least saturation of a marker pixel, 0-1 (%(default)s)")
+    parser.add_argument("--min-value", type=float, default=detect.marker_range.min_value,
+                        help="least brightness of a marker pixel, 0-1 (%(default)s)")
+    parser.add_argument("--min-area-px", type=int, default=detect.min_area_px,
+                        help="smallest dot in pixels (%(default)s)")
+    parser.set_defaults(run=_run_extract)
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(value) for value in text.split(","))
+    except ValueError:
+        raise LocgenError(f"--hue-deg {text}: give LOW,HIGH in degrees, e.g. 260,340") from None
+    return low, high
+
+
+def _run_extract(args) -> dict:
+    marker_range = MarkerRange(args.hue_deg, args.min_saturation, args.min_value)
+    detect = EXTRACT_DEFAULTS.detect._replace(marker_range=marker_range, min_area_px=args.min_area_px)
+    return extract(ExtractSettings(tiles=args.tiles, out=args.out, dedupe_m=args.dedupe_m, preview=args.preview,
+                                   detect=detect))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="locgen", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _render_parser(commands)
     _locations_parser(commands)
+    _extract_parser(commands)
     return parser
 
 

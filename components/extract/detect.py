@@ -7,7 +7,9 @@
 4. touching dots are split at the peaks of the distance transform of the blob's core (a dot's
    centre is farther from the background than its rim, so two merged discs keep two peaks with a
    saddle between them);
-5. each part's centroid is weighted by how magenta its pixels are, so a softened rim pulls less
+5. a blob whose core is several times the tile set's typical dot is split into that many dots
+   (k-means) when its peaks are fewer: blurred dots that touch may leave no saddle;
+6. each part's centroid is weighted by how magenta its pixels are, so a softened rim pulls less
    than the core; its score is the mean of that closeness over the part.
 """
 
@@ -24,6 +26,9 @@ CROSS_3X3 = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 # Two peaks are two dots when the depth between them falls below this share of the shallower one
 # (merged discs of radius 3 px at 5 px apart: ~0.6; bumps on one blurred dot: above 0.85).
 SADDLE_RATIO = 0.8
+# The typical dot is measured on the tile set's own dots (a generator may paint them larger or
+# smaller than the renderer did) once there are this many lone ones.
+MIN_DOTS_FOR_TYPICAL_AREA = 10
 
 
 class DetectSettings(NamedTuple):
@@ -47,10 +52,18 @@ class Detection(NamedTuple):
     area_px: int
     score: float  # mean closeness of the dot's pixels to pure magenta, 0..1
     touches_edge: bool  # the dot is cut by the tile's border: its centroid is biased inwards
+    blob_core_px: int  # core pixels of the blob this dot came from (with the dots it was split from)
+    blob_dots: int  # how many dots that blob was split into
 
 
-def detect_markers(rgb: np.ndarray, settings: DetectSettings = DetectSettings()) -> list[Detection]:
-    """The marker dots of an (H, W, 3) RGB uint8 tile."""
+def detect_markers(rgb: np.ndarray, settings: DetectSettings = DetectSettings(),
+                   dot_core_px: float | None = None) -> list[Detection]:
+    """The marker dots of an (H, W, 3) RGB uint8 tile.
+
+    `dot_core_px`, the core area of one dot (typical_dot_core_px of the tile set's detections),
+    also splits a blob whose core holds that many dots more than its peaks tell apart: blurred dots
+    that touch may leave no saddle, but their area still counts them.
+    """
     mask = marker_mask(rgb, settings.marker_range)
     if not mask.any():
         return []
@@ -70,13 +83,29 @@ def detect_markers(rgb: np.ndarray, settings: DetectSettings = DetectSettings())
         window = (slice(top, top + height), slice(left, left + width))
         blob = labels[window] == label
         detections.extend(_split_blob(blob, blob & (core[window] > 0), closeness[window], left, top,
-                                      rgb.shape[:2], settings))
+                                      rgb.shape[:2], settings, dot_core_px))
     return detections
 
 
+def typical_dot_core_px(detections: list[Detection]) -> float | None:
+    """The median core area of the whole dots that were alone in their blob, when there are enough."""
+    alone = [d.blob_core_px for d in detections if d.blob_dots == 1 and not d.touches_edge]
+    return float(np.median(alone)) if len(alone) >= MIN_DOTS_FOR_TYPICAL_AREA else None
+
+
+def holds_more_dots(detection: Detection, dot_core_px: float) -> bool:
+    """Whether the detection's blob is larger than the dots it was split into."""
+    return _dot_count(detection.blob_core_px, dot_core_px) > detection.blob_dots
+
+
+def _dot_count(core_px: int, dot_core_px: float) -> int:
+    return max(1, round(core_px / dot_core_px))
+
+
 def _split_blob(blob: np.ndarray, blob_core: np.ndarray, closeness: np.ndarray, left: int, top: int,
-                tile_shape: tuple[int, int], settings: DetectSettings) -> list[Detection]:
-    """One detection per distance-transform peak of a connected blob (a window of the tile).
+                tile_shape: tuple[int, int], settings: DetectSettings, dot_core_px: float | None) -> list[Detection]:
+    """One detection per distance-transform peak of a connected blob (a window of the tile), or per
+    dot its core area holds when dot_core_px is given and the peaks are fewer.
 
     The peaks come from the blob's core, its pixels that are at least half magenta: blur spreads a
     rim of fainter pixels that fills the waist between two touching dots, the core keeps it.
@@ -84,6 +113,9 @@ def _split_blob(blob: np.ndarray, blob_core: np.ndarray, closeness: np.ndarray, 
     padded = cv2.copyMakeBorder(blob_core.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     depth = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     peaks = _peaks(depth, settings)
+    core_px = int(blob_core.sum())
+    if dot_core_px is not None and _dot_count(core_px, dot_core_px) > len(peaks):
+        peaks = _cluster_centres(np.argwhere(blob_core).astype(np.float64), _dot_count(core_px, dot_core_px))
     rows, cols = np.nonzero(blob)
     # Each pixel goes to its nearest peak: the parts of two merged discs meet along the saddle.
     nearest = np.argmin((rows[:, None] - peaks[None, :, 0]) ** 2 + (cols[:, None] - peaks[None, :, 1]) ** 2, axis=1)
@@ -101,8 +133,23 @@ def _split_blob(blob: np.ndarray, blob_core: np.ndarray, closeness: np.ndarray, 
         detections.append(Detection(
             col=float(np.average(part_cols, weights=part_weight)) + 0.5,
             row=float(np.average(part_rows, weights=part_weight)) + 0.5,
-            area_px=int(chosen.sum()), score=float(part_weight.mean()), touches_edge=bool(touches)))
+            area_px=int(chosen.sum()), score=float(part_weight.mean()), touches_edge=bool(touches),
+            blob_core_px=core_px, blob_dots=len(peaks)))
     return detections
+
+
+def _cluster_centres(pixels: np.ndarray, count: int, iterations: int = 10) -> np.ndarray:
+    """k-means centres of pixel coordinates, started from the farthest-apart pixels (deterministic)."""
+    centres = [pixels[np.argmax(np.linalg.norm(pixels - pixels.mean(axis=0), axis=1))]]
+    while len(centres) < count:
+        distance = np.min([np.linalg.norm(pixels - centre, axis=1) for centre in centres], axis=0)
+        centres.append(pixels[np.argmax(distance)])
+    centres = np.array(centres)
+    for _ in range(iterations):
+        nearest = np.argmin(np.linalg.norm(pixels[:, None] - centres[None], axis=2), axis=1)
+        centres = np.array([pixels[nearest == k].mean(axis=0) if (nearest == k).any() else centres[k]
+                            for k in range(count)])
+    return centres
 
 
 def _peaks(depth: np.ndarray, settings: DetectSettings) -> np.ndarray:
