@@ -104,6 +104,7 @@ def _extract_parser(commands) -> None:
     parser.add_argument("--dedupe-m", type=float, default=EXTRACT_DEFAULTS.dedupe_m,
                         help="merge a dot seen in two tiles within this geodesic distance (%(default)s m)")
     parser.add_argument("--preview", metavar="FILE.png", help="also write a preview of the area with the points")
+    parser.add_argument("--domain", help="only the tiles of this domain, e.g. a (default: every tile)")
     detect = EXTRACT_DEFAULTS.detect
     parser.add_argument("--hue-deg", type=_pair, default=detect.marker_range.hue_deg, metavar="LOW,HIGH",
                         help="marker hue range in degrees (%(default)s)")
@@ -128,7 +129,7 @@ def _run_extract(args) -> dict:
     marker_range = MarkerRange(args.hue_deg, args.min_saturation, args.min_value)
     detect = EXTRACT_DEFAULTS.detect._replace(marker_range=marker_range, min_area_px=args.min_area_px)
     return extract(ExtractSettings(tiles=args.tiles, out=args.out, dedupe_m=args.dedupe_m, preview=args.preview,
-                                   detect=detect))
+                                   domain=args.domain, detect=detect))
 
 
 def build_parser() -> argparse.ArgumentParser:

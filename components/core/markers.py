@@ -26,13 +26,22 @@ class MarkerRange(NamedTuple):
 
 def marker_mask(rgb: np.ndarray, marker_range: MarkerRange = MarkerRange()) -> np.ndarray:
     """uint8 mask (255 where the pixel is in the range) of an (H, W, 3) RGB uint8 image."""
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)  # all three channels scaled to 0..255
+    return hsv_marker_mask(to_hsv(rgb), marker_range)
+
+
+def to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """OpenCV's full-range HSV: all three channels scaled to 0..255."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL)
+
+
+def hsv_marker_mask(hsv: np.ndarray, marker_range: MarkerRange) -> np.ndarray:
+    """marker_mask of an image already in to_hsv form (for several ranges over one image)."""
     low_hue, high_hue = (round(deg / 360.0 * 255.0) for deg in marker_range.hue_deg)
     low = (low_hue, round(marker_range.min_saturation * 255.0), round(marker_range.min_value * 255.0))
     return cv2.inRange(hsv, low, (high_hue, 255, 255))
 
 
 def magenta_closeness(rgb: np.ndarray) -> np.ndarray:
-    """Per pixel, 1 for pure magenta down to 0 for the farthest colour (float32, (H, W))."""
+    """Per pixel, 1 for pure magenta down to 0 for the farthest colour (float32; shape (...) of (..., 3))."""
     distance = np.linalg.norm(rgb.astype(np.float32) - np.array(MARKER_RGB, dtype=np.float32), axis=-1)
     return 1.0 - distance / np.float32(np.sqrt(3) * 255.0)

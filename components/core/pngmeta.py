@@ -65,8 +65,38 @@ def read_png_text(png: bytes) -> dict[str, str]:
 
 
 def decode_png(png: bytes) -> np.ndarray:
-    """(H, W, 3) RGB uint8 array of PNG bytes."""
+    """(H, W, 3) RGB uint8 array of PNG bytes.
+
+    PNGs as encode_png writes them (8-bit RGB, no row filter) are inflated with ISA-L and used as
+    they are, twice as fast as a general decoder; any other PNG goes through OpenCV.
+    """
+    rgb = _decode_unfiltered_rgb(png)
+    if rgb is not None:
+        return rgb
     bgr = cv2.imdecode(np.frombuffer(png, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError("not a decodable PNG file")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _decode_unfiltered_rgb(png: bytes) -> np.ndarray | None:
+    """The pixels of an 8-bit RGB, non-interlaced PNG whose rows are all unfiltered, else None."""
+    header, data = None, []
+    offset = len(PNG_SIGNATURE)
+    while offset + 8 <= len(png):
+        length, kind = struct.unpack(">I4s", png[offset:offset + 8])
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", png[offset + 8:offset + 21])
+        elif kind == b"IDAT":
+            data.append(png[offset + 8:offset + 8 + length])
+        offset += 12 + length
+    if not png.startswith(PNG_SIGNATURE) or header is None or header[2:] != (8, RGB_COLOUR_TYPE, 0, 0, 0):
+        return None
+    width, height = header[:2]
+    try:
+        rows = np.frombuffer(isal_zlib.decompress(b"".join(data)), dtype=np.uint8).reshape(height, 1 + width * 3)
+    except (isal_zlib.error, ValueError):
+        return None  # cut short or corrupt: the general decoder says so
+    if rows[:, 0].any():
+        return None  # filtered rows: not ours
+    return rows[:, 1:].reshape(height, width, 3)

@@ -46,6 +46,7 @@ class ExtractSettings:
     out: str  # FILE.csv or FILE.geojson, local or s3://
     dedupe_m: float = 6.0  # a dot cut by a tile border comes back as two parts up to ~one dot radius apart
     preview: str | None = None  # FILE.png, local or s3://
+    domain: str | None = None  # only the tiles of this domain (a rendered set holds a and b); None: all
     detect: DetectSettings = field(default_factory=DetectSettings)
     progress: bool = True
 
@@ -54,7 +55,10 @@ def extract(settings: ExtractSettings) -> dict:
     """Extract the points of a tile set, write them (and the preview); returns a summary."""
     writer = _writer(settings.out)
     store = open_store(settings.tiles)
-    rows = _tile_rows(store)
+    rows = [row for row in _tile_rows(store) if settings.domain in (None, row.get("domain"))]
+    if not rows:
+        raise LocgenError(f"--domain {settings.domain}: no tile of {store.uri} is of that domain; "
+                          "leave --domain out to read every tile")
     tiles = [tile_of_row(row) for row in rows]
     mosaic = Mosaic(tiles) if settings.preview else None
     detections = []

@@ -17,11 +17,11 @@ import numpy as np
 from geopy.distance import geodesic
 from scipy.spatial import cKDTree
 
-from components.core.geo import Bounds, contains, expand, m_to_lonlat, mercator_scale
+from components.core.geo import Bounds, m_to_lonlat
 
-# The candidate search runs on EPSG:3857 metres divided by the Mercator scale at the points'
-# mean latitude (ground metres, locally); across a few km the scale varies by well under 1 %, so
-# 10 % extra search radius never misses a pair that geopy puts within dedupe_m.
+# Candidates are searched in EPSG:3857 with the largest scale of the points and 10 % to spare;
+# a candidate's ground distance (EPSG:3857 over its local scale) is exact to far better than that,
+# so geopy's geodesic decides only the pairs within 10 % of the radius.
 SEARCH_MARGIN = 1.1
 
 
@@ -45,6 +45,8 @@ def merge_duplicates(points: list[TilePoint], tile_bounds_m: list[Bounds], dedup
         a, b = cluster_of[first], cluster_of[second]
         if a == b or tiles_of[a] & tiles_of[b]:
             continue  # already one, or it would hold two dots of one tile
+        if len(members[a]) < len(members[b]):
+            a, b = b, a  # move the smaller cluster
         for index in members[b]:
             cluster_of[index] = a
         members[a].extend(members.pop(b))
@@ -57,25 +59,33 @@ def _duplicate_pairs(points: list[TilePoint], tile_bounds_m: list[Bounds], dedup
     if len(points) < 2 or dedupe_m <= 0:
         return []
     xy_m = np.array([(point.x_m, point.y_m) for point in points])
-    _, mean_lat = m_to_lonlat(xy_m[:, 0].mean(), xy_m[:, 1].mean())
-    ground = xy_m / mercator_scale(mean_lat)
-    pairs = []
-    for first, second in cKDTree(ground).query_pairs(dedupe_m * SEARCH_MARGIN, output_type="ndarray"):
-        a, b = points[first], points[second]
-        if a.tile_index == b.tile_index or not _may_be_one_dot(a, b, tile_bounds_m, dedupe_m):
-            continue
-        distance_m = _geodesic_m(a, b)
-        if distance_m <= dedupe_m:
-            pairs.append((distance_m, int(first), int(second)))
-    return [(first, second) for _, first, second in sorted(pairs)]
+    tile = np.array([point.tile_index for point in points])
+    touches = np.array([point.touches_edge for point in points])
+    _, lat = m_to_lonlat(xy_m[:, 0], xy_m[:, 1])
+    scale = 1.0 / np.cos(np.radians(lat))  # EPSG:3857 metres per ground metre at each point
+    # In EPSG:3857 a ground distance grows by the scale: search with the largest one.
+    pairs = cKDTree(xy_m).query_pairs(dedupe_m * scale.max() * SEARCH_MARGIN, output_type="ndarray")
+    first, second = pairs[:, 0], pairs[:, 1]
+    bounds = np.array(tile_bounds_m)
+    margin_m = dedupe_m * scale[first]
+    maybe = (tile[first] != tile[second]) & (
+        (touches[first] & touches[second])
+        | (_inside(xy_m[first], bounds[tile[second]], margin_m) & _inside(xy_m[second], bounds[tile[first]], margin_m)))
+    first, second = first[maybe], second[maybe]
+    # Over a few metres the local scale makes this the ground distance to well under 0.1 %: only
+    # pairs that close to the radius need the geodesic to decide.
+    distance_m = np.hypot(*(xy_m[first] - xy_m[second]).T) / ((scale[first] + scale[second]) / 2)
+    borderline = np.flatnonzero(np.abs(distance_m - dedupe_m) < dedupe_m * (SEARCH_MARGIN - 1))
+    distance_m[borderline] = [_geodesic_m(points[first[k]], points[second[k]]) for k in borderline]
+    keep = distance_m <= dedupe_m
+    order = np.argsort(distance_m[keep], kind="stable")
+    return list(zip(first[keep][order].tolist(), second[keep][order].tolist()))
 
 
-def _may_be_one_dot(a: TilePoint, b: TilePoint, tile_bounds_m: list[Bounds], dedupe_m: float) -> bool:
-    if a.touches_edge and b.touches_edge:
-        return True
-    margin_m = dedupe_m * mercator_scale(m_to_lonlat(a.x_m, a.y_m)[1])
-    return bool(contains(expand(tile_bounds_m[b.tile_index], margin_m), a.x_m, a.y_m)
-                and contains(expand(tile_bounds_m[a.tile_index], margin_m), b.x_m, b.y_m))
+def _inside(xy_m: np.ndarray, bounds: np.ndarray, margin_m: np.ndarray) -> np.ndarray:
+    """Whether each point lies in its tile's bounds grown by margin_m (EPSG:3857)."""
+    return (bounds[:, 0] - margin_m <= xy_m[:, 0]) & (xy_m[:, 0] < bounds[:, 2] + margin_m) \
+        & (bounds[:, 1] - margin_m <= xy_m[:, 1]) & (xy_m[:, 1] < bounds[:, 3] + margin_m)
 
 
 def _geodesic_m(a: TilePoint, b: TilePoint) -> float:
