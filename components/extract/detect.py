@@ -3,8 +3,9 @@
 1. colour mask: pixels in the marker range (components.core.markers), tolerant to a GAN's hue
    drift and softened edges;
 2. clean-up: a morphological opening drops isolated noise pixels;
-3. connected components with a minimum area;
-4. touching dots are split at the peaks of the distance transform of the blob's core (a dot's
+3. connected components with a minimum area; a round blob that fills its bounding box like a disc
+   is one dot, and all of those are measured in one vectorised pass (most blobs: the fast path);
+4. in the other blobs, touching dots are split at the peaks of the distance transform of the blob's core (a dot's
    centre is farther from the background than its rim, so two merged discs keep two peaks with a
    saddle between them);
 5. a blob whose core is several times the tile set's typical dot is split into that many dots
@@ -36,8 +37,8 @@ ROUND_FILL = 0.65
 
 class DetectSettings(NamedTuple):
     marker_range: MarkerRange = MarkerRange()
-    # A rendered dot of radius 3 px has 29 px; a GAN's faint dot still has ~10. Specks below 5 px
-    # are noise (measured on degraded tiles in tests/test_extract.py).
+    # A rendered dot of radius 3 px covers 29 px (about 36 once blurred); specks below 5 px that
+    # survive the opening are noise.
     min_area_px: int = 5
     # Peaks of the distance transform closer than this belong to one dot: two dots closer than
     # this are reported as one.
