@@ -19,12 +19,17 @@ test: install
 	$(PYTHON) -m pytest -q
 
 # The main job on the bundled sample data: render training pairs for central Helsinki around its
-# OSM bicycle stations and parkings, and the 5 x 5 grid of Kotka to generate for.
+# OSM bicycle stations and parkings and the 5 x 5 grid of Kotka to generate for, then turn the
+# Helsinki markers back into points (with a preview).
 demo: install
 	$(VENV)/bin/locgen render --osm data/osm/helsinki-center.osm.pbf --city helsinki --out out/helsinki \
 		--pairs 200 --locations osm:amenity=bicycle_rental,amenity=bicycle_parking --workers 0
 	$(VENV)/bin/locgen render --osm data/osm/kotka-karhula.osm.pbf --city kotka --out out/kotka \
 		--center 60.53,26.95 --grid 5 --workers 0
+	$(VENV)/bin/locgen extract --tiles out/helsinki --domain a --out out/helsinki-points.csv \
+		--preview out/helsinki-preview.png
 
 bench: install
 	$(PYTHON) benchmarks/bench_render.py
+	$(PYTHON) benchmarks/bench_extract.py
+	$(PYTHON) benchmarks/bench_evaluate.py
