@@ -20,7 +20,7 @@ test: install
 
 # The main job on the bundled sample data: render training pairs for central Helsinki around its
 # OSM bicycle stations and parkings and the 5 x 5 grid of Kotka to generate for, then turn the
-# Helsinki markers back into points (with a preview).
+# Helsinki markers back into points (with a preview) and score them against the real ones.
 demo: install
 	$(VENV)/bin/locgen render --osm data/osm/helsinki-center.osm.pbf --city helsinki --out out/helsinki \
 		--pairs 200 --locations osm:amenity=bicycle_rental,amenity=bicycle_parking --workers 0
@@ -28,6 +28,9 @@ demo: install
 		--center 60.53,26.95 --grid 5 --workers 0
 	$(VENV)/bin/locgen extract --tiles out/helsinki --domain a --out out/helsinki-points.csv \
 		--preview out/helsinki-preview.png
+	$(VENV)/bin/locgen evaluate --generated out/helsinki-points.csv --bbox 24.9380,60.1660,24.9520,60.1780 \
+		--truth osm:amenity=bicycle_rental,amenity=bicycle_parking --osm data/osm/helsinki-center.osm.pbf \
+		--out out/helsinki-report.json
 
 bench: install
 	$(PYTHON) benchmarks/bench_render.py

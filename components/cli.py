@@ -13,6 +13,7 @@ from pathlib import Path
 from components.core.errors import LocgenError
 from components.core.geo import parse_bbox, parse_latlon
 from components.core.markers import MarkerRange
+from components.extract.evaluate import EvaluateSettings, evaluate
 from components.extract.job import ExtractSettings, extract
 from components.render.job import RenderSettings, render
 
@@ -132,12 +133,36 @@ def _run_extract(args) -> dict:
                                    domain=args.domain, detect=detect))
 
 
+def _evaluate_parser(commands) -> None:
+    parser = commands.add_parser("evaluate", help="score generated points against real ones and two baselines",
+                                 description="Precision/recall/F1 at 25, 50, 100 m, median distances, grid rank "
+                                             "correlation and memorisation, beside uniform and along-road baselines.")
+    parser.add_argument("--generated", required=True, metavar="FILE", help="the points to score (CSV or GeoJSON)")
+    parser.add_argument("--truth", action="append", required=True, metavar="SRC",
+                        help="real positions: any location source (repeatable)")
+    parser.add_argument("--bbox", type=parse_bbox, required=True, metavar="W,S,E,N", help="the area scored")
+    parser.add_argument("--osm", action="append", default=[], metavar="FILE",
+                        help="OSM file for the roads baseline and osm: sources (repeatable)")
+    parser.add_argument("--train-points", action="append", default=[], metavar="SRC",
+                        help="training locations, for the memorisation share (repeatable)")
+    parser.add_argument("--out", required=True, metavar="FILE.json", help="report (the Markdown goes beside it)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the baselines (%(default)s)")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> dict:
+    report = evaluate(EvaluateSettings(generated=args.generated, truth=args.truth, bbox=args.bbox, out=args.out,
+                                       osm=args.osm, train_points=args.train_points, seed=args.seed))
+    return {"out": args.out, "verdict": report["verdict"]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="locgen", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _render_parser(commands)
     _locations_parser(commands)
     _extract_parser(commands)
+    _evaluate_parser(commands)
     return parser
 
 

@@ -93,8 +93,11 @@ class LocationSource(NamedTuple):
 
 def load_locations(spec: str, *, osm_files: Sequence[str | Path] = (), drop_disabled: bool = True,
                    drop_reserved: bool = False, lat_column: str | None = None, lon_column: str | None = None,
-                   timeout_s: float = 30) -> LocationSource:
-    """Read one location source (see the module docstring for the accepted forms)."""
+                   timeout_s: float = 30, allow_empty: bool = False) -> LocationSource:
+    """Read one location source (see the module docstring for the accepted forms).
+
+    `allow_empty` accepts a source with no point (a model's output may rightly hold none).
+    """
     kind, target = _split_spec(spec)
     if kind == "osm":
         points, sha256 = _osm_points(spec, _parse_osm_terms(spec, target), osm_files)
@@ -112,7 +115,7 @@ def load_locations(spec: str, *, osm_files: Sequence[str | Path] = (), drop_disa
                 points = _geojson_points(target, doc)
             else:
                 points, sha256 = _gbfs_points(target, doc, sha256, timeout_s, drop_disabled, drop_reserved)
-    if not points:
+    if not points and not allow_empty:
         raise LocgenError(f"{spec}: gives no locations; check the source and its filters "
                           "(OSM tag and --osm area, CSV rows, disabled/reserved vehicles)")
     return LocationSource(spec, kind, sha256, points)

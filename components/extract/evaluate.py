@@ -1,0 +1,592 @@
+"""Stage 5, evaluation: how close generated locations come to real ones, beside two naive baselines.
+
+What is scored (`score_points`), in an area (a lon/lat bbox, west/south inclusive, east/north exclusive):
+- Points outside the area are dropped first, generated and real alike; training points are not (a
+  generated point near the edge may copy one just outside).
+- Precision, recall and F1 at each radius r: generated and real points are matched one to one, a pair
+  allowed when their distance is at most r, by maximum-cardinality bipartite matching (as a unit max
+  flow, see `matched_count`), so two generated points beside one real point count once and no greedy
+  order loses a match.
+  precision = matched / generated, recall = matched / real, F1 = 2 matched / (generated + real).
+- The median distance from each real point to the nearest generated one, and back.
+- Spearman's rank correlation of the counts per cell of a grid over the area (see `Grid`).
+- Memorisation: the share of generated points within `memorisation_m` of a training point.
+- With no generated point in the area (a model that found nothing is a result, not a bad input):
+  recall and F1 are 0; precision, both median distances, the grid correlation and the memorisation
+  share are null, since nothing generated is there to measure; `notes` says why.
+
+Distances are geodesic on the WGS84 ellipsoid, by geopy, but only for candidate pairs. Candidates come
+from a KD-tree on earth-centred (ECEF) coordinates of the points on the ellipsoid: the straight chord
+between two points of a surface is never longer than any path on it, the geodesic included, so every
+pair with a geodesic distance <= r has a chord <= r, at any latitude and in an area of any size. The
+search radius is r + 1 mm: float64 ECEF coordinates (about 6.4e6 m) round at 1e-9 m, and geopy is
+exact to nanometres, so the millimetre only absorbs rounding. The chord is also short by very little:
+a geodesic's curvature is at most that of the ellipsoid's tightest normal section, 1 / (a (1 - e^2))
+with a (1 - e^2) = 6,335,439 m, and by Schur's comparison theorem a curve of length s with curvature
+at most 1/rho has a chord of at least 2 rho sin(s / 2 rho), so s - chord <= s^3 / (24 rho^2): 1e-9 m
+at 100 m, 1e-3 m at 10 km. Candidate sets are thus barely larger than the pairs they contain.
+
+Baselines get the same metrics with as many points as the model has in the area, drawn with the seed:
+- `uniform`: uniform in ground area (not in degrees);
+- `roads` (when OSM data is given): uniform by length along the roads and paths of the map style.
+A metric beats a baseline when it is strictly better (higher, or lower for distances); the
+memorisation share is reported for the baselines as its chance level, not compared.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+
+import numpy as np
+import shapely
+from geopy.distance import ELLIPSOIDS, geodesic
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_flow
+from scipy.spatial import cKDTree
+from scipy.stats import spearmanr
+from tqdm import tqdm
+
+from components import __version__
+from components.core.errors import LocgenError
+from components.core.geo import (
+    Bounds,
+    bounds_lonlat_to_m,
+    check_bbox,
+    contains,
+    lonlat_to_m,
+    m_to_lonlat,
+    mercator_scale,
+)
+from components.core.provenance import OSM_ATTRIBUTION
+from components.core.storage import Store, open_file_uri
+from components.render.osm import FeatureArrays, MapData, read_osm
+from components.render.style import LAYERS
+from components.sources.locations import LocationSource, load_locations
+
+DEFAULT_RADII_M = (25.0, 50.0, 100.0)
+_A_KM, _, _FLATTENING = ELLIPSOIDS["WGS-84"]  # geopy's WGS84, so the chords and the geodesics share one ellipsoid
+WGS84_A_M = _A_KM * 1000.0
+WGS84_E2 = _FLATTENING * (2.0 - _FLATTENING)
+SEARCH_MARGIN_M = 1e-3  # added to chord search radii: absorbs float rounding (see the module docstring)
+MAX_GRID_CELLS = 10_000_000  # two count vectors of this size take 160 MB: a finer grid is a mistake
+# Where a vehicle may stand in the roads baseline: every line layer the style matches on `highway`
+# (footway, cycleway, road_minor ... road_major), i.e. everything drawn as a road or a path.
+ROAD_LAYERS = tuple(layer.name for layer in LAYERS if layer.geometry == "line" and "highway" in layer.match)
+# One geopy calculator for every pair: a new geodesic() per pair rebuilds geographiclib's series
+# coefficients each time, which is 40 % of the cost of a distance.
+_GEODESIC = geodesic()
+
+
+@dataclass
+class EvaluateSettings:
+    """Everything `locgen evaluate` takes, with its defaults, in one place."""
+
+    generated: str  # a location source: normally the extract stage's CSV or GeoJSON, local or s3://
+    truth: list[str]  # location sources of the real positions (GBFS, CSV, GeoJSON, osm:KEY=VALUE)
+    bbox: Bounds  # lon/lat area evaluated
+    out: str  # report.json, local or s3://; the Markdown goes beside it with the suffix .md
+    osm: list[str] = field(default_factory=list)  # local OSM files: the roads baseline and osm: sources
+    train_points: list[str] = field(default_factory=list)  # location sources of the training data
+    seed: int = 0
+    radii_m: tuple[float, ...] = DEFAULT_RADII_M
+    grid_m: float = 100.0
+    memorisation_m: float = 5.0
+    progress: bool = True
+
+
+class Grid(NamedTuple):
+    """The cells of the rank correlation: squares in EPSG:3857, `grid_m` ground metres wide at mid-latitude.
+
+    Cell (col, row) covers x in [west_m + col * cell_3857_m, west_m + (col + 1) * cell_3857_m) and y
+    likewise from south_m (rows grow northwards). The cell size is grid_m * sec(mid-latitude) EPSG:3857
+    metres, the mid-latitude being (south + north) / 2 of the bbox in degrees: the tiles' convention
+    (ground size at the centre). The grid starts at the bbox's south-west corner and has
+    ceil(width / cell) columns and ceil(height / cell) rows: the last column and row may reach past
+    the bbox (only points inside the bbox are counted).
+    """
+
+    west_m: float
+    south_m: float
+    cell_3857_m: float
+    columns: int
+    rows: int
+
+
+# --- distances ----------------------------------------------------------------------------------
+
+def ecef_m(lonlat: np.ndarray) -> np.ndarray:
+    """(N, 2) lon/lat in degrees -> (N, 3) earth-centred x, y, z in metres on the WGS84 ellipsoid."""
+    lon, lat = np.radians(lonlat[:, 0]), np.radians(lonlat[:, 1])
+    normal_radius_m = WGS84_A_M / np.sqrt(1.0 - WGS84_E2 * np.sin(lat) ** 2)
+    return np.column_stack([normal_radius_m * np.cos(lat) * np.cos(lon),
+                            normal_radius_m * np.cos(lat) * np.sin(lon),
+                            normal_radius_m * (1.0 - WGS84_E2) * np.sin(lat)])
+
+
+def geodesic_m(a_lonlat: np.ndarray, b_lonlat: np.ndarray, *, progress: bool = False,
+               desc: str = "geodesic distances") -> np.ndarray:
+    """Geodesic distance (WGS84, geopy) in metres between row k of `a_lonlat` and row k of `b_lonlat`."""
+    pairs = zip(a_lonlat[:, 1].tolist(), a_lonlat[:, 0].tolist(), b_lonlat[:, 1].tolist(), b_lonlat[:, 0].tolist())
+    # delay: a bar shows only for work that lasts, not for each of the many quick calls on small sets.
+    bar = tqdm(pairs, total=len(a_lonlat), desc=desc, unit="pair", disable=not progress, leave=False, delay=1.0)
+    # geopy measures in kilometres: its ellipsoids are given in kilometres.
+    distances_km = (_GEODESIC.measure((lat_a, lon_a), (lat_b, lon_b)) for lat_a, lon_a, lat_b, lon_b in bar)
+    return np.fromiter(distances_km, dtype=np.float64, count=len(a_lonlat)) * 1000.0
+
+
+def pairs_within(a_lonlat: np.ndarray, b_lonlat: np.ndarray, radius_m: float, *,
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (i, j) with geodesic(a[i], b[j]) <= radius_m, and that distance: (i, j, distance_m).
+
+    Candidates are the pairs whose ECEF chord is within radius_m + SEARCH_MARGIN_M (the chord never
+    exceeds the geodesic, so none is missed); only they are measured on the ellipsoid.
+    """
+    if not len(a_lonlat) or not len(b_lonlat):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    candidates = cKDTree(ecef_m(a_lonlat)).sparse_distance_matrix(
+        cKDTree(ecef_m(b_lonlat)), radius_m + SEARCH_MARGIN_M, output_type="ndarray")
+    i, j = candidates["i"].astype(np.int64), candidates["j"].astype(np.int64)
+    distance_m = geodesic_m(a_lonlat[i], b_lonlat[j], progress=progress, desc=f"pairs within {radius_m:g} m")
+    keep = distance_m <= radius_m
+    return i[keep], j[keep], distance_m[keep]
+
+
+def nearest_m(from_lonlat: np.ndarray, to_lonlat: np.ndarray, *, progress: bool = False) -> np.ndarray:
+    """Geodesic distance in metres from each point of `from_lonlat` to the nearest point of `to_lonlat`.
+
+    The KD-tree's chord-nearest point gives an upper bound d; a point geodesically nearer than d has a
+    chord below d, so the chord ball of radius d + SEARCH_MARGIN_M holds every point that could be
+    nearer: those (rarely more than the first) are measured too, and the least distance kept.
+    """
+    from_xyz = ecef_m(from_lonlat)
+    tree = cKDTree(ecef_m(to_lonlat))
+    _, chord_nearest = tree.query(from_xyz)
+    distance_m = geodesic_m(from_lonlat, to_lonlat[chord_nearest], progress=progress, desc="nearest distances")
+    balls = tree.query_ball_point(from_xyz, distance_m + SEARCH_MARGIN_M)
+    rows = np.repeat(np.arange(len(balls)), [len(ball) for ball in balls])
+    others = np.fromiter(itertools.chain.from_iterable(balls), dtype=np.int64, count=len(rows))
+    rivals = others != chord_nearest[rows]
+    rows, others = rows[rivals], others[rivals]
+    np.minimum.at(distance_m, rows, geodesic_m(from_lonlat[rows], to_lonlat[others], progress=progress,
+                                               desc="nearest distances (near ties)"))
+    return distance_m
+
+
+def matched_count(generated_index: np.ndarray, truth_index: np.ndarray, generated: int, truth: int) -> int:
+    """Size of a maximum one-to-one matching of the allowed (generated[i], truth[j]) pairs.
+
+    Solved as a unit-capacity maximum flow, source -> generated -> real -> sink, by Dinic's algorithm,
+    which on this network is Hopcroft-Karp (O(E sqrt(V))). Not by scipy's maximum_bipartite_matching:
+    its depth-first phase never marks dead ends and takes exponential time on layered graphs (scipy
+    issue #26147, open in scipy 1.17), which dense point sets build: 30,000 vs 30,000 points in 10 km
+    at 100 m took it 55 to 146 s, and this 0.3 s.
+    """
+    source, sink = generated + truth, generated + truth + 1
+    tails = np.concatenate([np.full(generated, source), generated_index, generated + np.arange(truth)])
+    heads = np.concatenate([np.arange(generated), generated + truth_index, np.full(truth, sink)])
+    capacity = csr_matrix((np.ones(len(tails), dtype=np.int32), (tails, heads)), shape=(sink + 1, sink + 1))
+    return int(maximum_flow(capacity, source, sink, method="dinic").flow_value)
+
+
+# --- the grid -----------------------------------------------------------------------------------
+
+def make_grid(bbox: Bounds, grid_m: float) -> Grid:
+    """The grid of `grid_m` ground-metre cells over the bbox (see `Grid`)."""
+    area_m = bounds_lonlat_to_m(bbox)
+    cell_3857_m = grid_m * mercator_scale((bbox.south + bbox.north) / 2)
+    columns = math.ceil((area_m.east - area_m.west) / cell_3857_m)
+    rows = math.ceil((area_m.north - area_m.south) / cell_3857_m)
+    if columns * rows > MAX_GRID_CELLS:
+        raise LocgenError(f"a {grid_m:g} m grid over bbox {_bbox_text(bbox)} has {columns * rows:,} cells (at most "
+                          f"{MAX_GRID_CELLS:,}); give a coarser grid or a smaller area")
+    return Grid(area_m.west, area_m.south, cell_3857_m, columns, rows)
+
+
+def cell_counts(lonlat: np.ndarray, grid: Grid) -> np.ndarray:
+    """Points per cell (points inside the bbox), as a flat array of rows * columns, row-major from the south."""
+    x_m, y_m = lonlat_to_m(lonlat[:, 0], lonlat[:, 1])
+    # Clipped because a point just inside the east or north edge may round onto the next cell's edge.
+    col = np.clip(np.floor((x_m - grid.west_m) / grid.cell_3857_m).astype(np.int64), 0, grid.columns - 1)
+    row = np.clip(np.floor((y_m - grid.south_m) / grid.cell_3857_m).astype(np.int64), 0, grid.rows - 1)
+    return np.bincount(row * grid.columns + col, minlength=grid.rows * grid.columns)
+
+
+def grid_spearman(generated_counts: np.ndarray, truth_counts: np.ndarray) -> tuple[float | None, float | None,
+                                                                                     str | None]:
+    """Spearman's rho of the two count vectors and its p-value, or (None, None, why) when undefined."""
+    for what, counts in (("generated", generated_counts), ("real", truth_counts)):
+        if counts.min() == counts.max():
+            return None, None, (f"grid_spearman is null: the {what} points give every one of the {len(counts)} "
+                                "cells the same count, and a rank correlation needs counts that vary")
+    result = spearmanr(generated_counts, truth_counts)
+    return float(result.statistic), float(result.pvalue), None
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+def score_points(generated_lonlat: np.ndarray, truth_lonlat: np.ndarray, bbox: Bounds, *,
+                 radii_m: tuple[float, ...] = DEFAULT_RADII_M, grid_m: float = 100.0,
+                 train_lonlat: np.ndarray | None = None, memorisation_m: float = 5.0,
+                 progress: bool = False) -> dict:
+    """The metrics of generated points against real ones in the area ((N, 2) arrays of [lon, lat]).
+
+    Returns {"points": counts in and out of the area, "metrics": name -> value or None, "matched":
+    matched pairs per radius, "grid": the grid and its p-value, "notes": why a metric is null}.
+    """
+    bbox = check_bbox(bbox, "bbox")
+    check_scoring(radii_m, grid_m, memorisation_m)
+    generated_all, truth_all = _lonlat_array(generated_lonlat), _lonlat_array(truth_lonlat)
+    generated, truth = generated_all[_in_area(generated_all, bbox)], truth_all[_in_area(truth_all, bbox)]
+    if not len(truth):
+        raise LocgenError(f"no real point inside bbox {_bbox_text(bbox)}; give real points in the area evaluated")
+    metrics, matched = matching_metrics(generated, truth, radii_m, progress=progress)
+    metrics |= median_metrics(generated, truth, progress=progress)
+    notes = [] if len(generated) else ["no generated point in the area: precision, both median distances, the grid "
+                                       "correlation and the memorisation share are null, recall and F1 are 0"]
+    grid = make_grid(bbox, grid_m)
+    metrics["grid_spearman"], pvalue, why = grid_spearman(cell_counts(generated, grid), cell_counts(truth, grid))
+    if why and len(generated):  # with no generated point the note above says it already
+        notes.append(why)
+    if train_lonlat is not None:
+        train = _lonlat_array(train_lonlat)
+        copied, _, _ = pairs_within(generated, train, memorisation_m, progress=progress)
+        metrics["memorisation_share"] = len(np.unique(copied)) / len(generated) if len(generated) else None
+    points = {"generated": len(generated), "generated_outside_area": len(generated_all) - len(generated),
+              "truth": len(truth), "truth_outside_area": len(truth_all) - len(truth),
+              "train": None if train_lonlat is None else len(train)}
+    return {"points": points, "metrics": metrics, "matched": matched,
+            "grid": {**grid._asdict(), "cell_ground_m": grid_m, "spearman_pvalue": pvalue}, "notes": notes}
+
+
+def matching_metrics(generated: np.ndarray, truth: np.ndarray, radii_m: tuple[float, ...], *,
+                     progress: bool = False) -> tuple[dict, dict]:
+    """Precision, recall and F1 at each radius (one-to-one matching), and the matched pairs per radius."""
+    pair_generated, pair_truth, pair_m = pairs_within(generated, truth, max(radii_m), progress=progress)
+    metrics, matched = {}, {}
+    for radius_m in sorted(radii_m):
+        within = pair_m <= radius_m
+        matched[f"{radius_m:g}m"] = count = matched_count(pair_generated[within], pair_truth[within],
+                                                          len(generated), len(truth))
+        metrics[f"precision@{radius_m:g}m"] = count / len(generated) if len(generated) else None
+        metrics[f"recall@{radius_m:g}m"] = count / len(truth)
+        metrics[f"f1@{radius_m:g}m"] = 2 * count / (len(generated) + len(truth))
+    return metrics, matched
+
+
+def median_metrics(generated: np.ndarray, truth: np.ndarray, *, progress: bool = False) -> dict:
+    """Median distance from each real point to the nearest generated one and back (None with no generated)."""
+    if not len(generated):
+        return {"median_truth_to_generated_m": None, "median_generated_to_truth_m": None}
+    return {"median_truth_to_generated_m": float(np.median(nearest_m(truth, generated, progress=progress))),
+            "median_generated_to_truth_m": float(np.median(nearest_m(generated, truth, progress=progress)))}
+
+
+def check_scoring(radii_m: tuple[float, ...], grid_m: float, memorisation_m: float) -> None:
+    """One line for a radius, grid or memorisation distance that is not a positive number of metres."""
+    if not radii_m:
+        raise LocgenError("no radius to score at; give one or more radii in metres (e.g. 25,50,100)")
+    for what, value in [*(("radius", radius) for radius in radii_m), ("grid cell", grid_m),
+                        ("memorisation distance", memorisation_m)]:
+        if not (math.isfinite(value) and value > 0):
+            raise LocgenError(f"{what} {value} m: give a positive number of metres")
+
+
+def _lonlat_array(points) -> np.ndarray:
+    return np.asarray(points, dtype=np.float64).reshape(-1, 2)
+
+
+def _in_area(lonlat: np.ndarray, bbox: Bounds) -> np.ndarray:
+    return contains(bbox, lonlat[:, 0], lonlat[:, 1])
+
+
+def _bbox_text(bbox: Bounds) -> str:
+    """'WEST,SOUTH,EAST,NORTH', as --bbox takes it."""
+    return ",".join(f"{value:g}" for value in bbox)
+
+
+# --- baselines ----------------------------------------------------------------------------------
+
+def uniform_baseline(count: int, bbox: Bounds, seed: int) -> np.ndarray:
+    """(count, 2) lon/lat uniform in ground area over the bbox, reproducible with the seed.
+
+    Longitude is uniform; sin(latitude) is uniform, which makes the density uniform in area on a
+    sphere (Archimedes: the area of a band is proportional to the difference of the sines), where
+    uniform degrees would crowd the poleward side by sec(latitude). The ellipsoid's flattening
+    changes the area density by the factor (1 - e^2 sin^2 lat)^-2, whose relative change across an
+    area is below 1.4 % per radian of latitude: under 0.005 % across 20 km, so it is left out.
+    """
+    bbox = check_bbox(bbox, "bbox")
+    rng = np.random.default_rng(seed)
+    lon = rng.uniform(bbox.west, bbox.east, count)
+    lat = np.degrees(np.arcsin(rng.uniform(math.sin(math.radians(bbox.south)),
+                                           math.sin(math.radians(bbox.north)), count)))
+    return _into_area(lon, lat, bbox)
+
+
+def roads_baseline(count: int, bbox: Bounds, map_data: MapData, seed: int) -> np.ndarray:
+    """(count, 2) lon/lat uniform by ground length along the roads and paths (ROAD_LAYERS) in the bbox.
+
+    Lines are cut to the bbox; a segment is picked with a probability proportional to its ground
+    length (its EPSG:3857 length times cos(latitude) at its middle), then a point uniformly along it
+    (within a segment the scale is constant to 1e-7, so uniform in EPSG:3857 is uniform on the ground).
+    """
+    bbox = check_bbox(bbox, "bbox")
+    start_m, end_m = road_segments_m(map_data.features, bbox)
+    _, middle_lat = m_to_lonlat((start_m[:, 0] + end_m[:, 0]) / 2, (start_m[:, 1] + end_m[:, 1]) / 2)
+    ground_m = np.hypot(*(end_m - start_m).T) * np.cos(np.radians(middle_lat))
+    if not ground_m.sum() > 0:
+        raise LocgenError(f"no road or path ({', '.join(ROAD_LAYERS)}) inside bbox {_bbox_text(bbox)} in the OSM data; "
+                          "give --osm data that covers the area, or leave --osm out to skip the roads baseline")
+    rng = np.random.default_rng(seed)
+    segment = rng.choice(len(ground_m), size=count, p=ground_m / ground_m.sum())
+    along = rng.random(count)[:, None]
+    points_m = start_m[segment] + along * (end_m[segment] - start_m[segment])
+    return _into_area(*m_to_lonlat(points_m[:, 0], points_m[:, 1]), bbox)
+
+
+def road_segments_m(features: FeatureArrays, bbox: Bounds) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (EPSG:3857 metres, (K, 2) each) of the ROAD_LAYERS line segments cut to the bbox."""
+    road_layers = [index for index, layer in enumerate(LAYERS) if layer.name in ROAD_LAYERS]
+    ring_feature = np.repeat(np.arange(len(features.layer)), np.diff(features.feature_rings))
+    vertex_ring = np.repeat(np.arange(len(ring_feature)), np.diff(features.ring_offsets))
+    on_road = np.isin(features.layer[ring_feature[vertex_ring]], road_layers)
+    # shapely numbers the lines it builds 0, 1, ... with no gap: renumber the road rings so.
+    _, line_index = np.unique(vertex_ring[on_road], return_inverse=True)
+    lines = shapely.linestrings(features.coords_m[on_road], indices=line_index)
+    # Each piece of a line the bbox cuts into is its own part: no segment may join two pieces.
+    parts = shapely.get_parts(shapely.clip_by_rect(lines, *bounds_lonlat_to_m(bbox)))
+    coords_m, part = shapely.get_coordinates(parts, return_index=True)
+    same_part = part[1:] == part[:-1]
+    return coords_m[:-1][same_part], coords_m[1:][same_part]
+
+
+def _into_area(lon, lat, bbox: Bounds) -> np.ndarray:
+    """lon/lat as (N, 2), nudged inside the half-open bbox where rounding put a point on its east/north edge."""
+    lon = np.clip(lon, bbox.west, np.nextafter(bbox.east, -math.inf))
+    lat = np.clip(lat, bbox.south, np.nextafter(bbox.north, -math.inf))
+    return np.column_stack([lon, lat])
+
+
+# --- the evaluation stage -----------------------------------------------------------------------
+
+def evaluate(settings: EvaluateSettings) -> dict:
+    """Score the generated points and the baselines; write report.json and report.md; return the report."""
+    bbox = check_bbox(settings.bbox, "--bbox")
+    check_scoring(settings.radii_m, settings.grid_m, settings.memorisation_m)
+    store, json_key, markdown_key = _report_keys(settings.out)
+    if not settings.truth:
+        raise LocgenError("no truth source; give the real locations (a GBFS feed, CSV, GeoJSON or osm:KEY=VALUE)")
+    osm_files = _local_osm_files(settings.osm)
+    # A model that found nothing is scored as such, not refused.
+    generated = load_locations(settings.generated, osm_files=osm_files, allow_empty=True)
+    truth = [load_locations(spec, osm_files=osm_files) for spec in settings.truth]
+    train = [load_locations(spec, osm_files=osm_files) for spec in settings.train_points]
+    for source in truth:
+        _require_points_in_area(source, bbox)
+    train_lonlat = np.concatenate([positions_lonlat(source) for source in train]) if train else None
+    truth_lonlat = np.concatenate([positions_lonlat(source) for source in truth])
+
+    def score(points_lonlat: np.ndarray) -> dict:
+        return score_points(points_lonlat, truth_lonlat, bbox, radii_m=settings.radii_m, grid_m=settings.grid_m,
+                            train_lonlat=train_lonlat, memorisation_m=settings.memorisation_m,
+                            progress=settings.progress)
+
+    model = score(positions_lonlat(generated))
+    count = model["points"]["generated"]
+    baselines = {"uniform": score(uniform_baseline(count, bbox, settings.seed))}
+    map_data = read_osm([Path(path) for path in osm_files], bbox, margin_m=0.0) if osm_files else None
+    if map_data is not None:
+        baselines["roads"] = score(roads_baseline(count, bbox, map_data, settings.seed))
+    report = _report(settings, bbox, generated, truth, train, map_data, model, baselines)
+    # The Markdown first: a report.json in place means the whole report is.
+    store.publish_bytes(markdown_key, markdown_report(report).encode("utf-8"), "text/markdown")
+    store.publish_bytes(json_key, json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False).encode("utf-8"),
+                        "application/json")
+    return report
+
+
+def positions_lonlat(source: LocationSource) -> np.ndarray:
+    """(N, 2) lon/lat of the points with a positive weight: what the render stage draws as markers.
+
+    A GBFS station with no vehicle available is left out; any other weight counts as one location
+    (the generator draws one marker per location, not one per vehicle).
+    """
+    return _lonlat_array([(point.lon, point.lat) for point in source.points if point.weight > 0])
+
+
+def _report_keys(out: str) -> tuple[Store, str, str]:
+    """The store of the reports, the JSON report's key and the Markdown's: its name with the suffix .md."""
+    store, json_key = open_file_uri(out)
+    markdown_key = str(PurePosixPath(json_key).with_suffix(".md"))
+    if markdown_key == json_key:
+        raise LocgenError(f"--out {out}: the Markdown report would overwrite it; give the JSON report's name, "
+                          "e.g. report.json (report.md is written beside it)")
+    return store, json_key, markdown_key
+
+
+def _local_osm_files(specs: list[str]) -> list[str]:
+    """The --osm files, which must be local: evaluation reads no s3:// object or Overpass itself."""
+    for spec in specs:
+        if not Path(spec).is_file():
+            raise LocgenError(f"--osm {spec}: no such local file; evaluate reads local .osm.pbf/.osm/.osm.bz2 "
+                              "files only (copy an s3:// object or an Overpass answer to a local file first)")
+    return list(specs)
+
+
+def _require_points_in_area(source: LocationSource, bbox: Bounds) -> None:
+    """A truth source must place something in the area: else the bbox or the source is wrong."""
+    lonlat = positions_lonlat(source)
+    if not _in_area(lonlat, bbox).any():
+        raise LocgenError(f"{source.uri}: none of its {len(lonlat)} located points with a positive weight lies in "
+                          f"--bbox {_bbox_text(bbox)}; give a --bbox that covers the real locations, or a truth source "
+                          "for this area")
+
+
+def _source_record(source: LocationSource, bbox: Bounds) -> dict:
+    """A source's provenance and how many of its points were scored."""
+    lonlat = positions_lonlat(source)
+    inside = int(_in_area(lonlat, bbox).sum())
+    return {"uri": source.uri, "kind": source.kind, "sha256": source.sha256, "points": len(source.points),
+            "weight_zero": len(source.points) - len(lonlat), "in_area": inside, "outside_area": len(lonlat) - inside}
+
+
+METHOD = {
+    "area": "points outside the bbox (west/south inclusive, east/north exclusive) are dropped before scoring; "
+            "training points are kept wherever they are",
+    "points": "every located point with a positive weight counts once (what the render stage draws as a marker): "
+              "GBFS stations with no vehicle available are left out; the real points of all truth sources are "
+              "pooled",
+    "distances": "geodesic on the WGS84 ellipsoid (geopy); candidate pairs come from a KD-tree on earth-centred "
+                 "coordinates, whose chord never exceeds the geodesic, so no pair within a radius is missed",
+    "matching": "at radius r, generated and real points are matched one to one, pairs at most r apart, by "
+                "maximum-cardinality bipartite matching; precision = matched / generated, recall = matched / "
+                "real, F1 = 2 matched / (generated + real)",
+    "medians": "median geodesic distance from each real point to the nearest generated point, and back",
+    "grid_spearman": "Spearman's rho of the point counts per cell, over every cell (empty ones included) of a grid "
+                     "of grid_m ground metres at mid-latitude (EPSG:3857 squares of grid_m * sec(mid-latitude)) "
+                     "from the bbox's south-west corner; null when either count is the same in every cell",
+    "memorisation": "share of generated points within memorisation_m of a training point; for the baselines "
+                    "it is the chance level, not a score",
+    "empty": "with no generated point in the area, precision, both median distances, the grid correlation and "
+             "the memorisation share are null (nothing to measure) and recall and F1 are 0",
+    "uniform_baseline": "as many points as the model has in the area, uniform in ground area (uniform longitude "
+                        "and sine of latitude), drawn with the seed",
+    "roads_baseline": f"as many points, uniform by ground length along the lines of the style layers "
+                      f"{', '.join(ROAD_LAYERS)} cut to the bbox, drawn with the seed",
+    "verdict": "the model beats a baseline on a metric when it is strictly better (higher; lower for the "
+               "median distances); memorisation is not compared",
+}
+
+
+def _report(settings: EvaluateSettings, bbox: Bounds, generated: LocationSource, truth: list[LocationSource],
+            train: list[LocationSource], map_data: MapData | None, model: dict, baselines: dict[str, dict]) -> dict:
+    """The report document: inputs with their hashes, the method, the scores and the verdicts."""
+    inputs = {"generated": _source_record(generated, bbox), "truth": [_source_record(s, bbox) for s in truth],
+              "train_points": [_source_record(s, bbox) for s in train],
+              "osm": [source._asdict() for source in map_data.sources] if map_data else [],
+              "bbox": list(bbox), "seed": settings.seed, "radii_m": list(settings.radii_m),
+              "grid_m": settings.grid_m, "memorisation_m": settings.memorisation_m}
+    verdicts = compare(model["metrics"], {name: score["metrics"] for name, score in baselines.items()})
+    report = {"locgen_version": __version__, "inputs": inputs, "method": METHOD, "model": model,
+              "baselines": baselines, "verdicts": verdicts, "verdict": overall_verdict(verdicts, list(baselines))}
+    if settings.osm:
+        report["attribution"] = OSM_ATTRIBUTION  # ODbL: the roads baseline and osm: sources come from OSM
+    return report
+
+
+# --- verdicts and the Markdown ------------------------------------------------------------------
+
+def better_direction(metric: str) -> int | None:
+    """+1 when a higher value is better, -1 when lower is, None for a metric that is not a score."""
+    if metric == "memorisation_share":
+        return None
+    return -1 if metric.startswith("median_") else 1
+
+
+def compare(model: dict, baselines: dict[str, dict]) -> dict:
+    """Per compared metric: whether the model beats each baseline, and whether it beats them all.
+
+    A comparison with a null value on either side is null; `beats_baselines` is false as soon as one
+    baseline is not beaten, null when none is lost but one is unknown.
+    """
+    verdicts = {}
+    for metric, value in model.items():
+        direction = better_direction(metric)
+        if direction is None:
+            continue
+        beats = {name: _beats(value, metrics[metric], direction) for name, metrics in baselines.items()}
+        outcomes = set(beats.values())
+        beats["beats_baselines"] = False if False in outcomes else (None if None in outcomes else True)
+        verdicts[metric] = beats
+    return verdicts
+
+
+def _beats(value: float | None, baseline: float | None, direction: int) -> bool | None:
+    """Whether `value` is strictly better than `baseline` in `direction`; None when either is null."""
+    if value is None or baseline is None:
+        return None
+    return direction * value > direction * baseline
+
+
+def overall_verdict(verdicts: dict, baselines: list[str]) -> dict:
+    """How many metrics the model wins against every baseline, with a sentence for the reader."""
+    wins = sum(verdict["beats_baselines"] is True for verdict in verdicts.values())
+    against = "the baseline" if len(baselines) == 1 else "every baseline"
+    return {"metrics_compared": len(verdicts), "metrics_beating_baselines": wins,
+            "beats_baselines": wins == len(verdicts),
+            "line": f"the model beats {against} ({', '.join(baselines)}) on {wins} of {len(verdicts)} metrics"}
+
+
+def markdown_report(report: dict) -> str:
+    """A short Markdown page for the Kubeflow UI: the inputs, a table model vs baselines, the verdict."""
+    inputs, baselines = report["inputs"], list(report["baselines"])
+    points = report["model"]["points"]
+    sources = ", ".join(f"`{source['uri']}`" for source in inputs["truth"])
+    training = ", ".join(f"`{source['uri']}`" for source in inputs["train_points"]) or "none given"
+    lines = ["# Evaluation of generated locations", "",
+             f"Area: bbox {_bbox_text(Bounds(*inputs['bbox']))} (lon/lat). Points outside it are dropped: "
+             f"{points['generated']} generated points scored ({points['generated_outside_area']} outside), "
+             f"{points['truth']} real ({points['truth_outside_area']} outside).", "",
+             f"Generated: `{inputs['generated']['uri']}`. Real: {sources}. Training points: {training}.", "",
+             "| metric | model | " + " | ".join(baselines) + " | beats baselines |",
+             "|---|---:|" + "---:|" * len(baselines) + "---|"]
+    for metric, value in report["model"]["metrics"].items():
+        verdict = report["verdicts"].get(metric)
+        beats = "not compared (chance level)" if verdict is None else _yes_no(verdict["beats_baselines"])
+        cells = [_format(metric, value)] + [_format(metric, report["baselines"][name]["metrics"][metric])
+                                            for name in baselines]
+        lines.append(f"| {_metric_label(metric)} | " + " | ".join(cells) + f" | {beats} |")
+    lines += ["", f"**Verdict:** {report['verdict']['line']}.", ""]
+    notes = report["model"]["notes"]
+    lines += [f"Note: {note}." for note in notes] + ([""] if notes else [])
+    lines.append("Distances are geodesic (WGS84); matching is one to one (maximum bipartite matching); seed "
+                 f"{inputs['seed']}; locgen {report['locgen_version']}.")
+    if "attribution" in report:
+        lines += ["", f"Map data {report['attribution']} (https://www.openstreetmap.org/copyright)."]
+    return "\n".join(lines) + "\n"
+
+
+def _metric_label(metric: str) -> str:
+    """'precision@25m' -> 'precision within 25 m'; the other names in words."""
+    name, at, radius = metric.partition("@")
+    if at:
+        return f"{'F1' if name == 'f1' else name} within {radius.removesuffix('m')} m"
+    return {"median_truth_to_generated_m": "median distance real → nearest generated (m)",
+            "median_generated_to_truth_m": "median distance generated → nearest real (m)",
+            "grid_spearman": "rank correlation of grid counts (Spearman)",
+            "memorisation_share": "share within the memorisation distance of a training point"}[metric]
+
+
+def _format(metric: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.1f}" if metric.endswith("_m") else f"{value:.3f}"
+
+
+def _yes_no(beats: bool | None) -> str:
+    return {True: "yes", False: "no", None: "n/a"}[beats]

@@ -1,0 +1,383 @@
+"""Evaluation: metrics on hand-made sets with exact answers, the candidate search's guarantee, the baselines
+and the report written end to end."""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+from conftest import HELSINKI_PBF
+from geopy.distance import geodesic
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from s3server import unique_prefix
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_bipartite_matching
+from scipy.spatial import cKDTree
+
+from components import __version__
+from components.core.errors import LocgenError
+from components.core.geo import Bounds, bounds_lonlat_to_m, contains, lonlat_to_m, m_to_lonlat, mercator_scale
+from components.core.provenance import OSM_ATTRIBUTION, file_sha256
+from components.extract.evaluate import (
+    ROAD_LAYERS,
+    WGS84_A_M,
+    WGS84_E2,
+    EvaluateSettings,
+    compare,
+    ecef_m,
+    evaluate,
+    geodesic_m,
+    markdown_report,
+    matched_count,
+    nearest_m,
+    pairs_within,
+    roads_baseline,
+    score_points,
+    uniform_baseline,
+)
+from components.render.osm import read_osm
+from components.render.style import LAYER_NAMES
+from components.sources.locations import load_locations
+
+AREA = Bounds(24.90, 60.15, 25.00, 60.20)  # about 5.5 x 5.6 km of Helsinki
+HELSINKI_DATA = Bounds(24.9380, 60.1660, 24.9520, 60.1780)  # where the sample extract has data on every side
+PARKING = "osm:amenity=bicycle_parking"
+
+
+def moved(lonlat: np.ndarray, distance_m: float, bearing_deg: float) -> np.ndarray:
+    """Each point moved along a geodesic by distance_m at a bearing (geopy's direct problem)."""
+    ends = [geodesic(meters=distance_m).destination((lat, lon), bearing_deg) for lon, lat in lonlat]
+    return np.array([(end.longitude, end.latitude) for end in ends])
+
+
+def spaced_points() -> np.ndarray:
+    """64 points about 550 m apart inside AREA: no two within any radius scored."""
+    lon, lat = np.meshgrid(np.linspace(24.905, 24.975, 8), np.linspace(60.155, 60.19, 8))
+    return np.column_stack([lon.ravel(), lat.ravel()])
+
+
+def test_identical_sets_score_perfectly():
+    points = spaced_points()
+    metrics = score_points(points, points, AREA)["metrics"]
+    for radius in ("25m", "50m", "100m"):
+        assert metrics[f"precision@{radius}"] == metrics[f"recall@{radius}"] == metrics[f"f1@{radius}"] == 1.0
+    assert metrics["median_truth_to_generated_m"] == metrics["median_generated_to_truth_m"] == 0.0
+    assert metrics["grid_spearman"] == pytest.approx(1.0)
+    assert "memorisation_share" not in metrics  # no training points given
+
+
+def test_a_set_moved_30_m_north_is_right_at_50_and_100_m_but_not_at_25_m():
+    truth = spaced_points()
+    metrics = score_points(moved(truth, 30.0, 0.0), truth, AREA)["metrics"]
+    assert metrics["precision@25m"] == metrics["recall@25m"] == metrics["f1@25m"] == 0.0
+    assert metrics["precision@50m"] == metrics["recall@50m"] == metrics["f1@100m"] == 1.0
+    assert metrics["median_truth_to_generated_m"] == pytest.approx(30.0, abs=1e-6)
+    assert metrics["median_generated_to_truth_m"] == pytest.approx(30.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("generated", [np.zeros((0, 2)), np.array([[24.5, 60.17], [25.5, 60.17]])],
+                         ids=["no point", "all outside the area"])
+def test_no_generated_point_in_the_area_is_recall_zero_not_an_error(generated):
+    score = score_points(generated, spaced_points(), AREA, train_lonlat=spaced_points())
+    metrics = score["metrics"]
+    assert metrics["recall@25m"] == metrics["f1@100m"] == 0.0
+    assert metrics["precision@25m"] is None and metrics["median_generated_to_truth_m"] is None
+    assert metrics["grid_spearman"] is None and metrics["memorisation_share"] is None
+    assert score["points"]["generated_outside_area"] == len(generated)
+    assert "no generated point in the area" in score["notes"][0]
+
+
+def test_two_generated_points_beside_one_real_point_count_once():
+    real = np.array([[24.95, 60.17]])
+    generated = np.concatenate([moved(real, 10.0, 90.0), moved(real, 10.0, 270.0)])
+    metrics = score_points(generated, real, AREA)["metrics"]
+    assert metrics["precision@25m"] == 0.5
+    assert metrics["recall@25m"] == 1.0
+    assert metrics["f1@25m"] == pytest.approx(2 / 3)
+
+
+def test_matching_is_maximum_where_greedy_nearest_first_loses_a_pair():
+    # R1 --5 m-- G1 --40 m-- R2, and G2 40 m west of R1: nearest-first takes G1-R1 and strands G2,
+    # a maximum matching pairs G1-R2 and G2-R1.
+    real_1 = np.array([[24.95, 60.17]])
+    real_2 = moved(real_1, 45.0, 90.0)
+    generated = np.concatenate([moved(real_1, 5.0, 90.0), moved(real_1, 40.0, 270.0)])
+    score = score_points(generated, np.concatenate([real_1, real_2]), AREA, radii_m=(50.0,))
+    assert score["matched"]["50m"] == 2
+    assert score["metrics"]["precision@50m"] == score["metrics"]["recall@50m"] == 1.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(generated=st.integers(0, 12), truth=st.integers(1, 12), seed=st.integers(0, 2 ** 32 - 1),
+       density=st.floats(0.0, 1.0))
+def test_matched_count_is_the_maximum_matching_scipy_finds_on_small_graphs(generated, truth, seed, density):
+    # scipy's maximum_bipartite_matching is right but may take exponential time on large layered graphs
+    # (scipy issue #26147): on small random ones it is the reference for our max-flow matching.
+    allowed = np.random.default_rng(seed).random((generated, truth)) < density
+    i, j = np.nonzero(allowed)
+    reference = maximum_bipartite_matching(csr_matrix(allowed.astype(np.int8)), perm_type="column")
+    assert matched_count(i, j, generated, truth) == int((reference >= 0).sum())
+
+
+def test_matched_count_stays_fast_on_a_dense_city_where_scipys_matching_takes_minutes():
+    # 30,000 real points in 10 x 10 km, half of them copied with a 20 m jitter: the graph of pairs within
+    # 100 m (295,000 edges) took scipy's maximum_bipartite_matching over 6 minutes (scipy 1.17.1).
+    bbox = Bounds(24.85, 60.125, 25.03, 60.215)
+    count = 30_000
+    real = uniform_baseline(count, bbox, seed=1)
+    jitter = np.random.default_rng(2).normal(0.0, 0.0002, (count // 2, 2))
+    generated = np.concatenate([real[: count // 2] + jitter, uniform_baseline(count - count // 2, bbox, seed=3)])
+    pairs = cKDTree(ecef_m(generated)).sparse_distance_matrix(cKDTree(ecef_m(real)), 100.0, output_type="ndarray")
+    started_s = time.perf_counter()
+    matched = matched_count(pairs["i"].astype(np.int64), pairs["j"].astype(np.int64), count, count)
+    assert time.perf_counter() - started_s < 10.0
+    assert count // 2 < matched <= count
+
+
+def grid_cell_centres(bbox: Bounds, grid_m: float) -> list[tuple[float, float]]:
+    """Lon/lat of the centres of the evaluation grid's cells, row by row from the south-west (computed here
+    from the grid's definition, independently of the module)."""
+    area_m = bounds_lonlat_to_m(bbox)
+    cell_m = grid_m * mercator_scale((bbox.south + bbox.north) / 2)
+    columns = math.ceil((area_m.east - area_m.west) / cell_m)
+    rows = math.ceil((area_m.north - area_m.south) / cell_m)
+    return [m_to_lonlat(area_m.west + (col + 0.5) * cell_m, area_m.south + (row + 0.5) * cell_m)
+            for row in range(rows) for col in range(columns)]
+
+
+def points_per_cell(centres: list[tuple[float, float]], counts: list[int]) -> np.ndarray:
+    return np.array([centre for centre, count in zip(centres, counts, strict=True) for _ in range(count)])
+
+
+def test_rank_correlation_of_counts_on_a_hand_made_grid():
+    bbox = Bounds(24.9300, 60.1600, 24.9370, 60.1625)  # 388 x 278 m: 4 x 3 cells of 100 m, the last ones partial
+    centres = grid_cell_centres(bbox, 100.0)
+    assert len(centres) == 12
+    truth = points_per_cell(centres, list(range(1, 13)))
+    same_order = points_per_cell(centres, [2 * count for count in range(1, 13)])
+    reversed_order = points_per_cell(centres, list(range(12, 0, -1)))
+    two_swapped = points_per_cell(centres, [2, 1] + list(range(3, 13)))  # sum of squared rank differences: 2
+
+    def rho(generated: np.ndarray) -> float:
+        score = score_points(generated, truth, bbox, grid_m=100.0)
+        assert (score["grid"]["columns"], score["grid"]["rows"]) == (4, 3)
+        return score["metrics"]["grid_spearman"]
+
+    assert rho(same_order) == pytest.approx(1.0)
+    assert rho(reversed_order) == pytest.approx(-1.0)
+    assert rho(two_swapped) == pytest.approx(1 - 6 * 2 / (12 * (12 ** 2 - 1)))
+
+
+def test_rank_correlation_is_null_with_a_reason_when_every_cell_has_the_same_count():
+    score = score_points(spaced_points(), spaced_points(), AREA, grid_m=20_000.0)  # one cell
+    assert score["metrics"]["grid_spearman"] is None
+    assert "a rank correlation needs counts that vary" in score["notes"][0]
+
+
+def test_memorisation_share_on_a_hand_made_case():
+    generated = spaced_points()[:3]
+    train = np.concatenate([generated[:1], moved(generated[1:2], 3.0, 45.0), moved(generated[2:3], 10.0, 45.0)])
+    score = score_points(generated, spaced_points(), AREA, train_lonlat=train, memorisation_m=5.0)
+    assert score["metrics"]["memorisation_share"] == pytest.approx(2 / 3)
+    assert score["points"]["train"] == 3
+
+
+def test_uniform_baseline_is_reproducible_inside_the_area_and_uniform_in_ground_area():
+    points = uniform_baseline(1000, AREA, seed=7)
+    assert points.shape == (1000, 2)
+    assert np.array_equal(points, uniform_baseline(1000, AREA, seed=7))
+    assert not np.array_equal(points, uniform_baseline(1000, AREA, seed=8))
+    assert contains(AREA, points[:, 0], points[:, 1]).all()
+    # From the equator to 80°, the band north of 40° holds (sin 80 - sin 40) / sin 80 = 34.7 % of the area
+    # (uniform degrees would put 50 % there); 20,000 draws have a standard error of 0.34 %.
+    latitudes = uniform_baseline(20_000, Bounds(0.0, 0.0, 10.0, 80.0), seed=1)[:, 1]
+    expected = (math.sin(math.radians(80)) - math.sin(math.radians(40))) / math.sin(math.radians(80))
+    assert np.mean(latitudes >= 40) == pytest.approx(expected, abs=0.015)
+
+
+@pytest.fixture(scope="module")
+def helsinki_map():
+    return read_osm([HELSINKI_PBF], HELSINKI_DATA, margin_m=0.0)
+
+
+def test_roads_baseline_points_lie_on_roads_of_the_helsinki_sample(helsinki_map):
+    points = roads_baseline(500, HELSINKI_DATA, helsinki_map, seed=3)
+    assert np.array_equal(points, roads_baseline(500, HELSINKI_DATA, helsinki_map, seed=3))
+    assert contains(HELSINKI_DATA, points[:, 0], points[:, 1]).all()
+    features = helsinki_map.features
+    road_lines = [shapely.LineString(features.coords_m[features.ring_offsets[ring]:features.ring_offsets[ring + 1]])
+                  for feature, layer in enumerate(features.layer) if LAYER_NAMES[layer] in ROAD_LAYERS
+                  for ring in range(features.feature_rings[feature], features.feature_rings[feature + 1])]
+    tree = shapely.STRtree(road_lines)
+    points_m = shapely.points(np.column_stack(lonlat_to_m(points[:, 0], points[:, 1])))
+    _, distance_3857_m = tree.query_nearest(points_m, return_distance=True, all_matches=False)
+    ground_m = distance_3857_m / mercator_scale(HELSINKI_DATA.north)  # the largest scale in the area
+    assert ground_m.max() < 1.0
+    assert {"footway", "cycleway", "road_minor"} <= set(ROAD_LAYERS) and "railway" not in ROAD_LAYERS
+
+
+def test_roads_baseline_without_a_road_in_the_area_is_one_clear_error(helsinki_map):
+    far_away = Bounds(24.0, 60.0, 24.001, 60.001)
+    with pytest.raises(LocgenError, match=r"^no road or path .* inside bbox 24,60,24.001,60.001 .*--osm") as error:
+        roads_baseline(10, far_away, helsinki_map, seed=0)
+    assert "\n" not in str(error.value)
+
+
+# --- the candidate search ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lat", [0.0, 30.0, 45.0, 60.0, 75.0, 85.0])
+def test_chord_never_exceeds_the_geodesic_and_falls_short_by_at_most_the_curvature_bound(lat):
+    tightest_radius_m = WGS84_A_M * (1 - WGS84_E2)  # meridional radius of curvature at the equator
+    start = np.array([[24.95, lat]])
+    for distance_m in (1.0, 100.0, 1_000.0, 10_000.0):
+        for bearing in range(0, 360, 30):
+            end = moved(start, distance_m, bearing)
+            geodesic_distance_m = geodesic_m(start, end)[0]
+            chord_m = float(np.linalg.norm(ecef_m(end) - ecef_m(start)))
+            # 1e-8 m: float64 ECEF coordinates (about 6.4e6 m) and their differences round at about 1e-9 m.
+            assert chord_m <= geodesic_distance_m + 1e-8
+            assert geodesic_distance_m - chord_m <= geodesic_distance_m ** 3 / (24 * tightest_radius_m ** 2) + 1e-8
+
+
+def test_distances_are_geopys_in_metres():
+    a, b = np.array([[24.95, 60.17]]), np.array([[26.95, 60.53]])
+    assert geodesic_m(a, b)[0] == pytest.approx(geodesic((60.17, 24.95), (60.53, 26.95)).meters, abs=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lat=st.sampled_from([-85.0, -60.0, -33.9, 0.0, 45.0, 60.17, 78.2, 85.0]) | st.floats(-85.0, 85.0),
+       lon=st.floats(-180.0, 180.0),
+       radius_m=st.floats(1.0, 500.0),
+       ring=st.lists(st.tuples(st.floats(0.0, 360.0), st.just(1.0) | st.floats(0.9, 1.1)), min_size=1, max_size=10))
+def test_candidate_search_never_misses_a_pair_geopy_puts_within_the_radius(lat, lon, radius_m, ring):
+    # A centre and points about one radius from it, in every direction (across the antimeridian, near the
+    # poles): the pairs with the centre straddle the radius, those between ring points fall anywhere.
+    centre = np.array([[lon, lat]])
+    points = np.concatenate([centre] + [moved(centre, factor * radius_m, bearing) for bearing, factor in ring])
+    brute_m = np.array([[geodesic_m(points[i:i + 1], points[j:j + 1])[0] for j in range(len(points))]
+                        for i in range(len(points))])
+    i, j, distance_m = pairs_within(points, points, radius_m)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == set(zip(*np.nonzero(brute_m <= radius_m), strict=True))
+    assert np.array_equal(distance_m, brute_m[i, j])
+    others = points[1:]
+    assert np.array_equal(nearest_m(points[:1], others), brute_m[0, 1:].min(keepdims=True))
+
+
+# --- verdicts -------------------------------------------------------------------------------------
+
+def test_verdicts_compare_in_each_metrics_direction_and_null_when_a_value_is_missing():
+    model = {"precision@25m": 0.5, "median_truth_to_generated_m": 20.0, "grid_spearman": None,
+             "memorisation_share": 0.1}
+    baselines = {"uniform": {"precision@25m": 0.1, "median_truth_to_generated_m": 30.0, "grid_spearman": 0.1,
+                             "memorisation_share": 0.0},
+                 "roads": {"precision@25m": 0.5, "median_truth_to_generated_m": 10.0, "grid_spearman": 0.2,
+                           "memorisation_share": 0.0}}
+    assert compare(model, baselines) == {
+        "precision@25m": {"uniform": True, "roads": False, "beats_baselines": False},  # a tie does not beat
+        "median_truth_to_generated_m": {"uniform": True, "roads": False, "beats_baselines": False},
+        "grid_spearman": {"uniform": None, "roads": None, "beats_baselines": None},
+    }
+
+
+# --- the evaluation stage end to end -------------------------------------------------------------------
+
+def write_csv(path: Path, lonlat: np.ndarray) -> str:
+    lines = ["latitude,longitude"] + [f"{lat!r},{lon!r}" for lon, lat in lonlat.tolist()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def parking_in_area() -> np.ndarray:
+    points = np.array([(point.lon, point.lat) for point in load_locations(PARKING, osm_files=[HELSINKI_PBF]).points])
+    return points[contains(HELSINKI_DATA, points[:, 0], points[:, 1])]
+
+
+def test_evaluate_writes_a_json_and_a_markdown_report(tmp_path):
+    real = parking_in_area()
+    outside = np.array([[24.90, 60.17], [25.00, 60.17], [24.94, 60.19]])
+    generated = np.concatenate([moved(real[:20], 10.0, 90.0), uniform_baseline(10, HELSINKI_DATA, seed=5), outside])
+    generated_csv = write_csv(tmp_path / "generated.csv", generated)
+    out = tmp_path / "eval" / "report.json"
+    out.parent.mkdir()
+    report = evaluate(EvaluateSettings(generated=generated_csv, truth=[PARKING], bbox=HELSINKI_DATA, out=str(out),
+                                       osm=[str(HELSINKI_PBF)], seed=11, progress=False))
+
+    assert json.loads(out.read_text()) == report
+    inputs = report["inputs"]
+    assert inputs["generated"] == {"uri": generated_csv, "kind": "csv", "sha256": file_sha256(Path(generated_csv)),
+                                   "points": 33, "weight_zero": 0, "in_area": 30, "outside_area": 3}
+    assert inputs["truth"][0]["uri"] == PARKING and inputs["truth"][0]["in_area"] == len(real)
+    assert inputs["osm"] == [{"uri": str(HELSINKI_PBF), "kind": "osm", "sha256": file_sha256(HELSINKI_PBF)}]
+    assert (inputs["bbox"], inputs["seed"], inputs["radii_m"]) == (list(HELSINKI_DATA), 11, [25.0, 50.0, 100.0])
+    assert report["locgen_version"] == __version__ and report["attribution"] == OSM_ATTRIBUTION
+    assert report["model"]["points"]["generated_outside_area"] == 3
+    assert report["model"]["metrics"]["precision@25m"] == pytest.approx(20 / 30)
+    assert report["model"]["metrics"]["recall@25m"] == pytest.approx(20 / len(real))
+    assert set(report["baselines"]) == {"uniform", "roads"}
+    assert all(score["points"]["generated"] == 30 for score in report["baselines"].values())
+    assert report["verdicts"]["precision@25m"] == {"uniform": True, "roads": True, "beats_baselines": True}
+    assert report["verdict"]["metrics_compared"] == 3 * 3 + 3
+
+    markdown = (tmp_path / "eval" / "report.md").read_text()
+    assert markdown == markdown_report(report)
+    assert "| metric | model | uniform | roads | beats baselines |" in markdown
+    assert "| precision within 25 m | 0.667 |" in markdown
+    assert f"**Verdict:** {report['verdict']['line']}." in markdown and OSM_ATTRIBUTION in markdown
+    assert sorted(path.name for path in out.parent.iterdir()) == ["report.json", "report.md"]
+
+
+def test_evaluate_reads_and_writes_s3_and_reports_memorisation(s3_env, tmp_path):
+    prefix = f"s3://{s3_env.bucket}/{unique_prefix()}"
+    real = spaced_points()
+    generated_key = f"{prefix.split('/', 3)[3]}/generated.csv"
+    s3_env.client().fput_object(s3_env.bucket, generated_key, write_csv(tmp_path / "g.csv", real[:40]))
+    report = evaluate(EvaluateSettings(generated=f"{prefix}/generated.csv", truth=[write_csv(tmp_path / "t.csv", real)],
+                                       bbox=AREA, out=f"{prefix}/eval/report.json",
+                                       train_points=[write_csv(tmp_path / "train.csv", real[:10])], progress=False))
+    assert report["model"]["metrics"]["memorisation_share"] == pytest.approx(10 / 40)
+    assert "roads" not in report["baselines"] and "attribution" not in report
+    assert s3_env.object_names(prefix.split("/", 3)[3] + "/eval/") == {
+        f"{prefix.split('/', 3)[3]}/eval/report.json", f"{prefix.split('/', 3)[3]}/eval/report.md"}
+
+
+def test_evaluate_scores_an_empty_generated_file_as_recall_zero(tmp_path):
+    empty_csv = write_csv(tmp_path / "generated.csv", np.zeros((0, 2)))
+    report = evaluate(EvaluateSettings(generated=empty_csv, truth=[PARKING], bbox=HELSINKI_DATA,
+                                       out=str(tmp_path / "report.json"), osm=[str(HELSINKI_PBF)], progress=False))
+    assert report["model"]["metrics"]["recall@50m"] == 0.0 and report["model"]["metrics"]["precision@50m"] is None
+    assert report["inputs"]["generated"]["points"] == 0
+    assert report["verdict"]["beats_baselines"] is False
+    assert "n/a" in (tmp_path / "report.md").read_text()
+
+
+def test_a_truth_source_with_no_point_in_the_area_is_one_clear_error_and_writes_nothing(tmp_path):
+    generated = write_csv(tmp_path / "generated.csv", parking_in_area())
+    kotka = write_csv(tmp_path / "kotka.csv", np.array([[26.95, 60.53], [26.96, 60.52]]))
+    out = tmp_path / "report.json"
+    with pytest.raises(LocgenError) as error:
+        evaluate(EvaluateSettings(generated=generated, truth=[PARKING, kotka], bbox=HELSINKI_DATA, out=str(out),
+                                  osm=[str(HELSINKI_PBF)], progress=False))
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{kotka}: none of its 2 located points")
+    assert "--bbox 24.938,60.166,24.952,60.178" in message and "give a --bbox that covers" in message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"bbox": Bounds(25.0, 60.2, 24.9, 60.1)}, r"^--bbox: 25.0,60.2,24.9,60.1 is empty or inverted"),
+    ({"bbox": Bounds(24.9, 91.0, 25.0, 92.0)}, r"^--bbox: latitude 91.0 is outside"),
+    ({"out": "report.md"}, r"^--out report.md: the Markdown report would overwrite it"),
+    ({"osm": ["s3://bucket/helsinki.osm.pbf"]}, r"^--osm s3://bucket/helsinki.osm.pbf: no such local file"),
+    ({"radii_m": (25.0, 0.0)}, r"^radius 0.0 m: give a positive number of metres"),
+    ({"truth": []}, r"^no truth source"),
+])
+def test_bad_settings_are_one_clear_error(tmp_path, changes, expected):
+    base = {"generated": write_csv(tmp_path / "g.csv", spaced_points()), "truth": [PARKING], "bbox": HELSINKI_DATA,
+            "out": str(tmp_path / "report.json"), "osm": [str(HELSINKI_PBF)], "progress": False}
+    with pytest.raises(LocgenError, match=expected):
+        evaluate(EvaluateSettings(**{**base, **changes}))
