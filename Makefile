@@ -12,7 +12,7 @@ $(PYTHON):
 	$(PIP) install --upgrade pip
 
 install: $(PYTHON)
-	$(PIP) install $(CONSTRAINTS) -e '.[test]'
+	$(PIP) install $(CONSTRAINTS) -e '.[test,train]'
 
 test: install
 	$(VENV)/bin/ruff check components pipeline tests benchmarks

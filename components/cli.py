@@ -16,6 +16,7 @@ from components.core.markers import MarkerRange
 from components.extract.evaluate import EvaluateSettings, evaluate
 from components.extract.job import ExtractSettings, extract
 from components.render.job import RenderSettings, render
+from components.train.config import PRESETS, TrainConfig
 
 # The defaults live in the settings classes, not here.
 DEFAULTS = RenderSettings(osm=[], out="")
@@ -156,6 +157,58 @@ def _run_evaluate(args) -> dict:
     return {"out": args.out, "verdict": report["verdict"]}
 
 
+def _train_parser(commands) -> None:
+    parser = commands.add_parser("train", help="train FastCUT on a tile set of training pairs",
+                                 description="Train the generator: plain tiles (b) -> tiles with markers (a).")
+    parser.add_argument("--data", required=True, metavar="URI", help="tile set from locgen render --pairs")
+    parser.add_argument("--out", required=True, metavar="URI", help="checkpoints, generator.pt, metrics, samples")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="settings to start from (tiny)")
+    parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, help="tiles per step (default: the preset's)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override any setting of the preset, e.g. --set lr=1e-4 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda")
+    parser.set_defaults(run=_run_train)
+
+
+def _train_config(args) -> TrainConfig:
+    preset = PRESETS[args.preset]
+    values = dict(_setting(preset, text) for text in args.set)
+    values.update({name: value for name, value in (("steps", args.steps), ("batch_size", args.batch_size))
+                   if value is not None})
+    try:
+        return preset.override(**values)
+    except ValueError as error:
+        raise LocgenError(f"--set: {error}") from None
+
+
+def _setting(preset: TrainConfig, text: str) -> tuple[str, object]:
+    """NAME=VALUE, the value read as the type the preset holds for NAME."""
+    name, _, raw = text.partition("=")
+    if not hasattr(preset, name) or not raw:
+        raise LocgenError(f"--set {text}: give NAME=VALUE with a setting of TrainConfig (components/train/config.py)")
+    current = getattr(preset, name)
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in ("true", "false"):
+                raise ValueError(raw)
+            return name, raw.lower() == "true"
+        if isinstance(current, tuple):
+            return name, tuple(int(value) for value in raw.split(","))
+        return name, type(current)(raw)
+    except ValueError:
+        raise LocgenError(f"--set {text}: {name} takes a {type(current).__name__} like {current!r}") from None
+
+
+def _run_train(args) -> dict:
+    # Imported here: torch is needed by training alone, and the other stages' images do not ship it.
+    from components.train.train import TrainSettings, train
+
+    return train(TrainSettings(data=args.data, out=args.out, config=_train_config(args), resume=args.resume,
+                               device=args.device))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="locgen", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _locations_parser(commands)
     _extract_parser(commands)
     _evaluate_parser(commands)
+    _train_parser(commands)
     return parser
 
 

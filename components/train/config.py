@@ -1,0 +1,62 @@
+"""Training settings: plain values in one place, and the two presets.
+
+`fastcut` is the paper's FastCUT at 256 px, as the official repository sets it (`--CUT_mode FastCUT`:
+lambda_NCE 10, no identity NCE, flip-equivariance, 150 epochs constant then 50 decaying: the same
+3:1 split here, in steps). `tiny` is a small network at 128 px crops that trains thousands of
+steps in minutes on 2 CPU cores, for the demo, CI and the bundled generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # networks
+    ngf: int = 64
+    n_blocks: int = 9
+    ndf: int = 64
+    d_layers: int = 3
+    # PatchNCE
+    nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)
+    num_patches: int = 256
+    nce_channels: int = 256
+    nce_temperature: float = 0.07
+    lambda_nce: float = 10.0
+    lambda_gan: float = 1.0
+    flip_equivariance: bool = True
+    # optimisation
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 1
+    steps: int = 400_000
+    decay_share: float = 0.25  # the last quarter of the steps decays the learning rate linearly to 0
+    crop_px: int = 256  # training crops; tiles larger than this are cropped at random
+    seed: int = 0
+    # watching it
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    validation_share: float = 0.05  # b tiles held out to count the dots the generator paints
+    # speed (CUDA only; ignored on CPU)
+    bf16: bool = True
+    channels_last: bool = True
+    fused_adam: bool = True
+    compile: bool = False
+
+    def override(self, **values) -> TrainConfig:
+        """A copy with some values changed; unknown names are an error, not silently ignored."""
+        known = {field.name for field in fields(self)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        return replace(self, **values)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "fastcut": TrainConfig(),
+    "tiny": TrainConfig(ngf=16, n_blocks=5, ndf=16, num_patches=64, nce_channels=64, batch_size=4, steps=3000,
+                        crop_px=128, log_every=20, sample_every=500, checkpoint_every=500),
+}

@@ -1,0 +1,112 @@
+"""Training data: the `a` (with markers) and `b` (plain) tiles of a tile set, unpaired.
+
+Tiles are read once from the store (local or s3://) into memory as uint8: the sample sets hold a
+few hundred tiles (~200 kB each), and a step then costs no I/O. Every batch is a pure function of
+(seed, step): which tiles, which crop, which flip and rotation. A resumed run therefore sees
+exactly the batches the uninterrupted run would have, with no sampler state to save.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from components.core.errors import LocgenError
+from components.core.pngmeta import decode_png
+from components.core.storage import open_store
+from components.render.tileset import MANIFEST_KEY, read_manifest
+
+FETCH_THREADS = 8
+EPOCH_STREAM = 1 << 20  # keeps the epoch orders apart from the per-step draws of the same seed
+
+
+class TileData(NamedTuple):
+    a: torch.Tensor  # (N_a, 3, H, W) uint8: tiles with markers
+    b: torch.Tensor  # (N_b, 3, H, W) uint8: plain tiles used for training
+    held_out_b: torch.Tensor  # (N_v, 3, H, W) uint8: plain tiles kept aside to count painted dots
+    real_dots_per_tile: float  # markers per `a` tile in the tile set: the rate a good generator paints
+    rows: list[dict]  # the manifest rows read, for the lineage of the trained model
+
+
+def load_tiles(uri: str, validation_share: float) -> TileData:
+    """The a and b tiles of a tile set; a stable share of the b tiles (by id hash) is held out."""
+    store = open_store(uri)
+    if not store.exists(MANIFEST_KEY):
+        raise LocgenError(f"--data {uri}: no {MANIFEST_KEY}; give a tile set that locgen render wrote with "
+                          "--pairs (it holds domains a and b)")
+    rows = read_manifest(store)
+    by_domain = {domain: [row for row in rows if row["domain"] == domain] for domain in ("a", "b")}
+    for domain, what in (("a", "with markers"), ("b", "plain")):
+        if not by_domain[domain]:
+            raise LocgenError(f"--data {uri}: no domain-{domain} tiles ({what}); render training pairs with "
+                              "locgen render --pairs N --locations SRC")
+    sizes = sorted({row["size_px"] for row in rows})
+    if len(sizes) > 1:
+        raise LocgenError(f"--data {uri}: tiles of several sizes {sizes} px; render the training set at one --size-px")
+    held_out = [row for row in by_domain["b"] if _held_out(row["id"], validation_share)]
+    training_b = [row for row in by_domain["b"] if not _held_out(row["id"], validation_share)] or held_out
+    real_rate = float(np.mean([len(row.get("points", [])) for row in by_domain["a"]]))
+    return TileData(_read(store, by_domain["a"]), _read(store, training_b), _read(store, held_out),
+                    real_rate, rows)
+
+
+def _held_out(tile_id: str, share: float) -> bool:
+    """Whether a tile is kept for validation: by a hash of its id, so the split never moves."""
+    return int(hashlib.sha256(tile_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
+def _read(store, rows: list[dict]) -> torch.Tensor:
+    if not rows:
+        return torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
+    with ThreadPoolExecutor(FETCH_THREADS) as pool:
+        images = list(pool.map(lambda row: _decode(store, row), rows))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _decode(store, row: dict) -> np.ndarray:
+    try:
+        return decode_png(store.get_bytes(row["path"]))
+    except ValueError:
+        raise LocgenError(f"{store.url(row['path'])}: not a readable PNG; render the training set again") from None
+
+
+def batch(tiles: torch.Tensor, step: int, seed: int, batch_size: int, crop_px: int, stream: int) -> torch.Tensor:
+    """The batch of a step as float in [-1, 1]: tiles in shuffled epochs, random crops, flips, 90 deg turns.
+
+    `stream` keeps the a and b draws apart (the domains are unpaired).
+    """
+    rng = np.random.default_rng([seed, stream, step])
+    count = len(tiles)
+    first = step * batch_size
+    indices = [int(_epoch_order(seed, stream, (first + k) // count, count)[(first + k) % count])
+               for k in range(batch_size)]
+    height, width = tiles.shape[2:]
+    if min(height, width) < crop_px:
+        raise LocgenError(f"tiles of {height} x {width} px are smaller than the {crop_px} px training crop; "
+                          "render larger tiles or lower crop_px")
+    images = []
+    for index in indices:
+        top, left = rng.integers(0, height - crop_px + 1), rng.integers(0, width - crop_px + 1)
+        image = tiles[index, :, top:top + crop_px, left:left + crop_px]
+        image = torch.rot90(image, int(rng.integers(4)), dims=(1, 2))  # maps have no up: any turn is a map
+        if rng.random() < 0.5:
+            image = torch.flip(image, dims=(2,))
+        images.append(image)
+    return torch.stack(images).float().div(127.5).sub(1.0)
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, stream: int, epoch: int, count: int) -> np.ndarray:
+    """The order in which an epoch visits the tiles: each tile once."""
+    return np.random.default_rng([seed, stream, EPOCH_STREAM, epoch]).permutation(count)
+
+
+def to_uint8_images(batch_tensor: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8 RGB."""
+    pixels = batch_tensor.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).byte()
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()

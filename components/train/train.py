@@ -1,0 +1,271 @@
+"""Train FastCUT: plain tiles (domain b) -> tiles with markers (domain a). One flat loop.
+
+Per step, as the official CUT code orders it: G translates a batch of b tiles (mirrored left-right
+on a coin flip: flip-equivariance); D learns real a tiles from generated ones (LSGAN); then G and
+the PatchNCE head learn to fool D while every generated patch stays closest, among the patches of
+its own image, to the input patch at the same place (PatchNCE on encoder layers 0, 4, 8, 12, 16).
+
+Every random choice of a step (batch, crops, the coin, the patches) is drawn from (seed, step), so
+`--resume` continues exactly where a run stopped: the checkpoint holds the weights, optimisers,
+schedulers and step, and nothing else is needed to reproduce the rest.
+
+Outputs under --out (local or s3://): checkpoints/last.pt and checkpoints/best.pt (atomic),
+generator.pt (generator-only, for export), metrics.jsonl, samples/step-NNNNNNN.png.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from components import __version__
+from components.core.errors import LocgenError
+from components.core.pngmeta import encode_png
+from components.core.provenance import OSM_ATTRIBUTION
+from components.core.storage import Store, open_store
+from components.extract.detect import detect_markers
+from components.train.config import TrainConfig
+from components.train.data import TileData, batch, load_tiles, to_uint8_images
+from components.train.losses import lsgan_loss, patch_nce_loss
+from components.train.networks import Discriminator, Generator, PatchSampleMLP, init_weights
+
+LAST_KEY, BEST_KEY, GENERATOR_KEY = "checkpoints/last.pt", "checkpoints/best.pt", "generator.pt"
+METRICS_KEY = "metrics.jsonl"
+STREAM_A, STREAM_B, STREAM_DRAWS = 1, 2, 3  # a, b and the step's other draws: apart, the domains are unpaired
+SAMPLE_TILES = 4
+# What may differ between a run and its resumption: how long it goes and how it is watched.
+RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "checkpoint_every"}
+
+
+@dataclass
+class TrainSettings:
+    data: str  # tile set with domains a and b (locgen render --pairs), local or s3://
+    out: str  # where checkpoints, the generator, metrics and samples go, local or s3://
+    config: TrainConfig
+    resume: bool = False
+    device: str = "auto"  # auto: CUDA when there is one
+    progress: bool = True
+    stop_at: int | None = None  # stop (with a checkpoint) at this step, to resume later; None: config.steps
+
+
+class Models(torch.nn.Module):
+    """G, D and the PatchNCE head, so that one state_dict holds the three."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__()
+        self.generator = Generator(config.ngf, config.n_blocks)
+        self.discriminator = Discriminator(config.ndf, config.d_layers)
+        self.head = PatchSampleMLP(self.generator.feature_channels(config.nce_layers), config.nce_channels)
+        for network in (self.generator, self.discriminator, self.head):
+            init_weights(network, gain=0.02)
+
+
+def train(settings: TrainSettings) -> dict:
+    """Train (or resume) and return a summary; the model and its lineage are under settings.out."""
+    config = settings.config
+    torch.manual_seed(config.seed)  # the initial weights; every later draw is seeded by the step
+    device = _device(settings.device)
+    data = load_tiles(settings.data, config.validation_share)
+    store = open_store(settings.out)
+    models = Models(config).to(device)
+    optimisers = _optimisers(models, config, device)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_factor(config)) for optimiser in optimisers]
+    start, metrics, best = (_resume(store, models, optimisers, schedulers, config, device) if settings.resume
+                            else (0, [], None))
+    stop = min(config.steps, settings.stop_at or config.steps)
+    bar = tqdm(range(start, stop), initial=start, total=config.steps, unit="step", desc="train",
+               disable=not settings.progress)
+    for step in bar:
+        losses = _step(models, optimisers, data, config, step, device)
+        for scheduler in schedulers:
+            scheduler.step()
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            metrics.append({"step": done, **losses, "lr": schedulers[0].get_last_lr()[0], "time": time.time()})
+            bar.set_postfix({name: f"{value:.3f}" for name, value in losses.items()})
+        if done % config.sample_every == 0 or done == config.steps:
+            _save_samples(store, models.generator, data, done, device)
+        if done % config.checkpoint_every == 0 or done == stop:
+            best = _checkpoint(store, models, optimisers, schedulers, data, config, settings, done, metrics, best,
+                               device)
+    bar.close()
+    return {"out": store.uri, "steps": stop, "resumed_from": start, "best": best,
+            "final": metrics[-1] if metrics else None}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LocgenError(f"--device {name}: no CUDA device here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def _optimisers(models: Models, config: TrainConfig, device: torch.device) -> list[torch.optim.Adam]:
+    fused = config.fused_adam and device.type == "cuda"
+    return [torch.optim.Adam(network.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), fused=fused)
+            for network in (models.generator, models.discriminator, models.head)]
+
+
+def _lr_factor(config: TrainConfig):
+    """Constant, then a linear decay to 0 over the last decay_share of the steps."""
+    decay_steps = max(1, round(config.steps * config.decay_share))
+    constant_steps = config.steps - decay_steps
+
+    def factor(step: int) -> float:
+        return 1.0 - max(0, step - constant_steps) / decay_steps
+    return factor
+
+
+def _step(models: Models, optimisers: list, data: TileData, config: TrainConfig, step: int,
+          device: torch.device) -> dict:
+    """One FastCUT step; returns the losses as floats."""
+    optimiser_g, optimiser_d, optimiser_head = optimisers
+    real_a = batch(data.a, step, config.seed, config.batch_size, config.crop_px, STREAM_A).to(device)
+    real_b = batch(data.b, step, config.seed, config.batch_size, config.crop_px, STREAM_B).to(device)
+    draw_seed = int(np.random.default_rng([config.seed, STREAM_DRAWS, step]).integers(2 ** 62))
+    draws = torch.Generator().manual_seed(draw_seed)
+    flipped = config.flip_equivariance and bool(torch.rand(1, generator=draws) < 0.5)
+    source = torch.flip(real_b, dims=(3,)) if flipped else real_b
+    fake_a = models.generator(source)
+
+    # D: real a tiles against generated ones.
+    models.discriminator.requires_grad_(True)
+    optimiser_d.zero_grad(set_to_none=True)
+    loss_d = 0.5 * (lsgan_loss(models.discriminator(fake_a.detach()), False)
+                    + lsgan_loss(models.discriminator(real_a), True))
+    loss_d.backward()
+    optimiser_d.step()
+
+    # G and the head: fool D, and keep each generated patch closest to its own input patch.
+    models.discriminator.requires_grad_(False)
+    optimiser_g.zero_grad(set_to_none=True)
+    optimiser_head.zero_grad(set_to_none=True)
+    loss_gan = lsgan_loss(models.discriminator(fake_a), True) * config.lambda_gan
+    loss_nce = _nce(models, real_b, fake_a, flipped, config, draws)
+    (loss_gan + config.lambda_nce * loss_nce).backward()
+    optimiser_g.step()
+    optimiser_head.step()
+    return {"loss_d": loss_d.item(), "loss_g_gan": loss_gan.item(), "loss_nce": loss_nce.item()}
+
+
+def _nce(models: Models, real_b: torch.Tensor, fake: torch.Tensor, flipped: bool, config: TrainConfig,
+         draws: torch.Generator) -> torch.Tensor:
+    """PatchNCE between the input (keys, detached) and its translation (queries), averaged over layers.
+
+    When the input was mirrored before G, the queries are mirrored back: the patches of G(flip(x))
+    must match those of x at the mirrored place (FastCUT's flip-equivariance).
+    """
+    keys_features = models.generator.encode(real_b, config.nce_layers)
+    query_features = models.generator.encode(fake, config.nce_layers)
+    if flipped:
+        query_features = [torch.flip(feature, dims=(3,)) for feature in query_features]
+    keys, patch_ids = models.head(keys_features, config.num_patches, generator=draws)
+    queries, _ = models.head(query_features, config.num_patches, patch_ids=patch_ids)
+    batch_size = real_b.shape[0]  # the actual one: the official code's reshape used the configured size
+    return torch.stack([patch_nce_loss(query, key.detach(), batch_size, config.nce_temperature).mean()
+                        for query, key in zip(queries, keys)]).mean()
+
+
+def painted_dots_per_tile(generator: Generator, tiles: torch.Tensor, device: torch.device) -> float:
+    """Markers the generator paints per held-out plain tile, counted by the extraction stage's detector."""
+    if not len(tiles):
+        return float("nan")
+    generator.eval()
+    with torch.no_grad():
+        generated = [to_uint8_images(generator(tiles[k:k + 8].to(device).float().div(127.5).sub(1.0)))
+                     for k in range(0, len(tiles), 8)]
+    generator.train()
+    images = np.concatenate(generated)
+    return float(np.mean([len(detect_markers(np.ascontiguousarray(image))) for image in images]))
+
+
+def _checkpoint(store: Store, models: Models, optimisers: list, schedulers: list, data: TileData,
+                config: TrainConfig, settings: TrainSettings, step: int, metrics: list, best: dict | None,
+                device: torch.device) -> dict | None:
+    """Validate, then save last.pt (and best.pt and generator.pt when the dot rate is the closest yet)."""
+    dots = painted_dots_per_tile(models.generator, data.held_out_b, device)
+    # The original's markers faded when training ran long: keep the step whose dot rate is nearest the real one.
+    error = abs(dots - data.real_dots_per_tile) / max(data.real_dots_per_tile, 1e-9)
+    validation = {"step": step, "dots_per_tile": dots, "real_dots_per_tile": data.real_dots_per_tile,
+                  "dot_rate_error": error}
+    metrics.append({"validation": validation})
+    state = {"step": step, "models": models.state_dict(), "config": asdict(config),
+             "optimisers": [optimiser.state_dict() for optimiser in optimisers],
+             "schedulers": [scheduler.state_dict() for scheduler in schedulers], "metrics": metrics, "best": best}
+    is_best = best is None or not error >= best["dot_rate_error"]  # NaN (no held-out tile): the last is best
+    if is_best:
+        best = validation
+        state["best"] = best
+        store.publish_bytes(BEST_KEY, _torch_bytes(state))
+        store.publish_bytes(GENERATOR_KEY, _torch_bytes(_generator_export(models, config, settings, data, best)))
+    store.publish_bytes(LAST_KEY, _torch_bytes(state))
+    store.publish_bytes(METRICS_KEY, "".join(json.dumps(row) + "\n" for row in metrics).encode())
+    return best
+
+
+def _generator_export(models: Models, config: TrainConfig, settings: TrainSettings, data: TileData,
+                      validation: dict) -> dict:
+    """The generator alone, with what the export stage and the lineage need."""
+    cities = sorted({row["city"] for row in data.rows})
+    return {"generator": models.generator.state_dict(), "ngf": config.ngf, "n_blocks": config.n_blocks,
+            "locgen_version": __version__, "data": settings.data, "cities": cities,
+            "size_px": data.rows[0]["size_px"], "m_per_px": data.rows[0]["m_per_px"],
+            "style_version": data.rows[0]["style_version"], "style_sha256": data.rows[0]["style_sha256"],
+            "input_normalisation": "rgb / 127.5 - 1", "validation": validation}
+
+
+def _resume(store: Store, models: Models, optimisers: list, schedulers: list, config: TrainConfig,
+            device: torch.device) -> tuple[int, list, dict | None]:
+    if not store.exists(LAST_KEY):
+        raise LocgenError(f"--resume: no checkpoint at {store.url(LAST_KEY)}; start without --resume")
+    state = load_checkpoint(store, LAST_KEY, device)
+    changed = sorted(name for name, value in asdict(config).items()
+                     if name not in RESUMABLE_CHANGES and state["config"].get(name) != value)
+    if changed:
+        raise LocgenError(f"--resume: the settings {changed} differ from the checkpoint's; resume with the same "
+                          "settings (only the step count may grow), or train anew into another --out")
+    models.load_state_dict(state["models"])
+    for optimiser, saved in zip(optimisers, state["optimisers"]):
+        optimiser.load_state_dict(saved)
+    for scheduler, saved in zip(schedulers, state["schedulers"]):
+        scheduler.load_state_dict(saved)
+    return state["step"], state["metrics"], state["best"]
+
+
+def load_checkpoint(store: Store, key: str, device: torch.device) -> dict:
+    """A checkpoint written by train(); anything else is one clear error."""
+    try:
+        state = torch.load(io.BytesIO(store.get_bytes(key)), map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise LocgenError(f"{store.url(key)}: not a readable checkpoint ({str(error).splitlines()[0]}); "
+                          "train again, or resume from another checkpoint") from None
+    if not isinstance(state, dict) or "models" not in state:
+        raise LocgenError(f"{store.url(key)}: not a locgen training checkpoint; give the out folder of locgen train")
+    return state
+
+
+def _torch_bytes(value) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def _save_samples(store: Store, generator: Generator, data: TileData, step: int, device: torch.device) -> None:
+    """Input over output, for a few fixed plain tiles."""
+    tiles = (data.held_out_b if len(data.held_out_b) else data.b)[:SAMPLE_TILES]
+    generator.eval()
+    with torch.no_grad():
+        generated = to_uint8_images(generator(tiles.to(device).float().div(127.5).sub(1.0)))
+    generator.train()
+    inputs = tiles.permute(0, 2, 3, 1).numpy()
+    grid = np.concatenate([np.concatenate(list(inputs), axis=1), np.concatenate(list(generated), axis=1)], axis=0)
+    store.publish_bytes(f"samples/step-{step:07d}.png",
+                        encode_png(np.ascontiguousarray(grid), {"Copyright": OSM_ATTRIBUTION}), "image/png")

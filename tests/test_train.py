@@ -1,0 +1,112 @@
+"""Training: deterministic unpaired batches, a few real steps on CPU, exact resume, clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import HELSINKI_PBF
+
+from components.cli import main
+from components.core.errors import LocgenError
+from components.core.storage import open_store
+from components.render.tileset import MANIFEST_KEY, read_manifest
+from components.train.config import PRESETS
+from components.train.data import batch, load_tiles
+from components.train.train import GENERATOR_KEY, LAST_KEY, METRICS_KEY, TrainSettings, train
+
+# The tiny preset, smaller still: a CPU test, not a model.
+TEST_CONFIG = PRESETS["tiny"].override(ngf=8, ndf=8, num_patches=16, nce_channels=16, batch_size=2, crop_px=64,
+                                       steps=4, log_every=1, sample_every=2, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("pairs") / "tiles")
+    assert main(["render", "--osm", str(HELSINKI_PBF), "--out", out, "--pairs", "12", "--city", "helsinki",
+                 "--locations", "osm:amenity=bicycle_rental,amenity=bicycle_parking"]) == 0
+    return out
+
+
+def test_batches_are_a_function_of_seed_and_step(pairs):
+    data = load_tiles(pairs, validation_share=0.2)
+    assert len(data.a) == 12 and len(data.b) + len(data.held_out_b) == 12 and len(data.held_out_b) >= 1
+    first = batch(data.a, 5, 0, 4, 128, 1)
+    assert first.shape == (4, 3, 128, 128) and first.min() >= -1 and first.max() <= 1
+    assert torch.equal(first, batch(data.a, 5, 0, 4, 128, 1))
+    assert not torch.equal(first, batch(data.a, 6, 0, 4, 128, 1))
+    assert not torch.equal(first, batch(data.a, 5, 1, 4, 128, 1))
+    # An epoch visits every tile once: 12 tiles, batches of 4, three steps.
+    seen = [batch(data.a, step, 0, 4, 256, 1) for step in range(3)]
+    sums = sorted(float(image.sum()) for images in seen for image in images)  # turns and flips keep the sum
+    assert np.allclose(sums, sorted(float(image.float().div(127.5).sub(1).sum()) for image in data.a), atol=1e-2)
+
+
+def test_a_few_steps_run_weights_change_and_outputs_are_written(pairs, tmp_path):
+    out = str(tmp_path / "run")
+    summary = train(TrainSettings(pairs, out, TEST_CONFIG, progress=False))
+    assert summary["steps"] == 4
+    store = open_store(out)
+    metrics = [json.loads(line) for line in store.get_bytes(METRICS_KEY).decode().splitlines()]
+    losses = [row for row in metrics if "loss_nce" in row]
+    assert [row["step"] for row in losses] == [1, 2, 3, 4]
+    assert all(np.isfinite([row["loss_d"], row["loss_g_gan"], row["loss_nce"]]).all() for row in losses)
+    validations = [row["validation"] for row in metrics if "validation" in row]
+    assert [v["step"] for v in validations] == [2, 4] and validations[0]["real_dots_per_tile"] > 0
+    assert {"samples/step-0000002.png", "samples/step-0000004.png", GENERATOR_KEY, LAST_KEY} <= store.list_keys()
+    exported = torch.load(store.url(GENERATOR_KEY), weights_only=True)
+    assert exported["cities"] == ["helsinki"] and exported["size_px"] == 256 and exported["m_per_px"] == 2.0
+    initial = _initial_generator_weights()
+    trained = exported["generator"]
+    assert any(not torch.equal(initial[name], trained[name]) for name in initial)
+
+
+def _initial_generator_weights() -> dict:
+    from components.train.train import Models
+
+    torch.manual_seed(TEST_CONFIG.seed)
+    return Models(TEST_CONFIG).generator.state_dict()
+
+
+def test_resume_continues_exactly(pairs, tmp_path):
+    straight = str(tmp_path / "straight")
+    train(TrainSettings(pairs, straight, TEST_CONFIG, progress=False))
+    halves = str(tmp_path / "halves")
+    train(TrainSettings(pairs, halves, TEST_CONFIG, progress=False, stop_at=2))  # as if stopped half-way
+    train(TrainSettings(pairs, halves, TEST_CONFIG, resume=True, progress=False))
+    one, two = (torch.load(open_store(path).url(LAST_KEY), weights_only=True) for path in (straight, halves))
+    assert one["step"] == two["step"] == 4
+    for name, tensor in one["models"].items():
+        assert torch.equal(tensor, two["models"][name]), name
+
+
+def test_bad_inputs(pairs, tmp_path):
+    with pytest.raises(LocgenError, match="no manifest.jsonl"):
+        load_tiles(str(tmp_path / "nothing"), 0.1)
+    plain = str(tmp_path / "plain")
+    assert main(["render", "--osm", str(HELSINKI_PBF), "--out", plain, "--center", "60.17,24.94", "--grid", "1"]) == 0
+    with pytest.raises(LocgenError, match="no domain-a tiles"):
+        load_tiles(plain, 0.1)
+    store = open_store(str(tmp_path / "mixed"))
+    rows = read_manifest(open_store(pairs))[:2]
+    rows[1] = {**rows[1], "size_px": 128}
+    store.put_bytes(MANIFEST_KEY, "".join(json.dumps(row) + "\n" for row in rows).encode())
+    with pytest.raises(LocgenError, match=r"several sizes \[128, 256\]"):
+        load_tiles(str(tmp_path / "mixed"), 0.1)
+    broken = tmp_path / "broken"
+    (broken / "checkpoints").mkdir(parents=True)
+    (broken / LAST_KEY).write_bytes(b"not a checkpoint")
+    with pytest.raises(LocgenError, match="not a readable checkpoint"):
+        train(TrainSettings(pairs, str(broken), TEST_CONFIG, resume=True, progress=False))
+    with pytest.raises(LocgenError, match="no checkpoint"):
+        train(TrainSettings(pairs, str(tmp_path / "fresh"), TEST_CONFIG, resume=True, progress=False))
+
+
+def test_cli_overrides_and_their_errors(pairs, tmp_path, capsys):
+    assert main(["train", "--data", pairs, "--out", str(tmp_path / "cli"), "--steps", "2", "--batch-size", "1",
+                 "--set", "ngf=8", "--set", "ndf=8", "--set", "crop_px=64", "--set", "num_patches=16",
+                 "--set", "nce_channels=16", "--set", "checkpoint_every=2", "--set", "flip_equivariance=false"]) == 0
+    for bad, message in [("lr=fast", "lr takes a float"), ("nope=1", "give NAME=VALUE with a setting")]:
+        with pytest.raises(SystemExit):
+            main(["train", "--data", pairs, "--out", str(tmp_path / "x"), "--set", bad])
+        assert message in capsys.readouterr().err
