@@ -1,11 +1,13 @@
 """Training: deterministic unpaired batches, a few real steps on CPU, exact resume, clear errors."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 from conftest import HELSINKI_PBF
+from s3server import free_port
 
 from components.cli import main
 from components.core.errors import LocgenError
@@ -13,7 +15,18 @@ from components.core.storage import open_store
 from components.render.tileset import MANIFEST_KEY, read_manifest
 from components.train.config import PRESETS
 from components.train.data import batch, load_tiles
-from components.train.train import GENERATOR_KEY, LAST_KEY, METRICS_KEY, TrainSettings, train
+from components.train.losses import lsgan_loss
+from components.train.train import (
+    GENERATOR_KEY,
+    LAST_KEY,
+    METRICS_KEY,
+    Models,
+    TrainSettings,
+    _average_gradients,
+    _runtime,
+    _share,
+    train,
+)
 
 # The tiny preset, smaller still: a CPU test, not a model.
 TEST_CONFIG = PRESETS["tiny"].override(ngf=8, ndf=8, num_patches=16, nce_channels=16, batch_size=2, crop_px=64,
@@ -110,3 +123,38 @@ def test_cli_overrides_and_their_errors(pairs, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["train", "--data", pairs, "--out", str(tmp_path / "x"), "--set", bad])
         assert message in capsys.readouterr().err
+
+
+def _ddp_worker(rank: int, port: int, data: str, out: str) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    train(TrainSettings(data, out, TEST_CONFIG, device="cpu", progress=False))
+    # This process's share of a fresh batch, its gradients averaged with the other's: what a step does.
+    torch.manual_seed(0)
+    models = Models(TEST_CONFIG)
+    runtime = _runtime(models, TEST_CONFIG, torch.device("cpu"))
+    tiles = load_tiles(data, TEST_CONFIG.validation_share).a
+    images = _share(batch(tiles, 0, 0, 2, TEST_CONFIG.crop_px, 1), runtime)
+    lsgan_loss(models.discriminator(images), True).backward()
+    _average_gradients(models.discriminator, runtime)
+    torch.save([p.grad for p in models.discriminator.parameters()], f"{out}/gradients-{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_processes_share_each_batch_and_average_their_gradients(pairs, tmp_path):
+    """torchrun's way, here with the gloo backend on CPU."""
+    together = str(tmp_path / "together")
+    torch.multiprocessing.spawn(_ddp_worker, args=(free_port(), pairs, together), nprocs=2, join=True)
+    assert torch.load(open_store(together).url(LAST_KEY), weights_only=True)["step"] == 4  # rank 0 wrote it
+    torch.manual_seed(0)
+    alone = Models(TEST_CONFIG)
+    whole = batch(load_tiles(pairs, TEST_CONFIG.validation_share).a, 0, 0, 2, TEST_CONFIG.crop_px, 1)
+    lsgan_loss(alone.discriminator(whole), True).backward()
+    expected = [p.grad for p in alone.discriminator.parameters()]
+    # Biases before an instance norm get gradients that are rounding noise (the norm removes them):
+    # tolerance relative to the largest gradient.
+    tolerance = 1e-4 * max(float(gradient.abs().max()) for gradient in expected)
+    for rank in (0, 1):
+        averaged = torch.load(f"{together}/gradients-{rank}.pt", weights_only=True)
+        for mine, theirs in zip(averaged, expected, strict=True):
+            assert torch.allclose(mine, theirs, rtol=1e-4, atol=tolerance)

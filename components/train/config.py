@@ -57,6 +57,7 @@ class TrainConfig:
 
 PRESETS: dict[str, TrainConfig] = {
     "fastcut": TrainConfig(),
-    "tiny": TrainConfig(ngf=16, n_blocks=5, ndf=16, num_patches=64, nce_channels=64, batch_size=4, steps=3000,
-                        crop_px=128, log_every=20, sample_every=500, checkpoint_every=500),
+    # ~3 steps/s on 2 CPU cores: 2,000 steps in about 11 minutes.
+    "tiny": TrainConfig(ngf=16, n_blocks=5, ndf=16, num_patches=64, nce_channels=64, batch_size=2, steps=2000,
+                        crop_px=128, log_every=20, sample_every=250, checkpoint_every=250),
 }

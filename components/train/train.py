@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -67,14 +69,52 @@ class Models(torch.nn.Module):
             init_weights(network, gain=0.02)
 
 
+@dataclass
+class Runtime:
+    """Where and how the step runs: device, the process's place among several, the CUDA speed-ups."""
+
+    device: torch.device
+    rank: int  # 0 writes checkpoints, samples and metrics
+    world: int  # processes training together (torchrun); each takes its share of every batch
+    bf16: bool
+    memory_format: torch.memory_format
+    generator: Callable  # G's forward, compiled when asked
+    discriminator: Callable
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+
+def _runtime(models: Models, config: TrainConfig, device: torch.device) -> Runtime:
+    """The CUDA speed-ups are for CUDA; on a CPU the step runs as plain fp32 eager code."""
+    cuda = device.type == "cuda"
+    memory_format = torch.channels_last if cuda and config.channels_last else torch.contiguous_format
+    models.to(memory_format=memory_format)
+    compiled = cuda and config.compile
+    return Runtime(device, _rank(), _world(), cuda and config.bf16, memory_format,
+                   torch.compile(models.generator) if compiled else models.generator,
+                   torch.compile(models.discriminator) if compiled else models.discriminator)
+
+
 def train(settings: TrainSettings) -> dict:
-    """Train (or resume) and return a summary; the model and its lineage are under settings.out."""
+    """Train (or resume) and return a summary; the model and its lineage are under settings.out.
+
+    Under torchrun (WORLD_SIZE > 1) every process takes its share of each step's batch and the
+    gradients are averaged across them, which equals one process with the whole batch.
+    """
     config = settings.config
     torch.manual_seed(config.seed)  # the initial weights; every later draw is seeded by the step
     device = _device(settings.device)
+    if _world() > 1 and config.batch_size % _world():
+        raise LocgenError(f"batch_size {config.batch_size} does not split over {_world()} processes; "
+                          "give a multiple of the number of processes")
     data = load_tiles(settings.data, config.validation_share)
     store = open_store(settings.out)
     models = Models(config).to(device)
+    runtime = _runtime(models, config, device)
     optimisers = _optimisers(models, config, device)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_factor(config)) for optimiser in optimisers]
     start, metrics, best = (_resume(store, models, optimisers, schedulers, config, device) if settings.resume
@@ -83,16 +123,16 @@ def train(settings: TrainSettings) -> dict:
     bar = tqdm(range(start, stop), initial=start, total=config.steps, unit="step", desc="train",
                disable=not settings.progress)
     for step in bar:
-        losses = _step(models, optimisers, data, config, step, device)
+        losses = _step(models, runtime, optimisers, data, config, step)
         for scheduler in schedulers:
             scheduler.step()
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             metrics.append({"step": done, **losses, "lr": schedulers[0].get_last_lr()[0], "time": time.time()})
             bar.set_postfix({name: f"{value:.3f}" for name, value in losses.items()})
-        if done % config.sample_every == 0 or done == config.steps:
+        if runtime.rank == 0 and (done % config.sample_every == 0 or done == config.steps):
             _save_samples(store, models.generator, data, done, device)
-        if done % config.checkpoint_every == 0 or done == stop:
+        if runtime.rank == 0 and (done % config.checkpoint_every == 0 or done == stop):
             best = _checkpoint(store, models, optimisers, schedulers, data, config, settings, done, metrics, best,
                                device)
     bar.close()
@@ -101,6 +141,13 @@ def train(settings: TrainSettings) -> dict:
 
 
 def _device(name: str) -> torch.device:
+    """The device, and under torchrun this process's GPU and its process group."""
+    if _world() > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and name != "cpu" else "gloo"
+        torch.distributed.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            return torch.device("cuda", torch.cuda.current_device())
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -124,36 +171,78 @@ def _lr_factor(config: TrainConfig):
     return factor
 
 
-def _step(models: Models, optimisers: list, data: TileData, config: TrainConfig, step: int,
-          device: torch.device) -> dict:
-    """One FastCUT step; returns the losses as floats."""
+def _step(models: Models, runtime: Runtime, optimisers: list, data: TileData, config: TrainConfig,
+          step: int) -> dict:
+    """One FastCUT step; returns the losses as floats (this process's share of the batch)."""
     optimiser_g, optimiser_d, optimiser_head = optimisers
-    real_a = batch(data.a, step, config.seed, config.batch_size, config.crop_px, STREAM_A).to(device)
-    real_b = batch(data.b, step, config.seed, config.batch_size, config.crop_px, STREAM_B).to(device)
+    real_a = runtime.to_device(_share(batch(data.a, step, config.seed, config.batch_size, config.crop_px, STREAM_A),
+                                      runtime))
+    real_b = runtime.to_device(_share(batch(data.b, step, config.seed, config.batch_size, config.crop_px, STREAM_B),
+                                      runtime))
     draw_seed = int(np.random.default_rng([config.seed, STREAM_DRAWS, step]).integers(2 ** 62))
     draws = torch.Generator().manual_seed(draw_seed)
     flipped = config.flip_equivariance and bool(torch.rand(1, generator=draws) < 0.5)
     source = torch.flip(real_b, dims=(3,)) if flipped else real_b
-    fake_a = models.generator(source)
+    with runtime.autocast():
+        fake_a = runtime.generator(source)
 
     # D: real a tiles against generated ones.
     models.discriminator.requires_grad_(True)
     optimiser_d.zero_grad(set_to_none=True)
-    loss_d = 0.5 * (lsgan_loss(models.discriminator(fake_a.detach()), False)
-                    + lsgan_loss(models.discriminator(real_a), True))
+    with runtime.autocast():
+        loss_d = 0.5 * (lsgan_loss(runtime.discriminator(fake_a.detach()), False)
+                        + lsgan_loss(runtime.discriminator(real_a), True))
     loss_d.backward()
+    _average_gradients(models.discriminator, runtime)
     optimiser_d.step()
 
     # G and the head: fool D, and keep each generated patch closest to its own input patch.
     models.discriminator.requires_grad_(False)
     optimiser_g.zero_grad(set_to_none=True)
     optimiser_head.zero_grad(set_to_none=True)
-    loss_gan = lsgan_loss(models.discriminator(fake_a), True) * config.lambda_gan
-    loss_nce = _nce(models, real_b, fake_a, flipped, config, draws)
+    with runtime.autocast():
+        loss_gan = lsgan_loss(runtime.discriminator(fake_a), True) * config.lambda_gan
+        loss_nce = _nce(models, real_b, fake_a, flipped, config, draws)
     (loss_gan + config.lambda_nce * loss_nce).backward()
+    _average_gradients(models.generator, runtime)
+    _average_gradients(models.head, runtime)
     optimiser_g.step()
     optimiser_head.step()
     return {"loss_d": loss_d.item(), "loss_g_gan": loss_gan.item(), "loss_nce": loss_nce.item()}
+
+
+def _share(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """This process's slice of the step's batch (all of it when training alone)."""
+    per_process = len(images) // runtime.world
+    return images[runtime.rank * per_process:(runtime.rank + 1) * per_process]
+
+
+def _average_gradients(network: torch.nn.Module, runtime: Runtime) -> None:
+    """Average the gradients over the processes, in one flat all-reduce per network.
+
+    By hand rather than with DistributedDataParallel: G runs twice per step (translate, encode)
+    through two methods, which DDP's forward hooks do not see.
+    """
+    if runtime.world == 1:
+        return
+    gradients = [parameter.grad for parameter in network.parameters() if parameter.grad is not None]
+    if not gradients:
+        return
+    flat = torch.cat([gradient.reshape(-1) for gradient in gradients])
+    torch.distributed.all_reduce(flat)
+    flat /= runtime.world
+    offset = 0
+    for gradient in gradients:
+        gradient.copy_(flat[offset:offset + gradient.numel()].view_as(gradient))
+        offset += gradient.numel()
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def _nce(models: Models, real_b: torch.Tensor, fake: torch.Tensor, flipped: bool, config: TrainConfig,
