@@ -66,7 +66,9 @@ def test_a_few_steps_run_weights_change_and_outputs_are_written(pairs, tmp_path)
     assert all(np.isfinite([row["loss_d"], row["loss_g_gan"], row["loss_nce"]]).all() for row in losses)
     validations = [row["validation"] for row in metrics if "validation" in row]
     assert [v["step"] for v in validations] == [2, 4] and validations[0]["real_dots_per_tile"] > 0
-    assert {"samples/step-0000002.png", "samples/step-0000004.png", GENERATOR_KEY, LAST_KEY} <= store.list_keys()
+    keys = store.list_keys()
+    assert {"samples/step-0000002.png", "samples/step-0000004.png", GENERATOR_KEY, LAST_KEY} <= keys
+    assert any(key.startswith("tensorboard/events.out.tfevents") for key in keys)  # TensorBoard is a test extra
     exported = torch.load(store.url(GENERATOR_KEY), weights_only=True)
     assert exported["cities"] == ["helsinki"] and exported["size_px"] == 256 and exported["m_per_px"] == 2.0
     initial = _initial_generator_weights()

@@ -22,6 +22,7 @@ import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from components import __version__
 from components.core.errors import LocgenError
 from components.core.pngmeta import encode_png
 from components.core.provenance import OSM_ATTRIBUTION
-from components.core.storage import Store, open_store
+from components.core.storage import LocalStore, Store, open_store
 from components.extract.detect import detect_markers
 from components.train.config import TrainConfig
 from components.train.data import TileData, batch, load_tiles, to_uint8_images
@@ -40,6 +41,7 @@ from components.train.networks import Discriminator, Generator, PatchSampleMLP, 
 
 LAST_KEY, BEST_KEY, GENERATOR_KEY = "checkpoints/last.pt", "checkpoints/best.pt", "generator.pt"
 METRICS_KEY = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 STREAM_A, STREAM_B, STREAM_DRAWS = 1, 2, 3  # a, b and the step's other draws: apart, the domains are unpaired
 SAMPLE_TILES = 4
 # What may differ between a run and its resumption: how long it goes and how it is watched.
@@ -120,6 +122,7 @@ def train(settings: TrainSettings) -> dict:
     start, metrics, best = (_resume(store, models, optimisers, schedulers, config, device) if settings.resume
                             else (0, [], None))
     stop = min(config.steps, settings.stop_at or config.steps)
+    board = _tensorboard(store) if runtime.rank == 0 else None
     bar = tqdm(range(start, stop), initial=start, total=config.steps, unit="step", desc="train",
                disable=not settings.progress)
     for step in bar:
@@ -130,14 +133,35 @@ def train(settings: TrainSettings) -> dict:
         if done % config.log_every == 0 or done == config.steps:
             metrics.append({"step": done, **losses, "lr": schedulers[0].get_last_lr()[0], "time": time.time()})
             bar.set_postfix({name: f"{value:.3f}" for name, value in losses.items()})
+            _board_scalars(board, done, losses)
         if runtime.rank == 0 and (done % config.sample_every == 0 or done == config.steps):
             _save_samples(store, models.generator, data, done, device)
         if runtime.rank == 0 and (done % config.checkpoint_every == 0 or done == stop):
             best = _checkpoint(store, models, optimisers, schedulers, data, config, settings, done, metrics, best,
                                device)
+            _board_scalars(board, done, {"dots_per_tile": metrics[-1]["validation"]["dots_per_tile"]})
     bar.close()
+    if board is not None:
+        board.close()
     return {"out": store.uri, "steps": stop, "resumed_from": start, "best": best,
             "final": metrics[-1] if metrics else None}
+
+
+def _tensorboard(store: Store):
+    """A TensorBoard writer under OUT/tensorboard when TensorBoard is installed and --out is a local folder."""
+    if not isinstance(store, LocalStore):
+        return None  # TensorBoard writes files itself; metrics.jsonl has the same numbers in object storage
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(Path(store.uri) / TENSORBOARD_DIR))
+
+
+def _board_scalars(board, step: int, values: dict) -> None:
+    if board is not None:
+        for name, value in values.items():
+            board.add_scalar(name, value, step)
 
 
 def _device(name: str) -> torch.device:
