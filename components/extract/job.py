@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from tqdm import tqdm
 
 from components.core.errors import LocgenError
 from components.core.geo import m_to_lonlat
-from components.core.pngmeta import decode_png, read_png_text
+from components.core.pngmeta import read_png_text
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import Store, open_file_uri, open_store
 from components.extract.detect import (
@@ -31,11 +30,16 @@ from components.extract.detect import (
 )
 from components.extract.merge import TilePoint, merge_duplicates, merged_position
 from components.extract.preview import Mosaic
-from components.render.tileset import GEOREF_TEXT_KEY, MANIFEST_KEY, read_manifest, tile_of_row
+from components.render.tileset import (
+    GEOREF_TEXT_KEY,
+    MANIFEST_KEY,
+    decode_tile,
+    fetch_all,
+    read_manifest,
+    tile_of_row,
+)
 
 CSV_COLUMNS = ("latitude", "longitude", "tile_id", "score", "city")
-FETCH_THREADS = 8  # tiles read ahead of detection: hides an object store's round trips
-FETCH_BATCH = 64
 
 
 @dataclass
@@ -63,8 +67,8 @@ def extract(settings: ExtractSettings) -> dict:
     mosaic = Mosaic(tiles) if settings.preview else None
     detections = []
     with tqdm(total=len(rows), unit="tile", desc="extract", disable=not settings.progress) as bar:
-        for index, (row, png) in enumerate(zip(rows, _fetch_all(store, rows))):
-            rgb = _decode(png, store.url(row["path"]))
+        for index, (row, png) in enumerate(zip(rows, fetch_all(store, [row["path"] for row in rows]))):
+            rgb = decode_tile(png, store.url(row["path"]))
             detections.append(detect_markers(rgb, settings.detect))
             if mosaic is not None:
                 mosaic.paste(tiles[index], rgb)
@@ -94,8 +98,8 @@ def _split_crowded_blobs(store: Store, rows: list[dict], detections: list[list[D
         return
     crowded = [index for index, tile_detections in enumerate(detections)
                if any(holds_more_dots(d, dot_core_px) for d in tile_detections)]
-    for index, png in zip(crowded, _fetch_all(store, [rows[index] for index in crowded])):
-        detections[index] = detect_markers(_decode(png, store.url(rows[index]["path"])), settings, dot_core_px)
+    for index, png in zip(crowded, fetch_all(store, [rows[index]["path"] for index in crowded])):
+        detections[index] = detect_markers(decode_tile(png, store.url(rows[index]["path"])), settings, dot_core_px)
 
 
 def _writer(out: str):
@@ -111,7 +115,7 @@ def _tile_rows(store: Store) -> list[dict]:
         rows = read_manifest(store)
     else:
         keys = sorted(key for key in store.list_keys() if key.endswith(".png"))
-        pngs = _fetch_all(store, [{"path": key} for key in keys])
+        pngs = fetch_all(store, keys)
         rows = [_row_from_png(store, key, png) for key, png in zip(keys, pngs)]
     if not rows:
         raise LocgenError(f"--tiles {store.uri}: no tiles (no {MANIFEST_KEY} and no .png under it); "
@@ -128,20 +132,6 @@ def _row_from_png(store: Store, key: str, png: bytes) -> dict:
         raise LocgenError(f"{store.url(key)}: no georeference (no '{GEOREF_TEXT_KEY}' PNG text chunk); "
                           f"give the tile set with its {MANIFEST_KEY}, or tiles that locgen wrote")
     return {**json.loads(text[GEOREF_TEXT_KEY]), "path": key}
-
-
-def _fetch_all(store: Store, rows: list[dict]):
-    """The bytes of each row's tile, in order, read a batch ahead by a few threads."""
-    with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch") as pool:
-        for start in range(0, len(rows), FETCH_BATCH):
-            yield from pool.map(store.get_bytes, [row["path"] for row in rows[start:start + FETCH_BATCH]])
-
-
-def _decode(png: bytes, uri: str) -> np.ndarray:
-    try:
-        return decode_png(png)
-    except ValueError:
-        raise LocgenError(f"{uri}: not a readable PNG (corrupt or cut short); render or generate it again") from None
 
 
 def _record(points: list[TilePoint], cluster: list[int], rows: list[dict]) -> dict:

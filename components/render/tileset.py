@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from components import __version__
+from components.core.errors import LocgenError
 from components.core.geo import Bounds, Tile, tile_from_bounds_3857
+from components.core.pngmeta import decode_png
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import Store
 from components.render.plan import PlannedTile
@@ -27,6 +31,8 @@ from components.render.style import STYLE_VERSION, style_sha256
 MANIFEST_KEY = "manifest.jsonl"
 GEOREF_TEXT_KEY = "locgen:georef"
 KEY_HASH_CHARS = 16
+FETCH_THREADS = 8
+FETCH_BATCH = 64
 
 
 def inputs_sha256(tile: Tile, domain: str, source_hashes: list[str], simplify_m: float,
@@ -91,3 +97,19 @@ def read_manifest(store: Store) -> list[dict]:
 
 def manifest_bytes(rows: list[dict]) -> bytes:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+
+
+def fetch_all(store: Store, keys: list[str]) -> Iterator[bytes]:
+    """The bytes of each key, in order, read a batch ahead by a few threads (hides an object store's
+    round trips while the caller works on the tiles already read)."""
+    with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch") as pool:
+        for start in range(0, len(keys), FETCH_BATCH):
+            yield from pool.map(store.get_bytes, keys[start:start + FETCH_BATCH])
+
+
+def decode_tile(png: bytes, uri: str) -> np.ndarray:
+    """A tile's RGB pixels; a corrupt file is one clear error naming it."""
+    try:
+        return decode_png(png)
+    except ValueError:
+        raise LocgenError(f"{uri}: not a readable PNG (corrupt or cut short); render or generate it again") from None

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from components.core.errors import LocgenError
-from components.core.pngmeta import decode_png
 from components.core.storage import open_store
-from components.render.tileset import MANIFEST_KEY, read_manifest
+from components.render.tileset import MANIFEST_KEY, decode_tile, fetch_all, read_manifest
 
-FETCH_THREADS = 8
 EPOCH_STREAM = 1 << 20  # keeps the epoch orders apart from the per-step draws of the same seed
 
 
@@ -63,16 +60,9 @@ def _held_out(tile_id: str, share: float) -> bool:
 def _read(store, rows: list[dict]) -> torch.Tensor:
     if not rows:
         return torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
-    with ThreadPoolExecutor(FETCH_THREADS) as pool:
-        images = list(pool.map(lambda row: _decode(store, row), rows))
+    keys = [row["path"] for row in rows]
+    images = [decode_tile(png, store.url(key)) for key, png in zip(keys, fetch_all(store, keys))]
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-
-
-def _decode(store, row: dict) -> np.ndarray:
-    try:
-        return decode_png(store.get_bytes(row["path"]))
-    except ValueError:
-        raise LocgenError(f"{store.url(row['path'])}: not a readable PNG; render the training set again") from None
 
 
 def batch(tiles: torch.Tensor, step: int, seed: int, batch_size: int, crop_px: int, stream: int) -> torch.Tensor:
