@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from minio import Minio
-from moto.server import ThreadedMotoServer
 
 ACCESS_KEY = "locgen-test-key"
 SECRET_KEY = "locgen-test-secret"
@@ -58,6 +57,8 @@ class S3Server:
 @contextmanager
 def s3_server(bucket: str = "locgen-test") -> Iterator[S3Server]:
     """Start moto's S3 server on a free loopback port, create `bucket`, stop the server on exit."""
+    from moto.server import ThreadedMotoServer  # here: the tests that need no S3 run without moto (GPU machines)
+
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:

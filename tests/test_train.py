@@ -23,8 +23,10 @@ from components.train.train import (
     Models,
     TrainSettings,
     _average_gradients,
+    _optimisers,
     _runtime,
     _share,
+    _step,
     train,
 )
 
@@ -160,3 +162,56 @@ def test_two_processes_share_each_batch_and_average_their_gradients(pairs, tmp_p
         averaged = torch.load(f"{together}/gradients-{rank}.pt", weights_only=True)
         for mine, theirs in zip(averaged, expected, strict=True):
             assert torch.allclose(mine, theirs, rtol=1e-4, atol=tolerance)
+
+
+# CUDA: run on a GPU machine (`pytest tests/test_train.py -k cuda`); without one they are reported as skipped.
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA_CONFIG = TEST_CONFIG.override(bf16=True, channels_last=True, fused_adam=True, compile=True)
+
+
+@requires_cuda
+def test_cuda_steps_with_every_speed_up(pairs, tmp_path):
+    out = str(tmp_path / "cuda")
+    summary = train(TrainSettings(pairs, out, CUDA_CONFIG, device="cuda", progress=False))
+    assert summary["steps"] == 4
+    metrics = [json.loads(line) for line in open_store(out).get_bytes(METRICS_KEY).decode().splitlines()]
+    assert all(np.isfinite([row["loss_d"], row["loss_g_gan"], row["loss_nce"]]).all()
+               for row in metrics if "loss_nce" in row)
+    exported = torch.load(open_store(out).url(GENERATOR_KEY), map_location="cpu", weights_only=True)
+    initial = _initial_generator_weights()
+    assert all(tensor.device.type == "cpu" for tensor in exported["generator"].values())
+    assert any(not torch.equal(initial[name], exported["generator"][name]) for name in initial)
+
+
+@requires_cuda
+def test_cuda_first_step_matches_cpu(pairs):
+    """No device is hard-coded: the same fp32 step gives the same losses on the GPU as on the CPU."""
+    config = TEST_CONFIG.override(bf16=False, channels_last=False, fused_adam=False, compile=False)
+    data = load_tiles(pairs, config.validation_share)
+    losses = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        models = Models(config).to(device)
+        runtime = _runtime(models, config, torch.device(device))
+        losses[device] = _step(models, runtime, _optimisers(models, config, torch.device(device)), data, config, 0)
+    for name, value in losses["cpu"].items():
+        assert losses["cuda"][name] == pytest.approx(value, rel=1e-2), name  # TF32 convolutions on the GPU
+
+
+@requires_cuda
+def test_cuda_resume_continues(pairs, tmp_path):
+    """On the GPU, resume is exact up to its non-deterministic kernels: the losses after resuming match."""
+    config = CUDA_CONFIG.override(compile=False, log_every=1)
+    straight, halves = str(tmp_path / "straight"), str(tmp_path / "halves")
+    train(TrainSettings(pairs, straight, config, device="cuda", progress=False))
+    train(TrainSettings(pairs, halves, config, device="cuda", progress=False, stop_at=2))
+    train(TrainSettings(pairs, halves, config, device="cuda", resume=True, progress=False))
+    one, two = (torch.load(open_store(path).url(LAST_KEY), map_location="cpu", weights_only=True)
+                for path in (straight, halves))
+    assert one["step"] == two["step"] == 4
+    assert [int(state["state"][0]["step"]) for state in two["optimisers"]] == [4, 4, 4]
+    for first, second in zip(one["metrics"], two["metrics"], strict=True):
+        if "loss_nce" in first:
+            assert first["step"] == second["step"]
+            for name in ("loss_d", "loss_g_gan", "loss_nce"):
+                assert second[name] == pytest.approx(first[name], rel=1e-2, abs=1e-3), (first["step"], name)

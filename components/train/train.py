@@ -81,6 +81,7 @@ class Runtime:
     bf16: bool
     memory_format: torch.memory_format
     generator: Callable  # G's forward, compiled when asked
+    encode: Callable  # G's encoder features for PatchNCE (half of G's work in a step), compiled when asked
     discriminator: Callable
 
     def autocast(self):
@@ -95,10 +96,10 @@ def _runtime(models: Models, config: TrainConfig, device: torch.device) -> Runti
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if cuda and config.channels_last else torch.contiguous_format
     models.to(memory_format=memory_format)
-    compiled = cuda and config.compile
+    maybe_compiled = torch.compile if cuda and config.compile else (lambda function: function)
     return Runtime(device, _rank(), _world(), cuda and config.bf16, memory_format,
-                   torch.compile(models.generator) if compiled else models.generator,
-                   torch.compile(models.discriminator) if compiled else models.discriminator)
+                   maybe_compiled(models.generator), maybe_compiled(models.generator.encode),
+                   maybe_compiled(models.discriminator))
 
 
 def train(settings: TrainSettings) -> dict:
@@ -226,7 +227,7 @@ def _step(models: Models, runtime: Runtime, optimisers: list, data: TileData, co
     optimiser_head.zero_grad(set_to_none=True)
     with runtime.autocast():
         loss_gan = lsgan_loss(runtime.discriminator(fake_a), True) * config.lambda_gan
-        loss_nce = _nce(models, real_b, fake_a, flipped, config, draws)
+        loss_nce = _nce(models, runtime, real_b, fake_a, flipped, config, draws)
     (loss_gan + config.lambda_nce * loss_nce).backward()
     _average_gradients(models.generator, runtime)
     _average_gradients(models.head, runtime)
@@ -269,15 +270,15 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _nce(models: Models, real_b: torch.Tensor, fake: torch.Tensor, flipped: bool, config: TrainConfig,
-         draws: torch.Generator) -> torch.Tensor:
+def _nce(models: Models, runtime: Runtime, real_b: torch.Tensor, fake: torch.Tensor, flipped: bool,
+         config: TrainConfig, draws: torch.Generator) -> torch.Tensor:
     """PatchNCE between the input (keys, detached) and its translation (queries), averaged over layers.
 
     When the input was mirrored before G, the queries are mirrored back: the patches of G(flip(x))
     must match those of x at the mirrored place (FastCUT's flip-equivariance).
     """
-    keys_features = models.generator.encode(real_b, config.nce_layers)
-    query_features = models.generator.encode(fake, config.nce_layers)
+    keys_features = runtime.encode(real_b, config.nce_layers)
+    query_features = runtime.encode(fake, config.nce_layers)
     if flipped:
         query_features = [torch.flip(feature, dims=(3,)) for feature in query_features]
     keys, patch_ids = models.head(keys_features, config.num_patches, generator=draws)
