@@ -45,6 +45,7 @@ class TrainConfig:
     channels_last: bool = True
     fused_adam: bool = True
     compile: bool = False
+    cudnn_benchmark: bool = True  # time cuDNN's algorithms once per shape: the crops never change size
 
     def override(self, **values) -> TrainConfig:
         """A copy with some values changed; unknown names are an error, not silently ignored."""

@@ -94,6 +94,7 @@ class Runtime:
 def _runtime(models: Models, config: TrainConfig, device: torch.device) -> Runtime:
     """The CUDA speed-ups are for CUDA; on a CPU the step runs as plain fp32 eager code."""
     cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda and config.cudnn_benchmark
     memory_format = torch.channels_last if cuda and config.channels_last else torch.contiguous_format
     models.to(memory_format=memory_format)
     maybe_compiled = torch.compile if cuda and config.compile else (lambda function: function)
@@ -329,7 +330,8 @@ def _generator_export(models: Models, config: TrainConfig, settings: TrainSettin
                       validation: dict) -> dict:
     """The generator alone, with what the export stage and the lineage need."""
     cities = sorted({row["city"] for row in data.rows})
-    return {"generator": models.generator.state_dict(), "ngf": config.ngf, "n_blocks": config.n_blocks,
+    weights = {name: tensor.cpu() for name, tensor in models.generator.state_dict().items()}  # loads anywhere
+    return {"generator": weights, "ngf": config.ngf, "n_blocks": config.n_blocks,
             "locgen_version": __version__, "data": settings.data, "cities": cities,
             "size_px": data.rows[0]["size_px"], "m_per_px": data.rows[0]["m_per_px"],
             "style_version": data.rows[0]["style_version"], "style_sha256": data.rows[0]["style_sha256"],
