@@ -59,7 +59,7 @@ def test_batches_are_a_function_of_seed_and_step(pairs):
 
 def test_a_few_steps_run_weights_change_and_outputs_are_written(pairs, tmp_path):
     out = str(tmp_path / "run")
-    summary = train(TrainSettings(pairs, out, TEST_CONFIG, progress=False))
+    summary = train(TrainSettings(pairs, out, TEST_CONFIG, device="cpu", progress=False))
     assert summary["steps"] == 4
     store = open_store(out)
     metrics = [json.loads(line) for line in store.get_bytes(METRICS_KEY).decode().splitlines()]
@@ -87,10 +87,10 @@ def _initial_generator_weights() -> dict:
 
 def test_resume_continues_exactly(pairs, tmp_path):
     straight = str(tmp_path / "straight")
-    train(TrainSettings(pairs, straight, TEST_CONFIG, progress=False))
+    train(TrainSettings(pairs, straight, TEST_CONFIG, device="cpu", progress=False))
     halves = str(tmp_path / "halves")
-    train(TrainSettings(pairs, halves, TEST_CONFIG, progress=False, stop_at=2))  # as if stopped half-way
-    train(TrainSettings(pairs, halves, TEST_CONFIG, resume=True, progress=False))
+    train(TrainSettings(pairs, halves, TEST_CONFIG, device="cpu", progress=False, stop_at=2))  # as if stopped half-way
+    train(TrainSettings(pairs, halves, TEST_CONFIG, resume=True, device="cpu", progress=False))
     one, two = (torch.load(open_store(path).url(LAST_KEY), weights_only=True) for path in (straight, halves))
     assert one["step"] == two["step"] == 4
     for name, tensor in one["models"].items():
@@ -114,9 +114,9 @@ def test_bad_inputs(pairs, tmp_path):
     (broken / "checkpoints").mkdir(parents=True)
     (broken / LAST_KEY).write_bytes(b"not a checkpoint")
     with pytest.raises(LocgenError, match="not a readable checkpoint"):
-        train(TrainSettings(pairs, str(broken), TEST_CONFIG, resume=True, progress=False))
+        train(TrainSettings(pairs, str(broken), TEST_CONFIG, resume=True, device="cpu", progress=False))
     with pytest.raises(LocgenError, match="no checkpoint"):
-        train(TrainSettings(pairs, str(tmp_path / "fresh"), TEST_CONFIG, resume=True, progress=False))
+        train(TrainSettings(pairs, str(tmp_path / "fresh"), TEST_CONFIG, resume=True, device="cpu", progress=False))
 
 
 def test_cli_overrides_and_their_errors(pairs, tmp_path, capsys):
