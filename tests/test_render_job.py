@@ -155,7 +155,7 @@ def test_osm_data_and_osm_tag_locations_from_s3(s3_env, tmp_path, capsys):
     row = read_manifest(open_store(str(tmp_path / "tiles")))[1]
     assert row["sources"][0] == {"uri": pbf_uri, "kind": "osm",
                                  "sha256": "b73e9c2c82054d654209b0127f1c3287d5900d6780a6083bf3a45ead8ba3e5ee"}
-    assert len(row["points"]) >= 1
+    assert len(row["points"]) >= 1 and row["marker_radius_px"] == 3
 
 
 def test_locations_from_and_to_s3(s3_env, capsys):

@@ -11,7 +11,9 @@ from s3server import free_port
 
 from components.cli import main
 from components.core.errors import LocgenError
+from components.core.markers import MARKER_RGB
 from components.core.storage import open_store
+from components.extract.detect import detect_markers
 from components.render.tileset import MANIFEST_KEY, read_manifest
 from components.train.config import PRESETS
 from components.train.data import batch, load_tiles
@@ -27,6 +29,7 @@ from components.train.train import (
     _runtime,
     _share,
     _step,
+    painted_dots_per_tile,
     train,
 )
 
@@ -109,6 +112,11 @@ def test_bad_inputs(pairs, tmp_path):
     rows[1] = {**rows[1], "size_px": 128}
     store.put_bytes(MANIFEST_KEY, "".join(json.dumps(row) + "\n" for row in rows).encode())
     with pytest.raises(LocgenError, match=r"several sizes \[128, 256\]"):
+        load_tiles(str(tmp_path / "mixed"), 0.1)
+    older = [{key: value for key, value in row.items() if key != "marker_radius_px"}
+             for row in read_manifest(open_store(pairs))[:2]]
+    store.put_bytes(MANIFEST_KEY, "".join(json.dumps(row) + "\n" for row in older).encode())
+    with pytest.raises(LocgenError, match="run the same locgen render again"):
         load_tiles(str(tmp_path / "mixed"), 0.1)
     broken = tmp_path / "broken"
     (broken / "checkpoints").mkdir(parents=True)
@@ -215,3 +223,30 @@ def test_cuda_resume_continues(pairs, tmp_path):
             assert first["step"] == second["step"]
             for name in ("loss_d", "loss_g_gan", "loss_nce"):
                 assert second[name] == pytest.approx(first[name], rel=1e-2, abs=1e-3), (first["step"], name)
+
+
+class _Replay(torch.nn.Module):
+    """A 'generator' that returns given images in turn, whatever its input."""
+
+    def __init__(self, images: torch.Tensor):
+        super().__init__()
+        self.images, self.served = images, 0
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        out = self.images[self.served:self.served + len(tiles)].float().div(127.5).sub(1.0)
+        self.served += len(tiles)
+        return out
+
+
+def test_validation_counts_marker_dots_and_not_a_pink_tint(pairs):
+    data = load_tiles(pairs, 0.0)
+    real = [dot for tile in data.a.permute(0, 2, 3, 1).numpy() for dot in detect_markers(np.ascontiguousarray(tile))]
+    whole = [dot for dot in real if dot.area_px >= data.marker_area_px / 2]  # less than half: cut by the border
+    assert len(whole) >= 0.9 * len(real) > 0
+    counted = painted_dots_per_tile(_Replay(data.a), data.b[:len(data.a)], data.marker_area_px, torch.device("cpu"))
+    assert counted == pytest.approx(len(whole) / len(data.a))
+    # The same dots blended 65 % over the map: what an untrained generator paints along edges.
+    is_marker = (data.a == torch.tensor(MARKER_RGB, dtype=torch.uint8)[:, None, None]).all(dim=1, keepdim=True)
+    tinted = torch.where(is_marker, (0.65 * data.a + 0.35 * data.b).round().byte(), data.b)
+    assert sum(len(detect_markers(np.ascontiguousarray(tile))) for tile in tinted.permute(0, 2, 3, 1).numpy()) > 0
+    assert painted_dots_per_tile(_Replay(tinted), data.b, data.marker_area_px, torch.device("cpu")) == 0

@@ -293,7 +293,7 @@ def _render_tile(planned: PlannedTile) -> list[tuple[dict, bytes | None]]:
     for domain, sources, points_m, points_lonlat in variants:
         inputs_hash = inputs_sha256(tile, domain, osm_hashes, job.map_data.simplify_m, points_m,
                                     job.marker_radius_px)
-        row = manifest_row(planned, domain, job.city, inputs_hash, sources, points_lonlat)
+        row = manifest_row(planned, domain, job.city, inputs_hash, sources, points_lonlat, job.marker_radius_px)
         if tile_key(domain, planned.tile_id, inputs_hash) in job.existing_keys:
             results.append((row, None))
             continue

@@ -53,7 +53,7 @@ def tile_key(domain: str, tile_id: str, inputs_hash: str) -> str:
 
 
 def manifest_row(planned: PlannedTile, domain: str, city: str, inputs_hash: str, sources: list[dict],
-                 points_lonlat: list[list[float]] | None) -> dict:
+                 points_lonlat: list[list[float]] | None, marker_radius_px: float) -> dict:
     tile = planned.tile
     row = {
         "id": planned.tile_id,
@@ -73,8 +73,9 @@ def manifest_row(planned: PlannedTile, domain: str, city: str, inputs_hash: str,
         "inputs_sha256": inputs_hash,
         "attribution": OSM_ATTRIBUTION,
     }
-    if points_lonlat is not None:
+    if points_lonlat is not None:  # domain a: where the markers are, and how large they were drawn
         row["points"] = points_lonlat
+        row["marker_radius_px"] = marker_radius_px
     return row
 
 
