@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from components.render.job import RenderSettings, render
@@ -32,6 +33,7 @@ from components.train.train import Models, _optimisers, _runtime, _step
 
 ROOT = Path(__file__).resolve().parents[1]
 HELSINKI_PBF = ROOT / "data" / "osm" / "helsinki-center.osm.pbf"
+HOT_SPOTS = 15
 WARM_UP_STEPS = 3  # the first steps pay for allocation and, with torch.compile, for compiling
 
 
@@ -53,8 +55,9 @@ def flop_per_image(data, config: TrainConfig, device: torch.device) -> float:
     return counter.get_total_flops() / eager.batch_size
 
 
-def steps_per_second(data, config: TrainConfig, device: torch.device, steps: int, flop_image: float) -> dict:
-    """Real training steps, timed after a warm-up."""
+def steps_per_second(data, config: TrainConfig, device: torch.device, steps: int, flop_image: float,
+                     profile: bool = False) -> dict:
+    """Real training steps, timed after a warm-up; with `profile`, where three more steps spend their time."""
     torch.manual_seed(0)
     models = Models(config).to(device)
     runtime = _runtime(models, config, device)
@@ -68,12 +71,30 @@ def steps_per_second(data, config: TrainConfig, device: torch.device, steps: int
     _synchronise(device)
     seconds = time.perf_counter() - started
     images_per_s = steps * config.batch_size / seconds
+    hot_spots = _hot_spots(models, runtime, optimisers, data, config, device) if profile else None
     return {"batch_size": config.batch_size, "crop_px": config.crop_px, "steps_per_s": round(steps / seconds, 3),
             "images_per_s": round(images_per_s, 2), "tflop_per_step": round(flop_image * config.batch_size / 1e12, 4),
-            "achieved_tflops": round(flop_image * images_per_s / 1e12, 2)}
+            "achieved_tflops": round(flop_image * images_per_s / 1e12, 2),
+            **({"hot_spots": hot_spots} if profile else {})}
 
 
-def cuda_cases(data, device: torch.device, steps: int, peak_tflops: float, only: list[str]) -> dict:
+def _hot_spots(models, runtime, optimisers, data, config: TrainConfig, device: torch.device) -> list[dict]:
+    """The operators (CPU) or kernels (CUDA) that take most of three steps' time: what to speed up next."""
+    activity = ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU
+    with profile(activities=[activity]) as profiler:
+        for step in range(3):
+            _step(models, runtime, optimisers, data, config, 10_000 + step)
+        _synchronise(device)
+    kind = "device" if device.type == "cuda" else "cpu"
+    events = sorted(profiler.key_averages(), key=lambda event: getattr(event, f"self_{kind}_time_total"),
+                    reverse=True)
+    total_us = sum(getattr(event, f"self_{kind}_time_total") for event in events)
+    return [{"name": event.key[:80], "share": round(getattr(event, f"self_{kind}_time_total") / total_us, 4),
+             "calls": event.count} for event in events[:HOT_SPOTS]]
+
+
+def cuda_cases(data, device: torch.device, steps: int, peak_tflops: float, only: list[str],
+               profile_cases: list[str]) -> dict:
     """The official way, then each speed-up added in turn at batch 32 (each switchable), then ours at batch 8."""
     plain = PRESETS["fastcut"].override(bf16=False, channels_last=False, fused_adam=False, compile=False,
                                         cudnn_benchmark=False)
@@ -93,7 +114,7 @@ def cuda_cases(data, device: torch.device, steps: int, peak_tflops: float, only:
     for name, config in cases.items():
         if only and name not in only and name != "batch1_fp32_eager":
             continue
-        results[name] = steps_per_second(data, config, device, steps, flop_image)
+        results[name] = steps_per_second(data, config, device, steps, flop_image, name in profile_cases)
         results[name]["speedup_vs_batch1_fp32"] = round(
             results[name]["images_per_s"] / results["batch1_fp32_eager"]["images_per_s"], 2)
         results[name]["share_of_bf16_peak"] = round(results[name]["achieved_tflops"] / peak_tflops, 4)
@@ -111,6 +132,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--steps", type=int, default=None, help="timed steps per case (cpu 30, cuda 50)")
     parser.add_argument("--cases", nargs="*", default=[], help="CUDA cases to run (default all; the baseline always)")
+    parser.add_argument("--profile", nargs="*", default=[], metavar="CASE",
+                        help="cases (tiny on CPU) whose hot spots to list, from torch.profiler")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -120,9 +143,10 @@ def main() -> None:
         data = load_tiles(training_tiles(folder), validation_share=0.0)
         if device.type == "cpu":
             tiny = PRESETS["tiny"]
-            results["tiny"] = steps_per_second(data, tiny, device, args.steps or 30, flop_per_image(data, tiny, device))
+            results["tiny"] = steps_per_second(data, tiny, device, args.steps or 30, flop_per_image(data, tiny, device),
+                                               "tiny" in args.profile)
         else:
-            results.update(cuda_cases(data, device, args.steps or 50, args.peak_tflops, args.cases))
+            results.update(cuda_cases(data, device, args.steps or 50, args.peak_tflops, args.cases, args.profile))
     print(json.dumps(results, indent=2))
 
 
