@@ -1,5 +1,6 @@
 """Training: deterministic unpaired batches, a few real steps on CPU, exact resume, clear errors."""
 
+import hashlib
 import json
 import os
 
@@ -76,6 +77,8 @@ def test_a_few_steps_run_weights_change_and_outputs_are_written(pairs, tmp_path)
     assert any(key.startswith("tensorboard/events.out.tfevents") for key in keys)  # TensorBoard is a test extra
     exported = torch.load(store.url(GENERATOR_KEY), weights_only=True)
     assert exported["cities"] == ["helsinki"] and exported["size_px"] == 256 and exported["m_per_px"] == 2.0
+    assert exported["marker_radius_px"] == pytest.approx(3.0)
+    assert exported["data_manifest_sha256"] == hashlib.sha256(open_store(pairs).get_bytes(MANIFEST_KEY)).hexdigest()
     initial = _initial_generator_weights()
     trained = exported["generator"]
     assert any(not torch.equal(initial[name], trained[name]) for name in initial)

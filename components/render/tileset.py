@@ -93,7 +93,11 @@ def tile_of_row(row: dict) -> Tile:
 
 
 def read_manifest(store: Store) -> list[dict]:
-    return [json.loads(line) for line in store.get_bytes(MANIFEST_KEY).decode().splitlines() if line]
+    return parse_manifest(store.get_bytes(MANIFEST_KEY))
+
+
+def parse_manifest(raw: bytes) -> list[dict]:
+    return [json.loads(line) for line in raw.decode().splitlines() if line]
 
 
 def manifest_bytes(rows: list[dict]) -> bytes:

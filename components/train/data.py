@@ -18,7 +18,7 @@ import torch
 
 from components.core.errors import LocgenError
 from components.core.storage import open_store
-from components.render.tileset import MANIFEST_KEY, decode_tile, fetch_all, read_manifest
+from components.render.tileset import MANIFEST_KEY, decode_tile, fetch_all, parse_manifest
 
 EPOCH_STREAM = 1 << 20  # keeps the epoch orders apart from the per-step draws of the same seed
 
@@ -30,6 +30,7 @@ class TileData(NamedTuple):
     real_dots_per_tile: float  # markers per `a` tile in the tile set: the rate a good generator paints
     marker_area_px: float  # area of one rendered marker disc
     rows: list[dict]  # the manifest rows read, for the lineage of the trained model
+    manifest_sha256: str  # of the manifest as read: names the exact tile set a model was trained on
 
 
 def load_tiles(uri: str, validation_share: float) -> TileData:
@@ -38,7 +39,8 @@ def load_tiles(uri: str, validation_share: float) -> TileData:
     if not store.exists(MANIFEST_KEY):
         raise LocgenError(f"--data {uri}: no {MANIFEST_KEY}; give a tile set that locgen render wrote with "
                           "--pairs (it holds domains a and b)")
-    rows = read_manifest(store)
+    manifest = store.get_bytes(MANIFEST_KEY)
+    rows = parse_manifest(manifest)
     by_domain = {domain: [row for row in rows if row["domain"] == domain] for domain in ("a", "b")}
     for domain, what in (("a", "with markers"), ("b", "plain")):
         if not by_domain[domain]:
@@ -55,7 +57,7 @@ def load_tiles(uri: str, validation_share: float) -> TileData:
                           "it); run the same locgen render again, which rewrites only the manifest")
     marker_area_px = math.pi * float(np.median([row["marker_radius_px"] for row in by_domain["a"]])) ** 2
     return TileData(_read(store, by_domain["a"]), _read(store, training_b), _read(store, held_out),
-                    real_rate, marker_area_px, rows)
+                    real_rate, marker_area_px, rows, hashlib.sha256(manifest).hexdigest())
 
 
 def _held_out(tile_id: str, share: float) -> bool:

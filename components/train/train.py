@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
 import time
@@ -342,7 +343,8 @@ def _generator_export(models: Models, config: TrainConfig, settings: TrainSettin
     cities = sorted({row["city"] for row in data.rows})
     weights = {name: tensor.cpu() for name, tensor in models.generator.state_dict().items()}  # loads anywhere
     return {"generator": weights, "ngf": config.ngf, "n_blocks": config.n_blocks,
-            "locgen_version": __version__, "data": settings.data, "cities": cities,
+            "locgen_version": __version__, "data": settings.data, "data_manifest_sha256": data.manifest_sha256,
+            "cities": cities, "marker_radius_px": math.sqrt(data.marker_area_px / math.pi),
             "size_px": data.rows[0]["size_px"], "m_per_px": data.rows[0]["m_per_px"],
             "style_version": data.rows[0]["style_version"], "style_sha256": data.rows[0]["style_sha256"],
             "input_normalisation": "rgb / 127.5 - 1", "validation": validation}
