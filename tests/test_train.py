@@ -30,6 +30,7 @@ from components.train.train import (
     _runtime,
     _share,
     _step,
+    load_generator,
     painted_dots_per_tile,
     train,
 )
@@ -82,6 +83,13 @@ def test_a_few_steps_run_weights_change_and_outputs_are_written(pairs, tmp_path)
     initial = _initial_generator_weights()
     trained = exported["generator"]
     assert any(not torch.equal(initial[name], trained[name]) for name in initial)
+    generator, metadata = load_generator(store.url(GENERATOR_KEY))
+    assert not generator.training and metadata["validation"]["step"] in (2, 4)
+    assert all(torch.equal(tensor, trained[name]) for name, tensor in generator.state_dict().items())
+    with pytest.raises(LocgenError, match="not a generator export; give the generator.pt"):
+        load_generator(store.url(LAST_KEY))
+    with pytest.raises(LocgenError, match="not a readable generator"):
+        load_generator(store.url(METRICS_KEY))
 
 
 def _initial_generator_weights() -> dict:

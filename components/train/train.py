@@ -33,8 +33,9 @@ from components import __version__
 from components.core.errors import LocgenError
 from components.core.pngmeta import encode_png
 from components.core.provenance import OSM_ATTRIBUTION
-from components.core.storage import LocalStore, Store, open_store
+from components.core.storage import LocalStore, Store, open_file_uri, open_store
 from components.extract.detect import detect_markers
+from components.pretrained import BUNDLED_GENERATOR
 from components.train.config import TrainConfig
 from components.train.data import TileData, batch, load_tiles, to_uint8_images
 from components.train.losses import lsgan_loss, patch_nce_loss
@@ -348,6 +349,27 @@ def _generator_export(models: Models, config: TrainConfig, settings: TrainSettin
             "size_px": data.rows[0]["size_px"], "m_per_px": data.rows[0]["m_per_px"],
             "style_version": data.rows[0]["style_version"], "style_sha256": data.rows[0]["style_sha256"],
             "input_normalisation": "rgb / 127.5 - 1", "validation": validation}
+
+
+def load_generator(uri: str | os.PathLike[str] | None = None) -> tuple[Generator, dict]:
+    """A generator export (generator.pt of locgen train, local or s3://) in eval mode, and its metadata.
+
+    None: the bundled pretrained generator (components/pretrained), what generation uses when no
+    model is given.
+    """
+    uri = BUNDLED_GENERATOR if uri is None else uri
+    store, key = open_file_uri(uri)
+    try:
+        export = torch.load(io.BytesIO(store.get_bytes(key)), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise LocgenError(f"{uri}: not a readable generator ({str(error).splitlines()[0]}); give the "
+                          f"{GENERATOR_KEY} that locgen train wrote") from None
+    if not isinstance(export, dict) or "generator" not in export:
+        raise LocgenError(f"{uri}: not a generator export; give the {GENERATOR_KEY} that locgen train wrote, "
+                          f"not a checkpoint")
+    generator = Generator(export["ngf"], export["n_blocks"])
+    generator.load_state_dict(export.pop("generator"))
+    return generator.eval(), export
 
 
 def _resume(store: Store, models: Models, optimisers: list, schedulers: list, config: TrainConfig,
