@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 # Restated in every pip call: an unpinned resolve pulls a newer torch with CUDA packages.
 CONSTRAINTS := -c constraints.txt
 
-.PHONY: install test demo bench
+.PHONY: install test demo bench pretrained
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -31,6 +31,15 @@ demo: install
 	$(VENV)/bin/locgen evaluate --generated out/helsinki-points.csv --bbox 24.9380,60.1660,24.9520,60.1780 \
 		--truth osm:amenity=bicycle_rental,amenity=bicycle_parking --osm data/osm/helsinki-center.osm.pbf \
 		--out out/helsinki-report.json
+
+# The bundled pretrained generator (components/pretrained/README.md): the commands that made it.
+# About 90 minutes on 2 CPU cores; a GPU, when there is one, is used and takes minutes.
+pretrained: install
+	$(VENV)/bin/locgen render --osm data/osm/helsinki-center.osm.pbf --city helsinki --out out/pretrained/train \
+		--pairs 400 --locations osm:amenity=bicycle_rental,amenity=bicycle_parking --marker-radius-px 5 \
+		--holdout 24.9351,60.1641,24.9535,60.1680 --seed 0 --workers 0
+	$(VENV)/bin/locgen train --data out/pretrained/train --out out/pretrained/run --preset tiny --steps 20000
+	cp out/pretrained/run/generator.pt components/pretrained/tiny-helsinki.pt
 
 bench: install
 	$(PYTHON) benchmarks/bench_render.py

@@ -74,9 +74,10 @@ def _read(store, rows: list[dict]) -> torch.Tensor:
 
 
 def batch(tiles: torch.Tensor, step: int, seed: int, batch_size: int, crop_px: int, stream: int) -> torch.Tensor:
-    """The batch of a step as float in [-1, 1]: tiles in shuffled epochs, random crops, flips, 90 deg turns.
+    """The batch of a step, uint8 (N, 3, crop, crop): tiles in shuffled epochs, random crops, flips, 90 deg turns.
 
-    `stream` keeps the a and b draws apart (the domains are unpaired).
+    `stream` keeps the a and b draws apart (the domains are unpaired). uint8 until the device:
+    a quarter of the bytes to copy, and the conversion runs where the model does (to_model_input).
     """
     rng = np.random.default_rng([seed, stream, step])
     count = len(tiles)
@@ -95,13 +96,18 @@ def batch(tiles: torch.Tensor, step: int, seed: int, batch_size: int, crop_px: i
         if rng.random() < 0.5:
             image = torch.flip(image, dims=(2,))
         images.append(image)
-    return torch.stack(images).float().div(127.5).sub(1.0)
+    return torch.stack(images)
 
 
 @functools.lru_cache(maxsize=4)
 def _epoch_order(seed: int, stream: int, epoch: int, count: int) -> np.ndarray:
     """The order in which an epoch visits the tiles: each tile once."""
     return np.random.default_rng([seed, stream, EPOCH_STREAM, epoch]).permutation(count)
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (N, 3, H, W) -> float in [-1, 1], the generator's input normalisation."""
+    return images.float().div(127.5).sub(1.0)
 
 
 def to_uint8_images(batch_tensor: torch.Tensor) -> np.ndarray:

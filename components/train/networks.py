@@ -255,7 +255,7 @@ class PatchSampleMLP(nn.Module):
             if patch_ids is None:
                 device = generator.device if generator is not None else feature.device
                 ids = torch.randperm(height * width, generator=generator, device=device)[:num_patches]
-                ids = ids.to(feature.device)
+                ids = ids.to(feature.device, non_blocking=True)  # no wait for the GPU's queue to drain
             else:
                 ids = patch_ids[index]
             projected = mlp(vectors[:, ids, :].flatten(0, 1))

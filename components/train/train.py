@@ -37,7 +37,7 @@ from components.core.storage import LocalStore, Store, open_file_uri, open_store
 from components.extract.detect import detect_markers
 from components.pretrained import BUNDLED_GENERATOR
 from components.train.config import TrainConfig
-from components.train.data import TileData, batch, load_tiles, to_uint8_images
+from components.train.data import TileData, batch, load_tiles, to_model_input, to_uint8_images
 from components.train.losses import lsgan_loss, patch_nce_loss
 from components.train.networks import Discriminator, Generator, PatchSampleMLP, init_weights
 
@@ -93,7 +93,8 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        """A uint8 batch -> the model's input on the device."""
+        return to_model_input(images.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
 
 
 def _runtime(models: Models, config: TrainConfig, device: torch.device) -> Runtime:
@@ -138,9 +139,11 @@ def train(settings: TrainSettings) -> dict:
             scheduler.step()
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
-            metrics.append({"step": done, **losses, "lr": schedulers[0].get_last_lr()[0], "time": time.time()})
-            bar.set_postfix({name: f"{value:.3f}" for name, value in losses.items()})
-            _board_scalars(board, done, losses)
+            # The step's only wait for the GPU: between logs the host prepares batches ahead of it.
+            values = {name: loss.item() for name, loss in losses.items()}
+            metrics.append({"step": done, **values, "lr": schedulers[0].get_last_lr()[0], "time": time.time()})
+            bar.set_postfix({name: f"{value:.3f}" for name, value in values.items()})
+            _board_scalars(board, done, values)
         if runtime.rank == 0 and (done % config.sample_every == 0 or done == config.steps):
             _save_samples(store, models.generator, data, done, device)
         if runtime.rank == 0 and (done % config.checkpoint_every == 0 or done == stop):
@@ -204,7 +207,7 @@ def _lr_factor(config: TrainConfig):
 
 def _step(models: Models, runtime: Runtime, optimisers: list, data: TileData, config: TrainConfig,
           step: int) -> dict:
-    """One FastCUT step; returns the losses as floats (this process's share of the batch)."""
+    """One FastCUT step; returns the losses (this process's share of the batch) as tensors on the device."""
     optimiser_g, optimiser_d, optimiser_head = optimisers
     real_a = runtime.to_device(_share(batch(data.a, step, config.seed, config.batch_size, config.crop_px, STREAM_A),
                                       runtime))
@@ -239,7 +242,7 @@ def _step(models: Models, runtime: Runtime, optimisers: list, data: TileData, co
     _average_gradients(models.head, runtime)
     optimiser_g.step()
     optimiser_head.step()
-    return {"loss_d": loss_d.item(), "loss_g_gan": loss_gan.item(), "loss_nce": loss_nce.item()}
+    return {"loss_d": loss_d.detach(), "loss_g_gan": loss_gan.detach(), "loss_nce": loss_nce.detach()}
 
 
 def _share(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -306,7 +309,7 @@ def painted_dots_per_tile(generator: Generator, tiles: torch.Tensor, marker_area
         return float("nan")
     generator.eval()
     with torch.no_grad():
-        generated = [to_uint8_images(generator(tiles[k:k + 8].to(device).float().div(127.5).sub(1.0)))
+        generated = [to_uint8_images(generator(to_model_input(tiles[k:k + 8].to(device))))
                      for k in range(0, len(tiles), 8)]
     generator.train()
     images = np.concatenate(generated)
@@ -413,7 +416,7 @@ def _save_samples(store: Store, generator: Generator, data: TileData, step: int,
     tiles = (data.held_out_b if len(data.held_out_b) else data.b)[:SAMPLE_TILES]
     generator.eval()
     with torch.no_grad():
-        generated = to_uint8_images(generator(tiles.to(device).float().div(127.5).sub(1.0)))
+        generated = to_uint8_images(generator(to_model_input(tiles.to(device))))
     generator.train()
     inputs = tiles.permute(0, 2, 3, 1).numpy()
     grid = np.concatenate([np.concatenate(list(inputs), axis=1), np.concatenate(list(generated), axis=1)], axis=0)
