@@ -33,12 +33,12 @@ demo: install
 		--out out/helsinki-report.json
 
 # The bundled pretrained generator (components/pretrained/README.md): the commands that made it.
-# About 90 minutes on 2 CPU cores; a GPU, when there is one, is used and takes minutes.
+# About 35 minutes on 2 CPU cores; a GPU, when there is one, is used and takes minutes.
 pretrained: install
 	$(VENV)/bin/locgen render --osm data/osm/helsinki-center.osm.pbf --city helsinki --out out/pretrained/train \
 		--pairs 400 --locations osm:amenity=bicycle_rental,amenity=bicycle_parking --marker-radius-px 5 \
 		--holdout 24.9351,60.1641,24.9535,60.1680 --seed 0 --workers 0
-	$(VENV)/bin/locgen train --data out/pretrained/train --out out/pretrained/run --preset tiny --steps 20000
+	$(VENV)/bin/locgen train --data out/pretrained/train --out out/pretrained/run --preset tiny --steps 8000
 	cp out/pretrained/run/generator.pt components/pretrained/tiny-helsinki.pt
 
 bench: install
