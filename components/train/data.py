@@ -27,7 +27,6 @@ class TileData(NamedTuple):
     a: torch.Tensor  # (N_a, 3, H, W) uint8: tiles with markers
     b: torch.Tensor  # (N_b, 3, H, W) uint8: plain tiles used for training
     held_out_b: torch.Tensor  # (N_v, 3, H, W) uint8: plain tiles kept aside to count painted dots
-    real_dots_per_tile: float  # markers per `a` tile in the tile set: the rate a good generator paints
     marker_area_px: float  # area of one rendered marker disc
     rows: list[dict]  # the manifest rows read, for the lineage of the trained model
     manifest_sha256: str  # of the manifest as read: names the exact tile set a model was trained on
@@ -51,13 +50,12 @@ def load_tiles(uri: str, validation_share: float) -> TileData:
         raise LocgenError(f"--data {uri}: tiles of several sizes {sizes} px; render the training set at one --size-px")
     held_out = [row for row in by_domain["b"] if _held_out(row["id"], validation_share)]
     training_b = [row for row in by_domain["b"] if not _held_out(row["id"], validation_share)] or held_out
-    real_rate = float(np.mean([len(row.get("points", [])) for row in by_domain["a"]]))
     if any("marker_radius_px" not in row for row in by_domain["a"]):
         raise LocgenError(f"--data {uri}: the manifest does not say how large the markers are (an older locgen wrote "
                           "it); run the same locgen render again, which rewrites only the manifest")
     marker_area_px = math.pi * float(np.median([row["marker_radius_px"] for row in by_domain["a"]])) ** 2
     return TileData(_read(store, by_domain["a"]), _read(store, training_b), _read(store, held_out),
-                    real_rate, marker_area_px, rows, hashlib.sha256(manifest).hexdigest())
+                    marker_area_px, rows, hashlib.sha256(manifest).hexdigest())
 
 
 def _held_out(tile_id: str, share: float) -> bool:
