@@ -13,6 +13,7 @@ from pathlib import Path
 from components.core.errors import LocgenError
 from components.core.geo import parse_bbox, parse_latlon
 from components.core.markers import MarkerRange
+from components.core.storage import default_cache_dir
 from components.extract.evaluate import EvaluateSettings, evaluate
 from components.extract.job import ExtractSettings, extract
 from components.render.job import RenderSettings, render
@@ -169,6 +170,8 @@ def _train_parser(commands) -> None:
                         help="override any setting of the preset, e.g. --set lr=1e-4 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda")
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
+                        help="where an s3:// tile set's tiles are kept (default $LOCGEN_CACHE or ~/.cache/locgen)")
     parser.set_defaults(run=_run_train)
 
 
@@ -206,7 +209,7 @@ def _run_train(args) -> dict:
     from components.train.train import TrainSettings, train
 
     return train(TrainSettings(data=args.data, out=args.out, config=_train_config(args), resume=args.resume,
-                               device=args.device))
+                               device=args.device, cache_dir=args.cache_dir))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import HELSINKI_PBF
-from s3server import free_port
+from s3server import free_port, unique_prefix
 
 from components.cli import main
 from components.core.errors import LocgenError
@@ -265,3 +265,19 @@ def test_validation_counts_lone_marker_dots_alike_on_real_and_generated_tiles(pa
     tinted = torch.where(is_marker, (0.4 * data.a + 0.6 * data.b).round().byte(), data.b)
     assert sum(len(detect_markers(np.ascontiguousarray(tile))) for tile in tinted.permute(0, 2, 3, 1).numpy()) > 0
     assert painted_dots_per_tile(_Replay(tinted), data.b, data.marker_area_px, torch.device("cpu")) == 0
+
+
+def test_s3_tiles_are_cached_so_a_rerun_downloads_nothing(pairs, s3_env, tmp_path):
+    prefix = unique_prefix()
+    local, remote = open_store(pairs), open_store(f"s3://{s3_env.bucket}/{prefix}")
+    for key in local.list_keys():
+        remote.put_bytes(key, local.get_bytes(key))
+    uri, cache_dir = f"s3://{s3_env.bucket}/{prefix}", tmp_path / "cache"
+    first = load_tiles(uri, 0.2, cache_dir)
+    assert torch.equal(first.a, load_tiles(pairs, 0.2).a)
+    for name in s3_env.object_names(f"{prefix}/"):
+        if name.endswith(".png"):  # the store keeps only the manifest: the tiles must come from the cache
+            s3_env.client().remove_object(s3_env.bucket, name)
+    again = load_tiles(uri, 0.2, cache_dir)
+    assert torch.equal(again.a, first.a) and torch.equal(again.held_out_b, first.held_out_b)
+    assert again.manifest_sha256 == first.manifest_sha256

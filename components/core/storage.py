@@ -77,6 +77,11 @@ _CREDENTIAL_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatc
 _REGION_CODES = {"AuthorizationHeaderMalformed", "PermanentRedirect", "Redirect"}
 
 
+def default_cache_dir() -> Path:
+    """Where locgen keeps what it downloads: $LOCGEN_CACHE, else ~/.cache/locgen."""
+    return Path(os.environ.get("LOCGEN_CACHE", Path.home() / ".cache" / "locgen"))
+
+
 def open_store(uri: str | os.PathLike[str]) -> Store:
     """Return the store rooted at `uri`: a local path, a `file://` URI or `s3://bucket/prefix`."""
     uri = os.fspath(uri)

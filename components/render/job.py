@@ -30,7 +30,7 @@ from components.core.geo import (
     mercator_scale,
 )
 from components.core.pngmeta import encode_png
-from components.core.storage import Store, open_file_uri, open_store
+from components.core.storage import Store, default_cache_dir, open_file_uri, open_store
 from components.render.osm import MapData, header_bounds, read_osm
 from components.render.plan import PairSettings, PlannedTile, bbox_plan, grid_plan, pairs_plan
 from components.render.raster import draw_markers, render_map
@@ -43,10 +43,6 @@ OSM_MARGIN_M = 200.0  # map data kept around the tiles, so features that only cr
 CHUNK_TILES = 16  # tiles a worker renders before it waits for their uploads
 SIMPLIFY_PX = 0.25  # map lines lose the vertices that move them by less than this: invisible, and faster
 UPLOAD_THREADS = 8  # concurrent uploads per process: enough to hide an object store's round trips
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("LOCGEN_CACHE", Path.home() / ".cache" / "locgen"))
 
 
 @dataclass

@@ -11,13 +11,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from components.core.errors import LocgenError
-from components.core.storage import open_store
+from components.core.storage import LocalStore, Store, open_store
 from components.render.tileset import MANIFEST_KEY, decode_tile, fetch_all, parse_manifest
 
 EPOCH_STREAM = 1 << 20  # keeps the epoch orders apart from the per-step draws of the same seed
@@ -32,8 +34,12 @@ class TileData(NamedTuple):
     manifest_sha256: str  # of the manifest as read: names the exact tile set a model was trained on
 
 
-def load_tiles(uri: str, validation_share: float) -> TileData:
-    """The a and b tiles of a tile set; a stable share of the b tiles (by id hash) is held out."""
+def load_tiles(uri: str, validation_share: float, cache_dir: Path | None = None) -> TileData:
+    """The a and b tiles of a tile set; a stable share of the b tiles (by id hash) is held out.
+
+    With `cache_dir`, the tiles of a remote tile set are kept there, so a resumed or repeated run
+    downloads only what it has not seen.
+    """
     store = open_store(uri)
     if not store.exists(MANIFEST_KEY):
         raise LocgenError(f"--data {uri}: no {MANIFEST_KEY}; give a tile set that locgen render wrote with "
@@ -54,8 +60,20 @@ def load_tiles(uri: str, validation_share: float) -> TileData:
         raise LocgenError(f"--data {uri}: the manifest does not say how large the markers are (an older locgen wrote "
                           "it); run the same locgen render again, which rewrites only the manifest")
     marker_area_px = math.pi * float(np.median([row["marker_radius_px"] for row in by_domain["a"]])) ** 2
-    return TileData(_read(store, by_domain["a"]), _read(store, training_b), _read(store, held_out),
-                    marker_area_px, rows, hashlib.sha256(manifest).hexdigest())
+    cache = tile_cache(store, cache_dir)
+    return TileData(_read(store, by_domain["a"], cache), _read(store, training_b, cache),
+                    _read(store, held_out, cache), marker_area_px, rows, hashlib.sha256(manifest).hexdigest())
+
+
+def tile_cache(store: Store, cache_dir: Path | None) -> LocalStore | None:
+    """The local copy of a remote tile set's tiles (none for a local one).
+
+    Safe to keep for ever: a tile's key holds the hash of everything that decides its pixels, so
+    a changed tile has a new key and a cached one never goes stale.
+    """
+    if cache_dir is None or isinstance(store, LocalStore):
+        return None
+    return LocalStore(Path(cache_dir) / "tiles" / hashlib.sha256(store.uri.encode()).hexdigest()[:16])
 
 
 def _held_out(tile_id: str, share: float) -> bool:
@@ -63,11 +81,17 @@ def _held_out(tile_id: str, share: float) -> bool:
     return int(hashlib.sha256(tile_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
 
 
-def _read(store, rows: list[dict]) -> torch.Tensor:
+def _read(store: Store, rows: list[dict], cache: LocalStore | None) -> torch.Tensor:
     if not rows:
         return torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
     keys = [row["path"] for row in rows]
-    images = [decode_tile(png, store.url(key)) for key, png in zip(keys, fetch_all(store, keys))]
+    if cache is not None:
+        missing = [key for key in keys if not cache.exists(key)]
+        for key, png in zip(missing, tqdm(fetch_all(store, missing), total=len(missing), unit="tile",
+                                          desc="download tiles", disable=not missing)):
+            cache.put_bytes(key, png)
+    source = store if cache is None else cache
+    images = [decode_tile(png, store.url(key)) for key, png in zip(keys, fetch_all(source, keys))]
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 

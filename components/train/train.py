@@ -22,7 +22,7 @@ import os
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from components import __version__
 from components.core.errors import LocgenError
 from components.core.pngmeta import encode_png
 from components.core.provenance import OSM_ATTRIBUTION
-from components.core.storage import LocalStore, Store, open_file_uri, open_store
+from components.core.storage import LocalStore, Store, default_cache_dir, open_file_uri, open_store
 from components.extract.detect import detect_markers
 from components.pretrained import BUNDLED_GENERATOR
 from components.train.config import TrainConfig
@@ -63,6 +63,7 @@ class TrainSettings:
     device: str = "auto"  # auto: CUDA when there is one
     progress: bool = True
     stop_at: int | None = None  # stop (with a checkpoint) at this step, to resume later; None: config.steps
+    cache_dir: Path | None = field(default_factory=default_cache_dir)  # s3:// tiles are kept here; None: never
 
 
 class Models(torch.nn.Module):
@@ -122,7 +123,7 @@ def train(settings: TrainSettings) -> dict:
     if _world() > 1 and config.batch_size % _world():
         raise LocgenError(f"batch_size {config.batch_size} does not split over {_world()} processes; "
                           "give a multiple of the number of processes")
-    data = load_tiles(settings.data, config.validation_share)
+    data = load_tiles(settings.data, config.validation_share, settings.cache_dir)
     real_rate = markers_per_tile(data.a.permute(0, 2, 3, 1).numpy(), data.marker_area_px)  # what a good G paints
     store = open_store(settings.out)
     models = Models(config).to(device)
