@@ -11,8 +11,7 @@ from components.pretrained import BUNDLED_GENERATOR
 from components.render.job import RenderSettings, render
 from components.render.style import STYLE_VERSION, style_sha256
 from components.render.tileset import decode_tile, fetch_all, read_manifest
-from components.train.data import to_model_input, to_uint8_images
-from components.train.train import load_generator, markers_per_tile
+from components.train.train import load_generator, markers_per_tile, translate
 
 # The tile set it was trained on (`make pretrained`), by the sha256 of its manifest.
 TRAINING_MANIFEST_SHA256 = "a707133489429d247e47ed5e6ef1da2f05a26e98c31a3b213715afbdb4401490"
@@ -50,8 +49,7 @@ def test_paints_markers_at_about_the_real_rate_on_unseen_ground(bundled, area, t
     store = open_store(str(tmp_path))
     keys = [row["path"] for row in read_manifest(store)]
     tiles = np.stack([decode_tile(png, key) for key, png in zip(keys, fetch_all(store, keys))])
-    with torch.no_grad():
-        generated = to_uint8_images(generator(to_model_input(torch.from_numpy(tiles).permute(0, 3, 1, 2))))
+    generated = translate(generator, torch.from_numpy(tiles).permute(0, 3, 1, 2), torch.device("cpu"))
     painted = markers_per_tile(generated, np.pi * MARKER_RADIUS_PX ** 2)
     real = metadata["validation"]["real_dots_per_tile"]  # lone markers per real Helsinki tile
     assert real / 4 <= painted <= real * 2

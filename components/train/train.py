@@ -305,12 +305,21 @@ def painted_dots_per_tile(generator: Generator, tiles: torch.Tensor, marker_area
     """Markers the generator paints per held-out plain tile (markers_per_tile of its output)."""
     if not len(tiles):
         return float("nan")
+    return markers_per_tile(translate(generator, tiles, device), marker_area_px)
+
+
+def translate(generator: Generator, tiles: torch.Tensor, device: torch.device, batch_size: int = 8) -> np.ndarray:
+    """uint8 (N, 3, H, W) plain tiles -> (N, H, W, 3) uint8 generated tiles, in inference mode.
+
+    A generator that is training is put back into training mode afterwards.
+    """
+    was_training = generator.training
     generator.eval()
     with torch.no_grad():
-        generated = [to_uint8_images(generator(to_model_input(tiles[k:k + 8].to(device))))
-                     for k in range(0, len(tiles), 8)]
-    generator.train()
-    return markers_per_tile(np.concatenate(generated), marker_area_px)
+        generated = [to_uint8_images(generator(to_model_input(tiles[k:k + batch_size].to(device))))
+                     for k in range(0, len(tiles), batch_size)]
+    generator.train(was_training)
+    return np.concatenate(generated)
 
 
 def markers_per_tile(images: np.ndarray, marker_area_px: float) -> float:
@@ -371,11 +380,8 @@ def load_generator(uri: str | os.PathLike[str] | None = None) -> tuple[Generator
     """
     uri = BUNDLED_GENERATOR if uri is None else uri
     store, key = open_file_uri(uri)
-    try:
-        export = torch.load(io.BytesIO(store.get_bytes(key)), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise LocgenError(f"{uri}: not a readable generator ({str(error).splitlines()[0]}); give the "
-                          f"{GENERATOR_KEY} that locgen train wrote") from None
+    export = _load_torch(store, key, torch.device("cpu"), "generator",
+                         f"give the {GENERATOR_KEY} that locgen train wrote")
     if not isinstance(export, dict) or "generator" not in export:
         raise LocgenError(f"{uri}: not a generator export; give the {GENERATOR_KEY} that locgen train wrote, "
                           f"not a checkpoint")
@@ -404,14 +410,18 @@ def _resume(store: Store, models: Models, optimisers: list, schedulers: list, co
 
 def load_checkpoint(store: Store, key: str, device: torch.device) -> dict:
     """A checkpoint written by train(); anything else is one clear error."""
-    try:
-        state = torch.load(io.BytesIO(store.get_bytes(key)), map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise LocgenError(f"{store.url(key)}: not a readable checkpoint ({str(error).splitlines()[0]}); "
-                          "train again, or resume from another checkpoint") from None
+    state = _load_torch(store, key, device, "checkpoint", "train again, or resume from another checkpoint")
     if not isinstance(state, dict) or "models" not in state:
         raise LocgenError(f"{store.url(key)}: not a locgen training checkpoint; give the out folder of locgen train")
     return state
+
+
+def _load_torch(store: Store, key: str, device: torch.device, what: str, fix: str):
+    """What torch.save wrote at `key` (tensors only, on `device`); an unreadable file is one clear error."""
+    try:
+        return torch.load(io.BytesIO(store.get_bytes(key)), map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise LocgenError(f"{store.url(key)}: not a readable {what} ({str(error).splitlines()[0]}); {fix}") from None
 
 
 def _torch_bytes(value) -> bytes:
@@ -423,10 +433,7 @@ def _torch_bytes(value) -> bytes:
 def _save_samples(store: Store, generator: Generator, data: TileData, step: int, device: torch.device) -> None:
     """Input over output, for a few fixed plain tiles."""
     tiles = (data.held_out_b if len(data.held_out_b) else data.b)[:SAMPLE_TILES]
-    generator.eval()
-    with torch.no_grad():
-        generated = to_uint8_images(generator(to_model_input(tiles.to(device))))
-    generator.train()
+    generated = translate(generator, tiles, device)
     inputs = tiles.permute(0, 2, 3, 1).numpy()
     grid = np.concatenate([np.concatenate(list(inputs), axis=1), np.concatenate(list(generated), axis=1)], axis=0)
     store.publish_bytes(f"samples/step-{step:07d}.png",
