@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -16,12 +17,14 @@ from components.core.markers import MarkerRange
 from components.core.storage import default_cache_dir
 from components.extract.evaluate import EvaluateSettings, evaluate
 from components.extract.job import ExtractSettings, extract
+from components.infer.settings import AUTO_ORDER, GenerateSettings
 from components.render.job import RenderSettings, render
 from components.train.config import PRESETS, TrainConfig
 
 # The defaults live in the settings classes, not here.
 DEFAULTS = RenderSettings(osm=[], out="")
 EXTRACT_DEFAULTS = ExtractSettings(tiles="", out="")
+GENERATE_DEFAULTS = GenerateSettings(tiles="", out="")
 
 
 def _add_location_options(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +215,48 @@ def _run_train(args) -> dict:
                                device=args.device, cache_dir=args.cache_dir))
 
 
+def _export_parser(commands) -> None:
+    parser = commands.add_parser("export", help="export a trained generator to ONNX, checked against PyTorch",
+                                 description="Write MODEL.onnx (fp32), MODEL.fp16.onnx (for TensorRT) and "
+                                             "MODEL.parity.json; fail when ONNX and PyTorch disagree.")
+    parser.add_argument("--checkpoint", metavar="URI",
+                        help="generator.pt of locgen train, local or s3:// (default: the bundled generator)")
+    parser.add_argument("--out", required=True, metavar="URI.onnx", help="the model to write, local or s3://")
+    parser.add_argument("--tiles", metavar="URI",
+                        help="tile set whose plain tiles the parity check runs on (default: the training tile set)")
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> dict:
+    from components.export.exporter import ExportSettings, export  # torch and onnx: only the export image has them
+
+    return export(ExportSettings(out=args.out, checkpoint=args.checkpoint, tiles=args.tiles))
+
+
+def _generate_parser(commands) -> None:
+    parser = commands.add_parser("generate", help="translate a city's plain tiles with the ONNX generator",
+                                 description="Run the generator on every plain tile of a tile set (ONNX Runtime: "
+                                             "TensorRT, CUDA or CPU) and write the generated tiles as a tile set.")
+    parser.add_argument("--model", metavar="URI.onnx",
+                        help="MODEL.onnx of locgen export, local or s3:// (default: the bundled model)")
+    parser.add_argument("--tiles", required=True, metavar="URI", help="tile set with plain tiles (locgen render)")
+    parser.add_argument("--out", required=True, metavar="URI", help="the generated tile set, local or s3://")
+    parser.add_argument("--provider", choices=("auto", *AUTO_ORDER), default=GENERATE_DEFAULTS.provider,
+                        help="auto: TensorRT, else CUDA, else CPU (%(default)s)")
+    parser.add_argument("--batch-size", type=int, default=GENERATE_DEFAULTS.batch_size,
+                        help="tiles per run (%(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=GENERATE_DEFAULTS.cache_dir,
+                        help="downloaded models and TensorRT engines (default $LOCGEN_CACHE or ~/.cache/locgen)")
+    parser.set_defaults(run=_run_generate)
+
+
+def _run_generate(args) -> dict:
+    from components.infer.job import generate  # onnxruntime: installed where inference runs
+
+    return generate(GenerateSettings(tiles=args.tiles, out=args.out, model=args.model, provider=args.provider,
+                                     batch_size=args.batch_size, cache_dir=args.cache_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="locgen", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -220,10 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
     _extract_parser(commands)
     _evaluate_parser(commands)
     _train_parser(commands)
+    _export_parser(commands)
+    _generate_parser(commands)
     return parser
 
 
+def _log_to_stderr() -> None:
+    """locgen's own messages (not its libraries' chatter) as `locgen: ...` lines on stderr; stdout is the summary."""
+    logger = logging.getLogger("components")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("locgen: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _log_to_stderr()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

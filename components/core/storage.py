@@ -36,6 +36,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -105,6 +106,22 @@ def open_file_uri(uri: str | os.PathLike[str]) -> tuple[Store, str]:
     if folder in ("s3:/", "file:/"):
         raise LocgenError(f"{uri!r} names a bucket or root, not a file; add the file name")
     return open_store(folder or "."), name
+
+
+def local_file(uri: str | os.PathLike[str], cache_dir: Path) -> Path:
+    """A local path to the file at `uri`: the file itself, or a fresh download under `cache_dir`.
+
+    A download lies in a folder named by the hash of its URI, so two URIs never share a copy. It is
+    made anew each time: the object may have been replaced since (a retrained model, a newer extract).
+    """
+    store, key = open_file_uri(uri)
+    if isinstance(store, LocalStore):
+        path = store._path(key)
+        if not path.is_file():
+            raise LocgenError(f"{uri}: no such file; give an existing path or an s3:// URI")
+        return path
+    path = Path(cache_dir) / hashlib.sha256(os.fspath(uri).encode()).hexdigest()[:16] / key
+    return store.download_to(key, path)
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -8,3 +8,5 @@ README.md beside this file; its weights are derived from OpenStreetMap data (ODb
 from pathlib import Path
 
 BUNDLED_GENERATOR = Path(__file__).with_name("tiny-helsinki.pt")
+# The same generator exported by `locgen export` (with its fp16 variant and parity report beside it).
+BUNDLED_MODEL = Path(__file__).with_name("tiny-helsinki.onnx")

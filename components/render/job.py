@@ -7,7 +7,6 @@ and the next run renders only what is not there yet.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import time
@@ -30,7 +29,7 @@ from components.core.geo import (
     mercator_scale,
 )
 from components.core.pngmeta import encode_png
-from components.core.storage import Store, default_cache_dir, open_file_uri, open_store
+from components.core.storage import Store, default_cache_dir, local_file, open_store
 from components.render.osm import MapData, header_bounds, read_osm
 from components.render.plan import PairSettings, PlannedTile, bbox_plan, grid_plan, pairs_plan
 from components.render.raster import draw_markers, render_map
@@ -141,9 +140,7 @@ def _osm_files(settings: RenderSettings) -> list[Path]:
     files = []
     for spec in settings.osm:
         if spec.startswith("s3://"):
-            store, key = open_file_uri(spec)
-            folder = settings.cache_dir / "osm" / hashlib.sha256(spec.encode()).hexdigest()[:16]
-            files.append(store.download_to(key, folder / key))
+            files.append(local_file(spec, settings.cache_dir / "osm"))
         elif spec != OVERPASS:
             if not Path(spec).is_file():
                 raise LocgenError(f"--osm {spec}: no such file; give an .osm.pbf/.osm/.osm.bz2 file, "

@@ -96,6 +96,20 @@ def read_manifest(store: Store) -> list[dict]:
     return parse_manifest(store.get_bytes(MANIFEST_KEY))
 
 
+def plain_rows(store: Store, option: str) -> list[dict]:
+    """The rows of the plain (domain b) tiles of a tile set: what a generator translates.
+
+    `option` names the command-line option that gave the tile set, for the error messages.
+    """
+    if not store.exists(MANIFEST_KEY):
+        raise LocgenError(f"{option} {store.uri}: no {MANIFEST_KEY}; give a tile set that locgen render wrote")
+    rows = [row for row in read_manifest(store) if row["domain"] == "b"]
+    if not rows:
+        raise LocgenError(f"{option} {store.uri}: no plain (domain b) tiles; render the area with locgen render "
+                          "--bbox or --center/--grid")
+    return rows
+
+
 def parse_manifest(raw: bytes) -> list[dict]:
     return [json.loads(line) for line in raw.decode().splitlines() if line]
 

@@ -15,6 +15,7 @@ generator.pt (generator-only, for export), metrics.jsonl, samples/step-NNNNNNN.p
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -378,15 +379,19 @@ def load_generator(uri: str | os.PathLike[str] | None = None) -> tuple[Generator
     None: the bundled pretrained generator (components/pretrained), what generation uses when no
     model is given.
     """
+    label = f"bundled:{BUNDLED_GENERATOR.name}" if uri is None else os.fspath(uri)  # the same on every machine
     uri = BUNDLED_GENERATOR if uri is None else uri
     store, key = open_file_uri(uri)
-    export = _load_torch(store, key, torch.device("cpu"), "generator",
+    raw = store.get_bytes(key)
+    export = _load_torch(raw, store.url(key), torch.device("cpu"), "generator",
                          f"give the {GENERATOR_KEY} that locgen train wrote")
     if not isinstance(export, dict) or "generator" not in export:
         raise LocgenError(f"{uri}: not a generator export; give the {GENERATOR_KEY} that locgen train wrote, "
                           f"not a checkpoint")
     generator = Generator(export["ngf"], export["n_blocks"])
     generator.load_state_dict(export.pop("generator"))
+    # Names the exact file in the lineage of what is made from it (ONNX models, generated tiles).
+    export.update(uri=label, sha256=hashlib.sha256(raw).hexdigest())
     return generator.eval(), export
 
 
@@ -410,18 +415,19 @@ def _resume(store: Store, models: Models, optimisers: list, schedulers: list, co
 
 def load_checkpoint(store: Store, key: str, device: torch.device) -> dict:
     """A checkpoint written by train(); anything else is one clear error."""
-    state = _load_torch(store, key, device, "checkpoint", "train again, or resume from another checkpoint")
+    state = _load_torch(store.get_bytes(key), store.url(key), device, "checkpoint",
+                        "train again, or resume from another checkpoint")
     if not isinstance(state, dict) or "models" not in state:
         raise LocgenError(f"{store.url(key)}: not a locgen training checkpoint; give the out folder of locgen train")
     return state
 
 
-def _load_torch(store: Store, key: str, device: torch.device, what: str, fix: str):
-    """What torch.save wrote at `key` (tensors only, on `device`); an unreadable file is one clear error."""
+def _load_torch(raw: bytes, uri: str, device: torch.device, what: str, fix: str):
+    """What torch.save wrote into `raw` (tensors only, on `device`); an unreadable file is one clear error."""
     try:
-        return torch.load(io.BytesIO(store.get_bytes(key)), map_location=device, weights_only=True)
+        return torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise LocgenError(f"{store.url(key)}: not a readable {what} ({str(error).splitlines()[0]}); {fix}") from None
+        raise LocgenError(f"{uri}: not a readable {what} ({str(error).splitlines()[0]}); {fix}") from None
 
 
 def _torch_bytes(value) -> bytes:
