@@ -10,7 +10,8 @@ Models (`--models`): `tiny`, the bundled generator and its ONNX export; `fastcut
 generator size (ngf 64, 9 blocks), untrained, exported here the way `locgen export` does it.
 Tiles: the 5 x 5 grid of Kotka rendered by `locgen render`, repeated to `--tiles`. Every case runs
 the whole way from uint8 tiles in memory to uint8 tiles in memory (normalisation, copies to and from
-the device included), the median of `--repeats` runs after a warm-up run.
+the device included): one warm-up run each, then `--repeats` rounds in which every case runs once
+(the machine's speed drifts; this way alike for all cases), reported as the median, best and worst.
 
 Prints one JSON document. Usage: python benchmarks/bench_infer.py [--device cpu|cuda] [--models tiny,fastcut]
 """
@@ -74,17 +75,9 @@ def models(names: list[str], folder: str) -> dict[str, tuple[Generator, Path]]:
     return found
 
 
-def timed(run, tiles: np.ndarray, repeats: int) -> tuple[dict, np.ndarray]:
-    """Tiles per second of run(tiles) -> generated tiles: the median of `repeats` runs after a warm-up."""
-    generated = run(tiles)
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(tiles)
-        seconds.append(time.perf_counter() - started)
-    median = statistics.median(seconds)
-    return {"tiles_per_s": round(len(tiles) / median, 2), "best_tiles_per_s": round(len(tiles) / min(seconds), 2),
-            "worst_tiles_per_s": round(len(tiles) / max(seconds), 2)}, generated
+def rates(seconds: list[float], tiles: int) -> dict:
+    return {"tiles_per_s": round(tiles / statistics.median(seconds), 2),
+            "best_tiles_per_s": round(tiles / min(seconds), 2), "worst_tiles_per_s": round(tiles / max(seconds), 2)}
 
 
 def pytorch(generator: Generator, device: torch.device, batch_size: int, bf16: bool):
@@ -122,11 +115,15 @@ def bench_model(generator: Generator, path: Path, tiles: np.ndarray, args, cache
                  "onnxruntime_cuda_fp32": onnx_runtime(path, "cuda", args.batch_size, cache_dir),
                  "onnxruntime_tensorrt_fp16": onnx_runtime(path, "tensorrt", args.batch_size, cache_dir)}
         reference = "pytorch_bf16"
-    results, outputs = {}, {}
-    for name, (run, provider) in cases.items():
-        results[name], outputs[name] = timed(run, tiles, args.repeats)
-        if provider:
-            results[name]["provider"] = provider
+    outputs = {name: run(tiles) for name, (run, _) in cases.items()}  # the warm-up run, and what each paints
+    seconds = {name: [] for name in cases}
+    for _ in range(args.repeats):  # round robin: the machine's drift between runs touches every case alike
+        for name, (run, _) in cases.items():
+            started = time.perf_counter()
+            run(tiles)
+            seconds[name].append(time.perf_counter() - started)
+    results = {name: {**rates(seconds[name], len(tiles)), **({"provider": provider} if provider else {})}
+               for name, (_, provider) in cases.items()}
     for name in cases:
         results[name]["speed_vs_" + reference] = round(results[name]["tiles_per_s"]
                                                        / results[reference]["tiles_per_s"], 2)

@@ -114,6 +114,33 @@ def test_a_gpu_provider_that_cannot_run_is_a_clear_error(kotka, tmp_path, capsys
     assert not (tmp_path / "gpu").exists()  # nothing ran on the CPU instead
 
 
+def _has_gpu_runtime() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.skipif(not _has_gpu_runtime(), reason="needs onnxruntime-gpu and an NVIDIA GPU")
+@pytest.mark.parametrize("provider, provider_name, least_f1", [("cuda", "CUDAExecutionProvider", 0.98),
+                                                               ("tensorrt", "TensorrtExecutionProvider", 0.9)])
+def test_gpu_providers_paint_the_dots_of_the_cpu(kotka, generated, tmp_path, provider, provider_name, least_f1):
+    _, on_cpu = generated
+    runs = []
+    for attempt in ("build", "cached"):  # TensorRT builds its engine once, then loads it from the cache
+        out = str(tmp_path / attempt)
+        summary = generate(GenerateSettings(tiles=kotka, out=out, provider=provider, batch_size=4,
+                                            cache_dir=tmp_path / "cache", progress=False))
+        assert summary["provider"] == provider_name and summary["generated"] == 9
+        runs.append(sorted(path.stat().st_mtime_ns for path in (tmp_path / "cache").rglob("*") if path.is_file()))
+    assert runs[0] == runs[1]  # nothing rebuilt
+    if provider == "tensorrt":
+        assert summary["model_file_run"] == "tiny-helsinki.fp16.onnx" and runs[0]
+    cpu_tiles = _tiles(open_store(on_cpu), read_manifest(open_store(on_cpu)))
+    gpu_tiles = _tiles(open_store(out), read_manifest(open_store(out)))
+    agreement = dot_agreement(cpu_tiles, gpu_tiles)
+    assert agreement.dots >= 9 and agreement.f1 >= least_f1
+
+
 def test_a_rerun_skips_the_tiles_already_generated(kotka, generated, tmp_path):
     _, first = generated
     out = tmp_path / "again"

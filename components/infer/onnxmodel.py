@@ -141,6 +141,10 @@ def _open_on(provider: str, model_path: Path, tile_px: tuple[int, int], batch_si
     available = ort.get_available_providers()
     if name not in available:
         raise ProviderUnavailable(provider, f"this onnxruntime has no {name}, only {', '.join(available)}")
+    if provider != "cpu":
+        # The CUDA 13 and cuDNN 9 libraries of the pip wheels (images/infer): found in site-packages, not
+        # on the loader's path. Where they come from the system instead, this finds them there.
+        ort.preload_dlls()
     if provider == "tensorrt":
         model_path = _fp16_variant(model_path)
         providers = [(name, _tensorrt_options(tile_px, batch_size, cache_dir)), PROVIDERS["cuda"], PROVIDERS["cpu"]]
