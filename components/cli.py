@@ -257,6 +257,49 @@ def _run_generate(args) -> dict:
                                      batch_size=args.batch_size, cache_dir=args.cache_dir))
 
 
+def _compile_parser(commands) -> None:
+    parser = commands.add_parser("compile", help="compile the Kubeflow pipelines to YAML",
+                                 description="Write pipeline/train.yaml, generate.yaml and end-to-end.yaml.")
+    parser.add_argument("--registry", help="the registry the stage images come from "
+                                           "(default $LOCGEN_IMAGE_REGISTRY or localhost:5000/locgen)")
+    parser.add_argument("--out-dir", type=Path, help="where to write them (default: the pipeline/ package)")
+    parser.set_defaults(run=_run_compile)
+
+
+def _run_compile(args) -> dict:
+    from pipeline.local import PIPELINE_DIR, compile_all  # kfp: installed where pipelines are compiled or run
+
+    return {"written": [str(path) for path in compile_all(args.out_dir or PIPELINE_DIR, args.registry)]}
+
+
+def _run_parser(commands) -> None:
+    parser = commands.add_parser("run", help="run the end-to-end pipeline here (kfp.local) on the sample data",
+                                 description="Train the tiny preset on central Helsinki, generate for Kotka and for "
+                                             "the held-out part of Helsinki (scored against its real bicycle "
+                                             "points), extract the points: the Kubeflow pipeline, run locally.")
+    parser.add_argument("--pretrained", action="store_true", help="skip training: use the bundled generator")
+    parser.add_argument("--store", type=Path, default=Path("out/pipeline"),
+                        help="where the tiles, models and points go (%(default)s)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a pipeline parameter, e.g. steps=500 or target_grid=3 (JSON for lists; repeatable)")
+    parser.set_defaults(run=_run_run)
+
+
+def _run_run(args) -> dict:
+    from pipeline.local import run_sample
+
+    overrides = {}
+    for text in args.param:
+        name, _, raw = text.partition("=")
+        if not name or not raw:
+            raise LocgenError(f"--param {text}: give NAME=VALUE, e.g. steps=500")
+        try:
+            overrides[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[name] = raw
+    return run_sample(args.store, overrides, args.pretrained)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="locgen", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -267,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(commands)
     _export_parser(commands)
     _generate_parser(commands)
+    _compile_parser(commands)
+    _run_parser(commands)
     return parser
 
 

@@ -1,0 +1,21 @@
+"""The container image of each stage: one place for the tags the pipelines name and `make images` builds.
+
+`{registry}/{stage}:{version}`, the version being the project's. The registry is read from
+$LOCGEN_IMAGE_REGISTRY when the pipelines are defined (`locgen compile --registry` sets it); the
+committed YAML names the default, a registry on the local machine, as a kind or minikube cluster uses.
+"""
+
+import os
+
+from components import __version__
+
+DEFAULT_REGISTRY = "localhost:5000/locgen"
+REGISTRY_ENV = "LOCGEN_IMAGE_REGISTRY"
+STAGE_IMAGES = ("render", "train", "export", "infer", "extract")
+
+
+def image(stage: str) -> str:
+    if stage not in STAGE_IMAGES:
+        raise ValueError(f"no image for stage {stage!r}; stages: {', '.join(STAGE_IMAGES)}")
+    registry = os.environ.get(REGISTRY_ENV, DEFAULT_REGISTRY).rstrip("/")
+    return f"{registry}/{stage}:{__version__}"

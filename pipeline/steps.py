@@ -1,0 +1,269 @@
+"""What each pipeline component does, importable and testable: the component bodies only call these.
+
+Data lives in the object store (or a local folder) given as the pipeline's `store`, laid out per
+city and run:
+
+    {store}/{city}/tiles/{render}/      a tile set (a/, b/, manifest.jsonl); {render} is the hash of the
+                                        render settings, so every run that renders the same reuses it
+    {store}/{city}/runs/{run}/train/    checkpoints, generator.pt, metrics.jsonl, samples/
+    {store}/{city}/runs/{run}/model.onnx    with model.fp16.onnx and model.parity.json
+    {store}/{city}/runs/{run}/{render}/generated/   the generated tiles of the area rendered as {render}
+    {store}/{city}/runs/{run}/{render}/points.csv, points.geojson, preview.png, report.json, report.md
+
+`{run}` is the Kubeflow run's id. Each KFP artifact is a pointer: its metadata holds the `uri` of
+the data, and the lineage (city, area, sources and their sha256, style version, parent artifacts,
+project version, git commit); its file holds the same as JSON, for the Kubeflow UI.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import html
+import json
+import re
+import time
+from pathlib import Path
+
+from components import __version__
+from components.core.errors import LocgenError
+from components.core.geo import parse_bbox, parse_latlon
+from components.core.provenance import OSM_ATTRIBUTION, git_commit
+from components.core.storage import default_cache_dir, local_file, open_file_uri, open_store
+from components.render.style import STYLE_VERSION
+from components.render.tileset import MANIFEST_KEY
+
+# The stages, by the name of their component in the pipelines.
+STAGES = ("render", "train", "export", "infer", "extract", "evaluate")
+
+
+def timed(step):
+    """Log the step's wall time as the metric `seconds` (the local run's benchmark reads it too)."""
+    @functools.wraps(step)
+    def run(*args, **kwargs):
+        started = time.perf_counter()
+        step(*args, **kwargs)
+        kwargs["metrics"].log_metric("seconds", round(time.perf_counter() - started, 2))
+    return run
+
+
+def city_prefix(store: str, city: str) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", city.lower()).strip("-")
+    if not slug:
+        raise LocgenError(f"city {city!r}: give a name with letters or digits (it names the object-store folder)")
+    return f"{store.rstrip('/')}/{slug}"
+
+
+def run_uri(store: str, city: str, run_id: str, name: str) -> str:
+    return f"{city_prefix(store, city)}/runs/{run_id}/{name}"
+
+
+def lineage(city: str, parents: list[str], **facts) -> dict:
+    """The metadata every artifact carries (facts: area, sources, ... as each stage knows them)."""
+    return {"city": city, **facts, "parents": parents, "style_version": STYLE_VERSION, "locgen_version": __version__,
+            "git_commit": git_commit()}
+
+
+def publish_pointer(artifact, uri: str, metadata: dict) -> None:
+    """Make `artifact` point at `uri` (its metadata and its file) with `metadata`."""
+    artifact.metadata.update({"uri": uri, **metadata})
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(json.dumps(artifact.metadata, indent=2, ensure_ascii=False))
+
+
+def pointed_uri(artifact) -> str:
+    uri = artifact.metadata.get("uri")
+    if not uri:
+        raise LocgenError(f"input artifact {artifact.uri}: no 'uri' in its metadata; give an artifact a locgen "
+                          "component wrote")
+    return uri
+
+
+# --- render -----------------------------------------------------------------------------------------
+
+@timed
+def render_step(store: str, city: str, osm: str, locations: list[str], pairs: int, bbox: str, center: str, grid: int,
+                holdout: str, marker_radius_px: float, seed: int, tiles, metrics) -> None:
+    from components.render.job import RenderSettings, render
+
+    settings = RenderSettings(osm=[osm], out="", city=city, locations=list(locations), pairs=pairs or None,
+                              bbox=parse_bbox(bbox) if bbox else None,
+                              center=parse_latlon(center, "center") if center else None, grid=grid or None,
+                              holdout=parse_bbox(holdout, "holdout") if holdout else None,
+                              marker_radius_px=marker_radius_px, seed=seed, workers=0, progress=False)
+    identity = {"osm": osm, "locations": settings.locations, "pairs": pairs, "bbox": bbox, "center": center,
+                "grid": grid, "holdout": holdout, "marker_radius_px": marker_radius_px, "seed": seed}
+    settings.out = f"{city_prefix(store, city)}/tiles/{_short_hash(identity)}"
+    summary = render(settings)
+    rows = _manifest_rows(settings.out)
+    sources = {source["uri"]: source["sha256"] for row in rows for source in row["sources"]}
+    publish_pointer(tiles, settings.out, lineage(
+        city, [], area=_area(rows), render=identity, tiles=summary["tiles"], domains=summary["domains"],
+        sources=[{"uri": uri, "sha256": sha} for uri, sha in sorted(sources.items())],
+        manifest_sha256=_manifest_sha256(settings.out), attribution=OSM_ATTRIBUTION))
+    metrics.log_metric("tiles", summary["tiles"])
+    metrics.log_metric("tiles_rendered", summary["rendered"])
+
+
+def _short_hash(document: dict) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _manifest_rows(uri: str) -> list[dict]:
+    from components.render.tileset import read_manifest
+
+    return read_manifest(open_store(uri))
+
+
+def _manifest_sha256(uri: str) -> str:
+    return hashlib.sha256(open_store(uri).get_bytes(MANIFEST_KEY)).hexdigest()
+
+
+def _area(rows: list[dict]) -> list[float]:
+    """The lon/lat bbox the tiles cover: west, south, east, north."""
+    bounds = [row["bounds_lonlat"] for row in rows]
+    return [min(b[0] for b in bounds), min(b[1] for b in bounds), max(b[2] for b in bounds), max(b[3] for b in bounds)]
+
+
+# --- train and export -------------------------------------------------------------------------------
+
+@timed
+def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int, training_tiles, model,
+               metrics) -> None:
+    from components.train.config import PRESETS
+    from components.train.train import GENERATOR_KEY, TrainSettings, train
+
+    tiles_uri = pointed_uri(training_tiles)
+    city = training_tiles.metadata["city"]
+    config = PRESETS[preset].override(**{name: value for name, value in (("steps", steps), ("batch_size", batch_size))
+                                         if value})
+    out = run_uri(store, city, run_id, "train")
+    summary = train(TrainSettings(data=tiles_uri, out=out, config=config, resume=open_store(out).exists(
+        "checkpoints/last.pt"), progress=False))
+    best = summary.get("best") or {}
+    publish_pointer(model, f"{out}/{GENERATOR_KEY}", lineage(
+        city, [tiles_uri], area=training_tiles.metadata.get("area"), preset=preset, steps=config.steps,
+        batch_size=config.batch_size, training_manifest_sha256=training_tiles.metadata.get("manifest_sha256"),
+        validation=best))
+    metrics.log_metric("steps", summary["steps"])
+    last_losses = next((row for row in reversed(_train_metrics(out)) if "loss_nce" in row), {})
+    for name, value in {**{f"last_{k}": v for k, v in last_losses.items() if k.startswith("loss_")},
+                        **{f"validation_{k}": v for k, v in best.items() if k != "step"}}.items():
+        if isinstance(value, (int, float)) and value == value:  # NaN: no held-out tile
+            metrics.log_metric(name, value)
+
+
+def _train_metrics(out: str) -> list[dict]:
+    from components.train.train import METRICS_KEY
+
+    return [json.loads(line) for line in open_store(out).get_bytes(METRICS_KEY).decode().splitlines() if line]
+
+
+@timed
+def export_step(store: str, run_id: str, generator, training_tiles, onnx_model, metrics) -> None:
+    from components.export.exporter import ExportSettings, export
+
+    city = generator.metadata["city"]
+    out = run_uri(store, city, run_id, "model.onnx")
+    summary = export(ExportSettings(out=out, checkpoint=pointed_uri(generator), tiles=pointed_uri(training_tiles)))
+    publish_pointer(onnx_model, out, lineage(
+        city, [pointed_uri(generator), pointed_uri(training_tiles)], area=generator.metadata.get("area"),
+        opset=summary["opset"], fp16_model=summary["fp16_model"], parity_report=summary["parity_report"],
+        fp32_max_abs_diff=summary["fp32_max_abs_diff"], fp16_dot_f1=summary["fp16_dot_f1"]))
+    metrics.log_metric("fp32_max_abs_diff", summary["fp32_max_abs_diff"])
+    metrics.log_metric("fp16_dot_f1", summary["fp16_dot_f1"])
+
+
+# --- infer, extract, evaluate -----------------------------------------------------------------------
+
+@timed
+def generate_step(store: str, run_id: str, model_uri: str, provider: str, batch_size: int, onnx_model, tiles,
+                  generated, metrics) -> None:
+    """Translate the plain tiles with the exported model (an artifact), else `model_uri`, else the bundled model."""
+    from components.infer.job import generate
+    from components.infer.settings import GenerateSettings
+
+    city = tiles.metadata["city"]
+    model_uri = pointed_uri(onnx_model) if onnx_model is not None else model_uri or None
+    area = pointed_uri(tiles).rstrip("/").rsplit("/", 1)[-1]  # the render's hash: areas of one city stay apart
+    out = run_uri(store, city, run_id, f"{area}/generated")
+    summary = generate(GenerateSettings(tiles=pointed_uri(tiles), out=out, model=model_uri, provider=provider,
+                                        batch_size=batch_size, progress=False))
+    publish_pointer(generated, out, lineage(
+        city, [summary["model"], pointed_uri(tiles)], area=tiles.metadata.get("area"), tiles=summary["tiles"],
+        provider=summary["provider"], model_sha256=summary["model_sha256"], attribution=OSM_ATTRIBUTION))
+    metrics.log_metric("tiles", summary["tiles"])
+    metrics.log_metric("tiles_generated", summary["generated"])
+
+
+@timed
+def extract_step(truth: list[str], truth_bbox: str, osm: str, generated, points, preview, summary, metrics) -> None:
+    """Extract the points (CSV, GeoJSON, preview) beside the generated tile set; with `truth`, score
+    them in `truth_bbox` against it."""
+    from components.extract.job import ExtractSettings, extract
+
+    city = generated.metadata["city"]
+    tiles_uri = pointed_uri(generated)
+    folder = tiles_uri.rstrip("/").rsplit("/", 1)[0]
+    csv_uri, geojson_uri, preview_uri = (f"{folder}/{name}" for name in ("points.csv", "points.geojson", "preview.png"))
+    result = extract(ExtractSettings(tiles=tiles_uri, out=csv_uri, preview=preview_uri, progress=False))
+    extract(ExtractSettings(tiles=tiles_uri, out=geojson_uri, progress=False))
+    rows = [("city", city), ("tiles", result["tiles"]), ("points", result["points"]), ("points (CSV)", csv_uri),
+            ("points (GeoJSON)", geojson_uri)]
+    report = _evaluate(csv_uri, list(truth), truth_bbox, osm, metrics) if truth else None
+    if report is not None:
+        rows += [("evaluation", report["uri"]), ("verdict", report["verdict"])]
+    publish_pointer(points, csv_uri, lineage(
+        city, [tiles_uri], area=generated.metadata.get("area"), geojson=geojson_uri, preview=preview_uri,
+        points=result["points"], evaluation=report["uri"] if report else None, attribution=OSM_ATTRIBUTION))
+    metrics.log_metric("tiles", result["tiles"])
+    metrics.log_metric("points", result["points"])
+    preview_store, preview_key = open_file_uri(preview_uri)
+    title = f"locgen: predicted positions in {city}"
+    Path(preview.path).write_text(_html_page(title, preview_store.get_bytes(preview_key), rows))
+    Path(summary.path).write_text(_markdown(title, rows) + (f"\n{report['markdown']}" if report else ""))
+
+
+def _evaluate(points_uri: str, truth: list[str], bbox: str, osm: str, metrics) -> dict:
+    """Score the points against the truth and the baselines; the model's numbers go to the metrics."""
+    from components.extract.evaluate import EvaluateSettings, evaluate
+
+    if not bbox:
+        raise LocgenError("truth given without truth_bbox: give the area W,S,E,N to score the points in")
+    out = points_uri.rsplit("/", 1)[0] + "/report.json"
+    osm_files = [str(local_file(osm, default_cache_dir() / "osm"))] if osm else []
+    result = evaluate(EvaluateSettings(generated=points_uri, truth=truth, bbox=parse_bbox(bbox, "truth_bbox"),
+                                       out=out, osm=osm_files, progress=False))
+    for name, value in _flat_numbers(result["model"]).items():
+        metrics.log_metric(f"evaluation_{name}", value)
+    store, key = open_file_uri(out.removesuffix(".json") + ".md")
+    return {"uri": out, "verdict": result["verdict"]["line"], "markdown": store.get_bytes(key).decode()}
+
+
+def _flat_numbers(scores: dict, prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested score dict, by joined names (KFP metrics are flat)."""
+    flat = {}
+    for name, value in scores.items():
+        if isinstance(value, dict):
+            flat.update(_flat_numbers(value, f"{prefix}{name}_"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{name}"] = float(value)
+    return flat
+
+
+def _html_page(title: str, png: bytes, rows: list[tuple[str, object]]) -> str:
+    """One self-contained page for the Kubeflow UI: the preview as an embedded image, a table, the attribution."""
+    table = "".join(f"<tr><th>{html.escape(str(name))}</th><td>{html.escape(str(value))}</td></tr>"
+                    for name, value in rows)
+    image = base64.b64encode(png).decode()
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+            f"<h1>{html.escape(title)}</h1><table>{table}</table>"
+            f"<img alt='preview' style='max-width:100%' src='data:image/png;base64,{image}'>"
+            f"<p>{html.escape(OSM_ATTRIBUTION)}</p></body></html>")
+
+
+def _markdown(title: str, rows: list[tuple[str, object]]) -> str:
+    lines = [f"# {title}", "", "| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows), "",
+             OSM_ATTRIBUTION, ""]
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""The Kubeflow pipelines: fresh compiled YAML, the cluster settings where stated, a real kfp.local run with
+lineage, and bad parameters refused before any stage runs."""
+
+import json
+
+import pytest
+import yaml
+
+from components.cli import main
+from components.core.errors import LocgenError
+from components.core.provenance import OSM_ATTRIBUTION, git_commit
+from pipeline.images import STAGE_IMAGES
+from pipeline.local import PIPELINE_DIR, check_parameters, compile_all, run_sample
+from pipeline.pipelines import OBJECT_STORE_SECRET, PIPELINES, end_to_end_pipeline, generation_pipeline
+
+GPU_COMPONENTS = {"train-generator", "generate-tiles"}
+# A small end-to-end run: 12 training pairs, 4 training steps, a 2 x 2 grid of Kotka.
+SMALL = {"pairs": 12, "steps": 4, "target_grid": 2}
+
+
+def _documents(path) -> tuple[dict, dict]:
+    """(pipeline spec, platform spec) of a compiled pipeline file."""
+    documents = list(yaml.safe_load_all(path.read_text()))
+    return documents[0], documents[1] if len(documents) > 1 else {}
+
+
+def test_committed_yaml_is_what_compile_writes(tmp_path):
+    written = compile_all(tmp_path)
+    assert sorted(path.name for path in written) == sorted(f"{name}.yaml" for name in PIPELINES)
+    for path in written:
+        committed = PIPELINE_DIR / path.name
+        assert committed.read_text() == path.read_text(), f"{committed} is stale: run locgen compile"
+
+
+def test_each_stage_has_its_own_image_and_gpu_secret_toleration_and_caching_settings():
+    spec, platform = _documents(PIPELINE_DIR / "end-to-end.yaml")
+    executors = spec["deploymentSpec"]["executors"]
+    images = {name.removeprefix("exec-"): executor["container"]["image"] for name, executor in executors.items()}
+    by_component = {}
+    for task_name, image in images.items():
+        by_component.setdefault(task_name.rsplit("-", 1)[0] if task_name[-1].isdigit() else task_name, set()).add(image)
+    assert {component: len(names) for component, names in by_component.items()} == dict.fromkeys(by_component, 1)
+    stage_images = {next(iter(names)) for names in by_component.values()}
+    assert len(stage_images) == len(by_component) == len(STAGE_IMAGES)  # one distinct image per component
+    assert all(image.startswith("localhost:5000/locgen/") for image in stage_images)
+    for name, executor in executors.items():
+        resources = executor["container"]["resources"]
+        gpu = name.removeprefix("exec-").rstrip("-0123456789") in GPU_COMPONENTS
+        assert ("accelerator" in resources) == gpu, name
+        if gpu:
+            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert resources["cpuRequest"] and resources["memoryLimit"]
+        config = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][name]
+        assert config["secretAsEnv"][0]["secretName"] == OBJECT_STORE_SECRET
+        assert {entry["envVar"] for entry in config["secretAsEnv"][0]["keyToEnv"]} >= {
+            "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        assert ("tolerations" in config) == gpu, name
+    tasks = spec["root"]["dag"]["tasks"]
+    cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
+    assert cached == {name for name in tasks if name.startswith("render-tiles")}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    return store, run_sample(store, SMALL, pretrained=False)
+
+
+def test_end_to_end_runs_locally_and_every_artifact_names_its_lineage(small_run):
+    store, where = small_run
+    for key in ("points_csv", "points_geojson", "preview", "holdout_points_csv", "evaluation_report"):
+        assert where[key].startswith(str(store)), key
+    geojson = json.loads(open(where["points_geojson"]).read())
+    assert geojson["type"] == "FeatureCollection" and geojson["attribution"] == OSM_ATTRIBUTION
+    assert "| F1 within 50 m |" in open(where["evaluation_report"]).read()
+    run = next((store / "kfp").iterdir())
+    artifacts = {}
+    for executor_output in run.glob("*/executor_output.json"):
+        for name, listing in json.loads(executor_output.read_text()).get("artifacts", {}).items():
+            artifacts[f"{executor_output.parent.name}/{name}"] = listing["artifacts"][0]["metadata"]
+    pointers = {key: meta for key, meta in artifacts.items() if "uri" in meta}
+    assert {key.split("/")[1] for key in pointers} == {"tiles", "generator", "onnx_model", "generated", "points"}
+    for key, meta in pointers.items():
+        assert meta["city"] in ("helsinki", "kotka") and meta["locgen_version"] == "0.1.0", key
+        assert meta["git_commit"] == git_commit() and meta["style_version"] == "1", key
+    tiles = pointers["render-tiles/tiles"]
+    assert tiles["tiles"] == 24 and tiles["manifest_sha256"] and len(tiles["area"]) == 4
+    assert all(len(source["sha256"]) == 64 for source in tiles["sources"]) and tiles["sources"]
+    assert pointers["train-generator/generator"]["parents"] == [tiles["uri"]]
+    assert pointers["export-onnx/onnx_model"]["parents"][0] == pointers["train-generator/generator"]["uri"]
+    generated = [meta for key, meta in pointers.items() if key.endswith("/generated")]
+    assert all(meta["parents"][0] == pointers["export-onnx/onnx_model"]["uri"] for meta in generated)
+    html_pages = list(run.glob("extract-points*/preview"))
+    assert len(html_pages) == 2
+    for page in html_pages:
+        text = page.read_text()
+        assert "data:image/png;base64," in text and OSM_ATTRIBUTION in text and "<table>" in text
+
+
+def test_a_rerun_reuses_the_rendered_tiles(small_run, tmp_path):
+    store, _ = small_run
+    tile_sets = sorted(path.parent for path in store.glob("*/tiles/*/manifest.jsonl"))
+    before = {path: sorted(p.stat().st_mtime_ns for p in path.rglob("*.png")) for path in tile_sets}
+    assert len(tile_sets) == 3  # the training pairs, Kotka and the held-out box
+    run_sample(store, SMALL, pretrained=False)
+    assert {path: sorted(p.stat().st_mtime_ns for p in path.rglob("*.png")) for path in tile_sets} == before
+
+
+def test_pretrained_runs_generation_with_the_bundled_model(tmp_path):
+    where = run_sample(tmp_path, {"grid": 2}, pretrained=True)
+    assert where["points"] > 0  # the bundled generator paints markers on Kotka
+    report = open(where["evaluation_report"]).read()
+    assert "**Verdict:**" in report
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"preset": "huge"}, "preset 'huge': unknown; give one of fastcut, tiny"),
+    ({"target_center": "", "target_bbox": ""}, "no area: give target_bbox"),
+    ({"target_bbox": "1,2,3"}, "target_bbox: '1,2,3' is not WEST,SOUTH,EAST,NORTH"),
+    ({"osm": "/nowhere.osm.pbf"}, "osm /nowhere.osm.pbf: no such file"),
+    ({"locations": []}, "locations: give one or more location sources"),
+    ({"colour": "red"}, "unknown parameters ['colour']"),
+])
+def test_bad_parameters_fail_before_any_stage_runs(tmp_path, parameters, message):
+    with pytest.raises(LocgenError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        run_sample(tmp_path, parameters, pretrained=False)
+    assert not (tmp_path / "kfp").exists()
+
+
+def test_cli_run_and_compile_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--store", str(tmp_path), "--param", "steps"])
+    assert "--param steps: give NAME=VALUE" in capsys.readouterr().err
+    check_parameters(generation_pipeline, {"grid": 3})  # the pipelines' own defaults are valid
+    check_parameters(end_to_end_pipeline, {})
