@@ -15,14 +15,31 @@ from pipeline.images import image
 
 
 @dsl.component(base_image=image("render"), install_kfp_package=False)
+def shard_indices(shards: int) -> List[int]:
+    """0 .. shards - 1: what a ParallelFor over the shards of a tile set runs on."""
+    if shards < 1:
+        raise ValueError(f"shards {shards}: give 1 or more")
+    return list(range(shards))
+
+
+@dsl.component(base_image=image("render"), install_kfp_package=False)
 def render_tiles(store: str, city: str, osm: str, locations: List[str], pairs: int, bbox: str, center: str, grid: int,
-                 holdout: str, marker_radius_px: float, seed: int, tiles: Output[Dataset], metrics: Output[Metrics]):
-    """Render a tile set: training pairs around the locations (pairs > 0), or the tiles of an area."""
+                 holdout: str, marker_radius_px: float, seed: int, shard: int, shards: int, tiles: Output[Dataset],
+                 metrics: Output[Metrics]):
+    """Render one shard of a tile set: training pairs around the locations (pairs > 0), or the tiles of an area."""
     from pipeline.steps import render_step
 
     render_step(store=store, city=city, osm=osm, locations=locations, pairs=pairs, bbox=bbox, center=center,
-                grid=grid, holdout=holdout, marker_radius_px=marker_radius_px, seed=seed, tiles=tiles,
-                metrics=metrics)
+                grid=grid, holdout=holdout, marker_radius_px=marker_radius_px, seed=seed, shard=shard, shards=shards,
+                tiles=tiles, metrics=metrics)
+
+
+@dsl.component(base_image=image("render"), install_kfp_package=False)
+def collect_tiles(parts: Input[List[Dataset]], tiles: Output[Dataset], metrics: Output[Metrics]):
+    """Merge the shards of a tile set (rendered or generated) into one, with its lineage."""
+    from pipeline.steps import collect_step
+
+    collect_step(parts=parts, tiles=tiles, metrics=metrics)
 
 
 @dsl.component(base_image=image("train"), install_kfp_package=False)
@@ -46,13 +63,15 @@ def export_onnx(store: str, run_id: str, generator: Input[Model], training_tiles
 
 
 @dsl.component(base_image=image("infer"), install_kfp_package=False)
-def generate_tiles(store: str, run_id: str, model_uri: str, provider: str, batch_size: int, tiles: Input[Dataset],
-                   generated: Output[Dataset], metrics: Output[Metrics], onnx_model: Optional[Input[Model]] = None):
-    """Run the generator (the artifact, else model_uri, else the bundled model) on the plain tiles."""
+def generate_tiles(store: str, run_id: str, model_uri: str, provider: str, batch_size: int, shard: int, shards: int,
+                   tiles: Input[Dataset], generated: Output[Dataset], metrics: Output[Metrics],
+                   onnx_model: Optional[Input[Model]] = None):
+    """Run the generator (the artifact, else model_uri, else the bundled model) on one shard of the plain tiles."""
     from pipeline.steps import generate_step
 
     generate_step(store=store, run_id=run_id, model_uri=model_uri, provider=provider, batch_size=batch_size,
-                  onnx_model=onnx_model, tiles=tiles, generated=generated, metrics=metrics)
+                  shard=shard, shards=shards, onnx_model=onnx_model, tiles=tiles, generated=generated,
+                  metrics=metrics)
 
 
 @dsl.component(base_image=image("extract"), install_kfp_package=False)

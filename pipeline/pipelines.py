@@ -12,9 +12,17 @@ that folder empty.
 from typing import List, NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Dataset
+from kfp.dsl import Dataset, Model
 
-from pipeline.components import export_onnx, extract_points, generate_tiles, render_tiles, train_generator
+from pipeline.components import (
+    collect_tiles,
+    export_onnx,
+    extract_points,
+    generate_tiles,
+    render_tiles,
+    shard_indices,
+    train_generator,
+)
 
 OBJECT_STORE_SECRET = "locgen-object-store"  # keys named as the variables (manifests/ has the template)
 OBJECT_STORE_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
@@ -45,49 +53,61 @@ def _on_cluster(task: dsl.PipelineTask, gpu: bool = False, cache: bool = False) 
     return task
 
 
+def _rendered(store: str, city: str, osm: str, locations: List[str], pairs: int, bbox: str, center: str, grid: int,
+              holdout: str, marker_radius_px: float, seed: int, shards: int) -> dsl.PipelineTask:
+    """Render a tile set in `shards` parallel tasks and collect it; returns the collect task."""
+    indices = _on_cluster(shard_indices(shards=shards), cache=True)
+    with dsl.ParallelFor(items=indices.output) as shard:
+        part = _on_cluster(render_tiles(store=store, city=city, osm=osm, locations=locations, pairs=pairs, bbox=bbox,
+                                        center=center, grid=grid, holdout=holdout, marker_radius_px=marker_radius_px,
+                                        seed=seed, shard=shard, shards=shards), cache=True)
+    return _on_cluster(collect_tiles(parts=dsl.Collected(part.outputs["tiles"])), cache=True)
+
+
 def _train(store: str, city: str, osm: str, locations: List[str], pairs: int, holdout: str, marker_radius_px: float,
-           seed: int, preset: str, steps: int, batch_size: int) -> tuple[dsl.PipelineTask, dsl.PipelineTask]:
-    """The training tasks: (render pairs, export); the export's onnx_model is the trained model."""
-    pairs_task = _on_cluster(render_tiles(store=store, city=city, osm=osm, locations=locations, pairs=pairs, bbox="",
-                                          center="", grid=0, holdout=holdout, marker_radius_px=marker_radius_px,
-                                          seed=seed), cache=True)
-    pairs_task.set_display_name("render training pairs")
+           seed: int, preset: str, steps: int, batch_size: int, shards: int) -> dsl.PipelineTask:
+    """The training tasks; returns the export task, whose onnx_model is the trained model."""
+    pairs_task = _rendered(store, city, osm, locations, pairs, "", "", 0, holdout, marker_radius_px, seed, shards)
     training = _on_cluster(train_generator(store=store, run_id=RUN_ID, preset=preset, steps=steps,
                                            batch_size=batch_size, training_tiles=pairs_task.outputs["tiles"]),
                            gpu=True)
-    exported = _on_cluster(export_onnx(store=store, run_id=RUN_ID, generator=training.outputs["generator"],
-                                       training_tiles=pairs_task.outputs["tiles"]))
-    return pairs_task, exported
+    return _on_cluster(export_onnx(store=store, run_id=RUN_ID, generator=training.outputs["generator"],
+                                   training_tiles=pairs_task.outputs["tiles"]))
 
 
 def _generate(store: str, city: str, osm: str, bbox: str, center: str, grid: int, model_uri: str, provider: str,
-              batch_size: int, truth: List[str], truth_bbox: str, onnx_model=None) -> dsl.PipelineTask:
-    """The generation tasks for one area; returns the extract task."""
-    area = _on_cluster(render_tiles(store=store, city=city, osm=osm, locations=[], pairs=0, bbox=bbox, center=center,
-                                    grid=grid, holdout="", marker_radius_px=PLAIN_MARKER_RADIUS_PX, seed=0),
-                       cache=True)
-    area.set_display_name("render area")
+              batch_size: int, truth: List[str], truth_bbox: str, shards: int, onnx_model=None) -> dsl.PipelineTask:
+    """The generation tasks for one area, rendered and translated in `shards` parallel tasks each; returns the
+    extract task."""
+    area = _rendered(store, city, osm, [], 0, bbox, center, grid, "", PLAIN_MARKER_RADIUS_PX, 0, shards)
     model = {} if onnx_model is None else {"onnx_model": onnx_model}  # none: model_uri, else the bundled model
-    generated = _on_cluster(generate_tiles(store=store, run_id=RUN_ID, model_uri=model_uri, provider=provider,
-                                           batch_size=batch_size, tiles=area.outputs["tiles"], **model), gpu=True)
+    indices = _on_cluster(shard_indices(shards=shards), cache=True)
+    with dsl.ParallelFor(items=indices.output) as shard:
+        part = _on_cluster(generate_tiles(store=store, run_id=RUN_ID, model_uri=model_uri, provider=provider,
+                                          batch_size=batch_size, shard=shard, shards=shards,
+                                          tiles=area.outputs["tiles"], **model), gpu=True)
+    generated = _on_cluster(collect_tiles(parts=dsl.Collected(part.outputs["generated"])))
     return _on_cluster(extract_points(truth=truth, truth_bbox=truth_bbox, osm=osm,
-                                      generated=generated.outputs["generated"]))
+                                      generated=generated.outputs["tiles"]))
 
 
 @dsl.pipeline(name="locgen-train", description="Render training pairs for a city, train FastCUT, export to ONNX.")
 def training_pipeline(city: str = "helsinki", osm: str = SAMPLE_OSM, locations: List[str] = SAMPLE_LOCATIONS,
                       pairs: int = 400, holdout: str = SAMPLE_HOLDOUT, marker_radius_px: float = 5.0, seed: int = 0,
-                      preset: str = "tiny", steps: int = 0, batch_size: int = 0, store: str = SAMPLE_STORE):
-    _train(store, city, osm, locations, pairs, holdout, marker_radius_px, seed, preset, steps, batch_size)
+                      preset: str = "tiny", steps: int = 0, batch_size: int = 0, shards: int = 1,
+                      store: str = SAMPLE_STORE) -> Model:
+    return _train(store, city, osm, locations, pairs, holdout, marker_radius_px, seed, preset, steps, batch_size,
+                  shards).outputs["onnx_model"]
 
 
 @dsl.pipeline(name="locgen-generate",
               description="Render a city's map, generate vehicle markers with a model, extract their positions.")
 def generation_pipeline(city: str = "kotka", osm: str = SAMPLE_TARGET_OSM, center: str = "60.53,26.95", grid: int = 5,
                         bbox: str = "", model_uri: str = "", provider: str = "auto", batch_size: int = 8,
-                        truth: List[str] = [], truth_bbox: str = "", store: str = SAMPLE_STORE) -> Dataset:
-    return _generate(store, city, osm, bbox, center, grid, model_uri, provider, batch_size, truth,
-                     truth_bbox).outputs["points"]
+                        truth: List[str] = [], truth_bbox: str = "", shards: int = 1,
+                        store: str = SAMPLE_STORE) -> Dataset:
+    return _generate(store, city, osm, bbox, center, grid, model_uri, provider, batch_size, truth, truth_bbox,
+                     shards).outputs["points"]
 
 
 @dsl.pipeline(name="locgen-end-to-end",
@@ -97,16 +117,16 @@ def end_to_end_pipeline(city: str = "helsinki", osm: str = SAMPLE_OSM, locations
                         pairs: int = 400, holdout: str = SAMPLE_HOLDOUT, marker_radius_px: float = 5.0, seed: int = 0,
                         preset: str = "tiny", steps: int = 0, batch_size: int = 0, target_city: str = "kotka",
                         target_osm: str = SAMPLE_TARGET_OSM, target_center: str = "60.53,26.95",
-                        target_grid: int = 5, target_bbox: str = "", provider: str = "auto",
+                        target_grid: int = 5, target_bbox: str = "", provider: str = "auto", shards: int = 1,
                         store: str = SAMPLE_STORE) -> NamedTuple("Outputs", target_points=Dataset,
                                                                  holdout_points=Dataset):
-    _, exported = _train(store, city, osm, locations, pairs, holdout, marker_radius_px, seed, preset, steps,
-                         batch_size)
-    model = exported.outputs["onnx_model"]
+    model = _train(store, city, osm, locations, pairs, holdout, marker_radius_px, seed, preset, steps, batch_size,
+                   shards).outputs["onnx_model"]
     target = _generate(store, target_city, target_osm, target_bbox, target_center, target_grid, "", provider, 8, [],
-                       "", onnx_model=model)
+                       "", shards, onnx_model=model)
     # The held-out box of the training city: ground the model never saw, with its real positions.
-    held_out = _generate(store, city, osm, holdout, "", 0, "", provider, 8, locations, holdout, onnx_model=model)
+    held_out = _generate(store, city, osm, holdout, "", 0, "", provider, 8, locations, holdout, shards,
+                         onnx_model=model)
     outputs = NamedTuple("Outputs", target_points=Dataset, holdout_points=Dataset)
     return outputs(target_points=target.outputs["points"], holdout_points=held_out.outputs["points"])
 

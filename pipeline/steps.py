@@ -84,40 +84,51 @@ def pointed_uri(artifact) -> str:
 
 @timed
 def render_step(store: str, city: str, osm: str, locations: list[str], pairs: int, bbox: str, center: str, grid: int,
-                holdout: str, marker_radius_px: float, seed: int, tiles, metrics) -> None:
+                holdout: str, marker_radius_px: float, seed: int, shard: int, shards: int, tiles, metrics) -> None:
+    """Render one shard of a tile set (every shards-th planned tile); collect_step publishes the whole."""
     from components.render.job import RenderSettings, render
 
     settings = RenderSettings(osm=[osm], out="", city=city, locations=list(locations), pairs=pairs or None,
                               bbox=parse_bbox(bbox) if bbox else None,
                               center=parse_latlon(center, "center") if center else None, grid=grid or None,
                               holdout=parse_bbox(holdout, "holdout") if holdout else None,
-                              marker_radius_px=marker_radius_px, seed=seed, workers=0, progress=False)
+                              marker_radius_px=marker_radius_px, seed=seed, workers=0, progress=False, shard=shard,
+                              shards=shards)
     identity = {"osm": osm, "locations": settings.locations, "pairs": pairs, "bbox": bbox, "center": center,
                 "grid": grid, "holdout": holdout, "marker_radius_px": marker_radius_px, "seed": seed}
     settings.out = f"{city_prefix(store, city)}/tiles/{_short_hash(identity)}"
     summary = render(settings)
-    rows = _manifest_rows(settings.out)
-    sources = {source["uri"]: source["sha256"] for row in rows for source in row["sources"]}
-    publish_pointer(tiles, settings.out, lineage(
-        city, [], area=_area(rows), render=identity, tiles=summary["tiles"], domains=summary["domains"],
-        sources=[{"uri": uri, "sha256": sha} for uri, sha in sorted(sources.items())],
-        manifest_sha256=_manifest_sha256(settings.out), attribution=OSM_ATTRIBUTION))
+    publish_pointer(tiles, settings.out, lineage(city, [], render=identity, shard=shard, shards=shards))
     metrics.log_metric("tiles", summary["tiles"])
     metrics.log_metric("tiles_rendered", summary["rendered"])
 
 
+@timed
+def collect_step(parts: list, tiles, metrics) -> None:
+    """The tile set the shards made: their manifest parts merged in plan order, and its lineage."""
+    from components.render.tileset import merge_manifest_parts, read_manifest
+
+    uris = {pointed_uri(part) for part in parts}
+    if len(uris) != 1:
+        raise LocgenError(f"shards of different tile sets {sorted(uris)}: collect the shards of one tile set")
+    uri = uris.pop()
+    shards = int(parts[0].metadata["shards"])
+    store = open_store(uri)
+    rows = merge_manifest_parts(store, shards) if shards > 1 else read_manifest(store)
+    if not rows:
+        raise LocgenError(f"{uri}: the shards made no tile; check the area parameters")
+    sources = {source["uri"]: source["sha256"] for row in rows for source in row["sources"]}
+    shared = {key: value for key, value in parts[0].metadata.items() if key not in ("uri", "shard")}
+    publish_pointer(tiles, uri, {
+        **shared, "area": _area(rows), "tiles": len(rows), "domains": sorted({row["domain"] for row in rows}),
+        "sources": [{"uri": source, "sha256": sha} for source, sha in sorted(sources.items())],
+        "manifest_sha256": hashlib.sha256(store.get_bytes(MANIFEST_KEY)).hexdigest(), "attribution": OSM_ATTRIBUTION})
+    metrics.log_metric("tiles", len(rows))
+    metrics.log_metric("shards", shards)
+
+
 def _short_hash(document: dict) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _manifest_rows(uri: str) -> list[dict]:
-    from components.render.tileset import read_manifest
-
-    return read_manifest(open_store(uri))
-
-
-def _manifest_sha256(uri: str) -> str:
-    return hashlib.sha256(open_store(uri).get_bytes(MANIFEST_KEY)).hexdigest()
 
 
 def _area(rows: list[dict]) -> list[float]:
@@ -178,9 +189,10 @@ def export_step(store: str, run_id: str, generator, training_tiles, onnx_model, 
 # --- infer, extract, evaluate -----------------------------------------------------------------------
 
 @timed
-def generate_step(store: str, run_id: str, model_uri: str, provider: str, batch_size: int, onnx_model, tiles,
-                  generated, metrics) -> None:
-    """Translate the plain tiles with the exported model (an artifact), else `model_uri`, else the bundled model."""
+def generate_step(store: str, run_id: str, model_uri: str, provider: str, batch_size: int, shard: int, shards: int,
+                  onnx_model, tiles, generated, metrics) -> None:
+    """Translate one shard of the plain tiles (every shards-th) with the exported model (an artifact), else
+    `model_uri`, else the bundled model; collect_step publishes the whole."""
     from components.infer.job import generate
     from components.infer.settings import GenerateSettings
 
@@ -189,10 +201,10 @@ def generate_step(store: str, run_id: str, model_uri: str, provider: str, batch_
     area = pointed_uri(tiles).rstrip("/").rsplit("/", 1)[-1]  # the render's hash: areas of one city stay apart
     out = run_uri(store, city, run_id, f"{area}/generated")
     summary = generate(GenerateSettings(tiles=pointed_uri(tiles), out=out, model=model_uri, provider=provider,
-                                        batch_size=batch_size, progress=False))
+                                        batch_size=batch_size, progress=False, shard=shard, shards=shards))
     publish_pointer(generated, out, lineage(
-        city, [summary["model"], pointed_uri(tiles)], area=tiles.metadata.get("area"), tiles=summary["tiles"],
-        provider=summary["provider"], model_sha256=summary["model_sha256"], attribution=OSM_ATTRIBUTION))
+        city, [summary["model"], pointed_uri(tiles)], provider=summary["provider"],
+        model_sha256=summary["model_sha256"], shard=shard, shards=shards))
     metrics.log_metric("tiles", summary["tiles"])
     metrics.log_metric("tiles_generated", summary["generated"])
 

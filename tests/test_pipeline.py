@@ -2,20 +2,27 @@
 lineage, and bad parameters refused before any stage runs."""
 
 import json
+import re
 
 import pytest
 import yaml
+from conftest import HELSINKI_PBF
 
 from components.cli import main
 from components.core.errors import LocgenError
 from components.core.provenance import OSM_ATTRIBUTION, git_commit
+from components.core.storage import open_store
+from components.infer.job import generate
+from components.infer.settings import GenerateSettings
+from components.render.job import RenderSettings, render
+from components.render.tileset import MANIFEST_KEY, merge_manifest_parts, read_manifest
 from pipeline.images import STAGE_IMAGES
 from pipeline.local import PIPELINE_DIR, check_parameters, compile_all, run_sample
 from pipeline.pipelines import OBJECT_STORE_SECRET, PIPELINES, end_to_end_pipeline, generation_pipeline
 
 GPU_COMPONENTS = {"train-generator", "generate-tiles"}
-# A small end-to-end run: 12 training pairs, 4 training steps, a 2 x 2 grid of Kotka.
-SMALL = {"pairs": 12, "steps": 4, "target_grid": 2}
+# A small end-to-end run: 12 training pairs, 4 training steps, a 2 x 2 grid of Kotka, render and infer in 2 shards.
+SMALL = {"pairs": 12, "steps": 4, "target_grid": 2, "shards": 2}
 
 
 def _documents(path) -> tuple[dict, dict]:
@@ -32,20 +39,36 @@ def test_committed_yaml_is_what_compile_writes(tmp_path):
         assert committed.read_text() == path.read_text(), f"{committed} is stale: run locgen compile"
 
 
+STAGE_OF_COMPONENT = {"shard-indices": "render", "render-tiles": "render", "collect-tiles": "render",
+                      "train-generator": "train", "export-onnx": "export", "generate-tiles": "infer",
+                      "extract-points": "extract"}
+CACHED = {"shard-indices", "render-tiles"}  # and collect-tiles after a render, not after generate-tiles
+
+
+def _component(name: str) -> str:
+    """exec-render-tiles-2 / comp-render-tiles-2 / render-tiles-2 -> render-tiles."""
+    return re.sub(r"^(exec|comp)-|-\d+$", "", name)
+
+
+def _all_tasks(spec: dict) -> dict:
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
 def test_each_stage_has_its_own_image_and_gpu_secret_toleration_and_caching_settings():
     spec, platform = _documents(PIPELINE_DIR / "end-to-end.yaml")
     executors = spec["deploymentSpec"]["executors"]
-    images = {name.removeprefix("exec-"): executor["container"]["image"] for name, executor in executors.items()}
-    by_component = {}
-    for task_name, image in images.items():
-        by_component.setdefault(task_name.rsplit("-", 1)[0] if task_name[-1].isdigit() else task_name, set()).add(image)
-    assert {component: len(names) for component, names in by_component.items()} == dict.fromkeys(by_component, 1)
-    stage_images = {next(iter(names)) for names in by_component.values()}
-    assert len(stage_images) == len(by_component) == len(STAGE_IMAGES)  # one distinct image per component
-    assert all(image.startswith("localhost:5000/locgen/") for image in stage_images)
+    images = {}
+    for name, executor in executors.items():
+        stage = STAGE_OF_COMPONENT[_component(name)]
+        assert executor["container"]["image"] == f"localhost:5000/locgen/{stage}:0.1.0", name
+        images[stage] = executor["container"]["image"]
+    assert len(set(images.values())) == len(STAGE_IMAGES) == len(images)  # five stages, five distinct images
     for name, executor in executors.items():
         resources = executor["container"]["resources"]
-        gpu = name.removeprefix("exec-").rstrip("-0123456789") in GPU_COMPONENTS
+        gpu = _component(name) in GPU_COMPONENTS
         assert ("accelerator" in resources) == gpu, name
         if gpu:
             assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
@@ -55,9 +78,42 @@ def test_each_stage_has_its_own_image_and_gpu_secret_toleration_and_caching_sett
         assert {entry["envVar"] for entry in config["secretAsEnv"][0]["keyToEnv"]} >= {
             "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
         assert ("tolerations" in config) == gpu, name
-    tasks = spec["root"]["dag"]["tasks"]
-    cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
-    assert cached == {name for name in tasks if name.startswith("render-tiles")}
+    tasks = _all_tasks(spec)
+    for name, task in tasks.items():
+        if name.startswith("for-loop"):
+            continue
+        cached = task.get("cachingOptions", {}).get("enableCache", False)
+        after_render = _component(name) == "collect-tiles" and "render" in str(task["inputs"])
+        assert cached == (_component(name) in CACHED or after_render), name
+    assert {"train-generator", "export-onnx"} <= {_component(name) for name in tasks}
+
+
+def test_two_shards_make_the_tiles_one_makes(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    settings = dict(osm=[str(HELSINKI_PBF)], city="helsinki", pairs=9, progress=False,
+                    locations=["osm:amenity=bicycle_rental,amenity=bicycle_parking"])
+    render(RenderSettings(out=str(one), **settings))
+    for shard in (0, 1):
+        render(RenderSettings(out=str(two), shard=shard, shards=2, **settings))
+    assert not (two / MANIFEST_KEY).exists()  # only the parts, until collected
+    merge_manifest_parts(open_store(str(two)), 2)
+    assert (one / MANIFEST_KEY).read_bytes() == (two / MANIFEST_KEY).read_bytes()
+    pngs = sorted(path.relative_to(one) for path in one.rglob("*.png"))
+    assert len(pngs) == 18 and pngs == sorted(path.relative_to(two) for path in two.rglob("*.png"))
+    assert all((one / path).read_bytes() == (two / path).read_bytes() for path in pngs)
+    for shard in (0, 1):
+        generate(GenerateSettings(tiles=str(one), out=str(tmp_path / "generated-two"), shard=shard, shards=2,
+                                  progress=False))
+    generate(GenerateSettings(tiles=str(one), out=str(tmp_path / "generated-one"), progress=False))
+    merged = merge_manifest_parts(open_store(str(tmp_path / "generated-two")), 2)
+    assert merged == read_manifest(open_store(str(tmp_path / "generated-one")))
+    assert all((tmp_path / "generated-one" / row["path"]).read_bytes()
+               == (tmp_path / "generated-two" / row["path"]).read_bytes() for row in merged)
+    with pytest.raises(LocgenError, match="shard 1 of 3 has not published its part"):
+        render(RenderSettings(out=str(tmp_path / "three"), shard=0, shards=3, **settings))
+        merge_manifest_parts(open_store(str(tmp_path / "three")), 3)
+    with pytest.raises(LocgenError, match="shard 2 of 2: give shards >= 1 and a shard from 0 to shards - 1"):
+        render(RenderSettings(out=str(tmp_path / "bad"), shard=2, shards=2, **settings))
 
 
 @pytest.fixture(scope="module")
@@ -75,20 +131,22 @@ def test_end_to_end_runs_locally_and_every_artifact_names_its_lineage(small_run)
     assert "| F1 within 50 m |" in open(where["evaluation_report"]).read()
     run = next((store / "kfp").iterdir())
     artifacts = {}
-    for executor_output in run.glob("*/executor_output.json"):
+    for executor_output in run.rglob("executor_output.json"):  # the shards lie under for-loop-N-iteration-I/
         for name, listing in json.loads(executor_output.read_text()).get("artifacts", {}).items():
             artifacts[f"{executor_output.parent.name}/{name}"] = listing["artifacts"][0]["metadata"]
     pointers = {key: meta for key, meta in artifacts.items() if "uri" in meta}
     assert {key.split("/")[1] for key in pointers} == {"tiles", "generator", "onnx_model", "generated", "points"}
+    pointers = {key: meta for key, meta in pointers.items() if not key.startswith(("render-tiles", "generate-tiles"))}
     for key, meta in pointers.items():
         assert meta["city"] in ("helsinki", "kotka") and meta["locgen_version"] == "0.1.0", key
         assert meta["git_commit"] == git_commit() and meta["style_version"] == "1", key
-    tiles = pointers["render-tiles/tiles"]
+    tiles = pointers["collect-tiles/tiles"]
     assert tiles["tiles"] == 24 and tiles["manifest_sha256"] and len(tiles["area"]) == 4
     assert all(len(source["sha256"]) == 64 for source in tiles["sources"]) and tiles["sources"]
     assert pointers["train-generator/generator"]["parents"] == [tiles["uri"]]
     assert pointers["export-onnx/onnx_model"]["parents"][0] == pointers["train-generator/generator"]["uri"]
-    generated = [meta for key, meta in pointers.items() if key.endswith("/generated")]
+    generated = [meta for meta in pointers.values() if meta.get("domains") == ["a"] and "provider" in meta]
+    assert len(generated) == 2
     assert all(meta["parents"][0] == pointers["export-onnx/onnx_model"]["uri"] for meta in generated)
     html_pages = list(run.glob("extract-points*/preview"))
     assert len(html_pages) == 2

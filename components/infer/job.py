@@ -29,10 +29,10 @@ from components.infer.onnxmodel import Translator, check_tile_size, fp16_path, o
 from components.infer.settings import GenerateSettings
 from components.pretrained import BUNDLED_MODEL
 from components.render.tileset import (
-    MANIFEST_KEY,
     decode_tile,
     fetch_all,
     manifest_bytes,
+    manifest_key,
     plain_rows,
     png_text,
     tile_key,
@@ -48,20 +48,21 @@ def generate(settings: GenerateSettings) -> dict:
     """Translate every plain tile of settings.tiles into settings.out; returns a summary."""
     if settings.batch_size < 1:
         raise LocgenError(f"--batch-size {settings.batch_size}: give 1 or more tiles per batch")
+    published = manifest_key(settings.shard, settings.shards)
     store = open_store(settings.tiles)
-    rows = plain_rows(store, "--tiles")
+    rows = plain_rows(store, "--tiles")[settings.shard::settings.shards]
     model_uri = settings.model or f"bundled:{BUNDLED_MODEL.name}"  # a label that is the same on every machine
     model_path = BUNDLED_MODEL if settings.model is None else _local_model(settings.model, settings.cache_dir)
     metadata = read_metadata(model_path)
-    tile_px = _check_tiles(rows, metadata, settings.tiles)
+    tile_px = _check_tiles(rows or plain_rows(store, "--tiles"), metadata, settings.tiles)
     translator = open_translator(model_path, settings.provider, tile_px, settings.batch_size, settings.cache_dir)
     out_store = open_store(settings.out)
     out_rows = [_generated_row(row, model_uri, translator.model_sha256) for row in rows]
     existing = out_store.list_keys()
     todo = [(row, out_row) for row, out_row in zip(rows, out_rows) if out_row["path"] not in existing]
     _translate_all(store, out_store, todo, translator, settings, total=len(rows))
-    out_store.publish_bytes(MANIFEST_KEY, manifest_bytes(out_rows), "application/jsonl")
-    return {"tileset": out_store.uri, "manifest": out_store.url(MANIFEST_KEY), "tiles": len(out_rows),
+    out_store.publish_bytes(published, manifest_bytes(out_rows), "application/jsonl")
+    return {"tileset": out_store.uri, "manifest": out_store.url(published), "tiles": len(out_rows),
             "generated": len(todo), "skipped": len(out_rows) - len(todo), "model": model_uri,
             "model_file_run": translator.model_path.name, "model_sha256": translator.model_sha256,
             "provider": translator.session.get_providers()[0]}

@@ -22,3 +22,5 @@ class GenerateSettings:
     batch_size: int = 8
     cache_dir: Path = field(default_factory=default_cache_dir)  # downloaded models, TensorRT engines
     progress: bool = True
+    shard: int = 0  # with shards > 1: translate every shards-th plain tile from this one on, publish a part
+    shards: int = 1

@@ -33,7 +33,7 @@ from components.core.storage import Store, default_cache_dir, local_file, open_s
 from components.render.osm import MapData, header_bounds, read_osm
 from components.render.plan import PairSettings, PlannedTile, bbox_plan, grid_plan, pairs_plan
 from components.render.raster import draw_markers, render_map
-from components.render.tileset import MANIFEST_KEY, inputs_sha256, manifest_bytes, manifest_row, png_text, tile_key
+from components.render.tileset import inputs_sha256, manifest_bytes, manifest_key, manifest_row, png_text, tile_key
 from components.sources.locations import LocationSource, load_locations
 from components.sources.overpass import DEFAULT_OVERPASS_URL, fetch_overpass
 
@@ -69,6 +69,8 @@ class RenderSettings:
     overpass_url: str = DEFAULT_OVERPASS_URL
     cache_dir: Path = field(default_factory=default_cache_dir)
     progress: bool = True
+    shard: int = 0  # with shards > 1: render every shards-th planned tile from this one on, publish a part
+    shards: int = 1
 
 
 @dataclass
@@ -92,12 +94,17 @@ _JOB: _Job | None = None
 def render(settings: RenderSettings) -> dict:
     """Render and publish a tile set; returns a summary (tile counts, the manifest's URI)."""
     _check_mode(settings)
+    published = manifest_key(settings.shard, settings.shards)
     store = open_store(settings.out)
     osm_files = _osm_files(settings)
     sources = [load_locations(spec, osm_files=osm_files, drop_disabled=settings.drop_disabled,
                               drop_reserved=settings.drop_reserved) for spec in settings.locations]
     points_lonlat, weights = _positions(sources)
-    plan = _plan(settings, osm_files, points_lonlat, weights)
+    plan = _plan(settings, osm_files, points_lonlat, weights)[settings.shard::settings.shards]
+    if not plan:  # more shards than tiles
+        store.publish_bytes(published, b"", "application/jsonl")
+        return {"tileset": store.uri, "manifest": store.url(published), "city": settings.city, "tiles": 0,
+                "rendered": 0, "skipped": 0, "domains": [], "render_s": 0.0}
     map_data = _read_map(settings, osm_files, _plan_bounds_lonlat(plan))
     drawn = weights > 0  # a station with no bike available has nothing standing there
     job = _Job(map_data, store, settings.city or _default_city(settings),
@@ -107,8 +114,8 @@ def render(settings: RenderSettings) -> dict:
     started_s = time.perf_counter()
     rows, rendered = _render_all(job, plan, settings.workers, settings.progress)
     render_s = time.perf_counter() - started_s
-    store.publish_bytes(MANIFEST_KEY, manifest_bytes(rows), "application/jsonl")
-    return {"tileset": store.uri, "manifest": store.url(MANIFEST_KEY), "city": job.city, "tiles": len(rows),
+    store.publish_bytes(published, manifest_bytes(rows), "application/jsonl")
+    return {"tileset": store.uri, "manifest": store.url(published), "city": job.city, "tiles": len(rows),
             "rendered": rendered, "skipped": len(rows) - rendered,
             "domains": sorted({row["domain"] for row in rows}), "render_s": round(render_s, 3)}
 

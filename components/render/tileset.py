@@ -29,6 +29,7 @@ from components.render.plan import PlannedTile
 from components.render.style import STYLE_VERSION, style_sha256
 
 MANIFEST_KEY = "manifest.jsonl"
+MANIFEST_PARTS = "manifest-parts"  # one part per shard, merged into the manifest when every shard is done
 GEOREF_TEXT_KEY = "locgen:georef"
 KEY_HASH_CHARS = 16
 FETCH_THREADS = 8
@@ -94,6 +95,43 @@ def tile_of_row(row: dict) -> Tile:
 
 def read_manifest(store: Store) -> list[dict]:
     return parse_manifest(store.get_bytes(MANIFEST_KEY))
+
+
+def manifest_key(shard: int, shards: int) -> str:
+    """Where a run publishes its rows: the manifest, or for one of several shards its part of it."""
+    if shards < 1 or not 0 <= shard < shards:
+        raise LocgenError(f"shard {shard} of {shards}: give shards >= 1 and a shard from 0 to shards - 1")
+    return MANIFEST_KEY if shards == 1 else f"{MANIFEST_PARTS}/{shard:04d}-of-{shards:04d}.jsonl"
+
+
+def merge_manifest_parts(store: Store, shards: int) -> list[dict]:
+    """Publish the manifest of a tile set that `shards` shards made, each taking every shards-th tile
+    of the plan from its own index on: the rows back in plan order, as one run would have written them
+    (a planned tile's rows, the a/b twins that share its id, stay together)."""
+    parts = [_by_planned_tile(parse_manifest(_part(store, shard, shards))) for shard in range(shards)]
+    rows = [row for index in range(max(map(len, parts), default=0)) for part in parts if index < len(part)
+            for row in part[index]]
+    store.publish_bytes(MANIFEST_KEY, manifest_bytes(rows), "application/jsonl")
+    return rows
+
+
+def _by_planned_tile(rows: list[dict]) -> list[list[dict]]:
+    """Consecutive rows of one id (a planned tile's domains) as one group."""
+    groups: list[list[dict]] = []
+    for row in rows:
+        if groups and groups[-1][0]["id"] == row["id"]:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
+def _part(store: Store, shard: int, shards: int) -> bytes:
+    key = manifest_key(shard, shards)
+    if not store.exists(key):
+        raise LocgenError(f"{store.url(key)}: shard {shard} of {shards} has not published its part; run it (again) "
+                          "before collecting")
+    return store.get_bytes(key)
 
 
 def plain_rows(store: Store, option: str) -> list[dict]:
