@@ -20,8 +20,8 @@ test: install
 
 # The main job on the bundled sample data: the end-to-end Kubeflow pipeline, run here through kfp.local.
 # It trains the tiny preset on central Helsinki, generates for Kotka and for the held-out part of Helsinki
-# (scored against its real bicycle stations and parkings), and extracts the points (under 15 minutes on
-# 2 CPU cores). demo-pretrained skips training and uses the bundled generator (a minute).
+# (scored against its real bicycle stations and parkings), and extracts the points (about 9 minutes on
+# 2 CPU cores). demo-pretrained skips training and uses the bundled generator (seconds).
 demo: install
 	$(VENV)/bin/locgen run
 

@@ -6,7 +6,7 @@ work, from its start to its artifacts published) beside the whole run's wall tim
 kfp.local's start of each task's subprocess). `--pretrained` times the generation pipeline with the
 bundled model instead; `--param NAME=VALUE` (repeatable) changes a pipeline parameter.
 
-Prints one JSON document. Usage: python benchmarks/bench_pipeline.py [--pretrained] [--param steps=500]
+Prints one JSON document. Usage: python benchmarks/bench_pipeline.py [--pretrained] [--param steps=500] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from pipeline.local import run_sample
 
 
 def task_seconds(pipeline_root: Path) -> dict[str, float]:
-    """Each task's `seconds` metric, by run and task name."""
+    """Each task's `seconds` metric, by run/task (a shard's task under its loop iteration)."""
     seconds = {}
-    for output in sorted(pipeline_root.glob("*/*/executor_output.json")):
+    for output in sorted(pipeline_root.rglob("executor_output.json")):
         for listing in json.loads(output.read_text()).get("artifacts", {}).values():
             metadata = listing["artifacts"][0].get("metadata", {})
             if "seconds" in metadata:
-                seconds[f"{output.parent.parent.name[:30]}/{output.parent.name}"] = metadata["seconds"]
+                seconds[output.parent.relative_to(pipeline_root).as_posix()] = metadata["seconds"]
     return seconds
 
 
@@ -37,14 +37,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pretrained", action="store_true")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--keep", type=Path, help="an empty folder to run in and keep (default: a temporary one)")
     args = parser.parse_args()
     overrides = {name: json.loads(value) if value[:1] in "0123456789[{" else value
                  for name, _, value in (text.partition("=") for text in args.param)}
     with tempfile.TemporaryDirectory() as folder:
+        store = args.keep or Path(folder)
         started = time.perf_counter()
-        where = run_sample(Path(folder), overrides, args.pretrained)
+        where = run_sample(store, overrides, args.pretrained)
         wall_s = time.perf_counter() - started
-        stages = task_seconds(Path(folder) / "kfp")
+        stages = task_seconds(store / "kfp")
     print(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                       "pretrained": args.pretrained, "parameters": overrides, "wall_s": round(wall_s, 1),
                       "stage_s": stages, "stage_sum_s": round(sum(stages.values()), 1), "points": where["points"]},

@@ -43,12 +43,12 @@ def collect_tiles(parts: Input[List[Dataset]], tiles: Output[Dataset], metrics: 
 
 
 @dsl.component(base_image=image("train"), install_kfp_package=False)
-def train_generator(store: str, run_id: str, preset: str, steps: int, batch_size: int, training_tiles: Input[Dataset],
-                    generator: Output[Model], metrics: Output[Metrics]):
-    """Train FastCUT on the training pairs (resuming this run's checkpoint after a retry)."""
+def train_generator(store: str, run_id: str, preset: str, steps: int, batch_size: int, gpus: int,
+                    training_tiles: Input[Dataset], generator: Output[Model], metrics: Output[Metrics]):
+    """Train FastCUT on the training pairs, one DDP process per GPU (resuming the run's checkpoint after a retry)."""
     from pipeline.steps import train_step
 
-    train_step(store=store, run_id=run_id, preset=preset, steps=steps, batch_size=batch_size,
+    train_step(store=store, run_id=run_id, preset=preset, steps=steps, batch_size=batch_size, gpus=gpus,
                training_tiles=training_tiles, model=generator, metrics=metrics)
 
 

@@ -3,8 +3,9 @@ extract, and evaluate where truth is given), and the two chained end to end.
 
 The defaults are the bundled sample data (paths relative to a checkout, what `locgen run` uses): on a
 cluster, give the OSM data, locations and `store` as s3:// URIs. Every task reads the object-store
-settings (AWS_* variables) from the Kubernetes Secret OBJECT_STORE_SECRET. GPU tasks (train, infer)
-ask for one NVIDIA GPU and tolerate the usual GPU taint. Only render is cached: its output is a pure
+settings (AWS_* variables) from the Kubernetes Secret OBJECT_STORE_SECRET. GPU tasks ask for NVIDIA
+GPUs (train: `train_gpus` of them in one pod, one DDP process each; infer: one per shard) and tolerate
+the usual GPU taint. Only render is cached: its output is a pure
 function of its inputs; the other tasks write into their run's folder, so a cache hit would leave
 that folder empty.
 """
@@ -39,8 +40,10 @@ PLAIN_MARKER_RADIUS_PX = 3.0  # plain tiles draw no marker; a valid radius keeps
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
 
-def _on_cluster(task: dsl.PipelineTask, gpu: bool = False, cache: bool = False) -> dsl.PipelineTask:
-    """Resources, the object-store Secret, and for GPU tasks the accelerator and its toleration."""
+def _on_cluster(task: dsl.PipelineTask, gpus=None, cache: bool = False) -> dsl.PipelineTask:
+    """Resources, the object-store Secret, and for GPU tasks (gpus: a count or a pipeline parameter)
+    the accelerator and its toleration."""
+    gpu = gpus is not None
     cpu_request, cpu_limit, memory_request, memory_limit = RESOURCES["gpu" if gpu else "cpu"]
     task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
     task.set_memory_request(memory_request).set_memory_limit(memory_limit)
@@ -48,7 +51,7 @@ def _on_cluster(task: dsl.PipelineTask, gpu: bool = False, cache: bool = False) 
     kubernetes.use_secret_as_env(task, secret_name=OBJECT_STORE_SECRET,
                                  secret_key_to_env={name: name for name in OBJECT_STORE_VARIABLES})
     if gpu:
-        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
         kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
     return task
 
@@ -65,12 +68,12 @@ def _rendered(store: str, city: str, osm: str, locations: List[str], pairs: int,
 
 
 def _train(store: str, city: str, osm: str, locations: List[str], pairs: int, holdout: str, marker_radius_px: float,
-           seed: int, preset: str, steps: int, batch_size: int, shards: int) -> dsl.PipelineTask:
+           seed: int, preset: str, steps: int, batch_size: int, shards: int, gpus: int) -> dsl.PipelineTask:
     """The training tasks; returns the export task, whose onnx_model is the trained model."""
     pairs_task = _rendered(store, city, osm, locations, pairs, "", "", 0, holdout, marker_radius_px, seed, shards)
     training = _on_cluster(train_generator(store=store, run_id=RUN_ID, preset=preset, steps=steps,
-                                           batch_size=batch_size, training_tiles=pairs_task.outputs["tiles"]),
-                           gpu=True)
+                                           batch_size=batch_size, gpus=gpus,
+                                           training_tiles=pairs_task.outputs["tiles"]), gpus=gpus)
     return _on_cluster(export_onnx(store=store, run_id=RUN_ID, generator=training.outputs["generator"],
                                    training_tiles=pairs_task.outputs["tiles"]))
 
@@ -85,7 +88,7 @@ def _generate(store: str, city: str, osm: str, bbox: str, center: str, grid: int
     with dsl.ParallelFor(items=indices.output) as shard:
         part = _on_cluster(generate_tiles(store=store, run_id=RUN_ID, model_uri=model_uri, provider=provider,
                                           batch_size=batch_size, shard=shard, shards=shards,
-                                          tiles=area.outputs["tiles"], **model), gpu=True)
+                                          tiles=area.outputs["tiles"], **model), gpus=1)
     generated = _on_cluster(collect_tiles(parts=dsl.Collected(part.outputs["generated"])))
     return _on_cluster(extract_points(truth=truth, truth_bbox=truth_bbox, osm=osm,
                                       generated=generated.outputs["tiles"]))
@@ -94,10 +97,10 @@ def _generate(store: str, city: str, osm: str, bbox: str, center: str, grid: int
 @dsl.pipeline(name="locgen-train", description="Render training pairs for a city, train FastCUT, export to ONNX.")
 def training_pipeline(city: str = "helsinki", osm: str = SAMPLE_OSM, locations: List[str] = SAMPLE_LOCATIONS,
                       pairs: int = 400, holdout: str = SAMPLE_HOLDOUT, marker_radius_px: float = 5.0, seed: int = 0,
-                      preset: str = "tiny", steps: int = 0, batch_size: int = 0, shards: int = 1,
-                      store: str = SAMPLE_STORE) -> Model:
+                      preset: str = "tiny", steps: int = 0, batch_size: int = 0, train_gpus: int = 1,
+                      shards: int = 1, store: str = SAMPLE_STORE) -> Model:
     return _train(store, city, osm, locations, pairs, holdout, marker_radius_px, seed, preset, steps, batch_size,
-                  shards).outputs["onnx_model"]
+                  shards, train_gpus).outputs["onnx_model"]
 
 
 @dsl.pipeline(name="locgen-generate",
@@ -115,13 +118,14 @@ def generation_pipeline(city: str = "kotka", osm: str = SAMPLE_TARGET_OSM, cente
                           "scored against its real positions.")
 def end_to_end_pipeline(city: str = "helsinki", osm: str = SAMPLE_OSM, locations: List[str] = SAMPLE_LOCATIONS,
                         pairs: int = 400, holdout: str = SAMPLE_HOLDOUT, marker_radius_px: float = 5.0, seed: int = 0,
-                        preset: str = "tiny", steps: int = 0, batch_size: int = 0, target_city: str = "kotka",
+                        preset: str = "tiny", steps: int = 0, batch_size: int = 0, train_gpus: int = 1,
+                        target_city: str = "kotka",
                         target_osm: str = SAMPLE_TARGET_OSM, target_center: str = "60.53,26.95",
                         target_grid: int = 5, target_bbox: str = "", provider: str = "auto", shards: int = 1,
                         store: str = SAMPLE_STORE) -> NamedTuple("Outputs", target_points=Dataset,
                                                                  holdout_points=Dataset):
     model = _train(store, city, osm, locations, pairs, holdout, marker_radius_px, seed, preset, steps, batch_size,
-                   shards).outputs["onnx_model"]
+                   shards, train_gpus).outputs["onnx_model"]
     target = _generate(store, target_city, target_osm, target_bbox, target_center, target_grid, "", provider, 8, [],
                        "", shards, onnx_model=model)
     # The held-out box of the training city: ground the model never saw, with its real positions.

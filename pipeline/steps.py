@@ -23,6 +23,8 @@ import hashlib
 import html
 import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,29 +142,46 @@ def _area(rows: list[dict]) -> list[float]:
 # --- train and export -------------------------------------------------------------------------------
 
 @timed
-def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int, training_tiles, model,
+def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int, gpus: int, training_tiles, model,
                metrics) -> None:
+    """Train (one process per GPU through torchrun when gpus > 1), resuming the run's checkpoint after a retry."""
     from components.train.config import PRESETS
-    from components.train.train import GENERATOR_KEY, TrainSettings, train
+    from components.train.train import GENERATOR_KEY, TrainSettings, load_generator, train
 
     tiles_uri = pointed_uri(training_tiles)
     city = training_tiles.metadata["city"]
     config = PRESETS[preset].override(**{name: value for name, value in (("steps", steps), ("batch_size", batch_size))
                                          if value})
     out = run_uri(store, city, run_id, "train")
-    summary = train(TrainSettings(data=tiles_uri, out=out, config=config, resume=open_store(out).exists(
-        "checkpoints/last.pt"), progress=False))
-    best = summary.get("best") or {}
+    resume = open_store(out).exists("checkpoints/last.pt")
+    if gpus > 1:
+        _torchrun(gpus, ["--data", tiles_uri, "--out", out, "--preset", preset, "--steps", str(config.steps),
+                         "--batch-size", str(config.batch_size), *(["--resume"] if resume else [])])
+    else:
+        train(TrainSettings(data=tiles_uri, out=out, config=config, resume=resume, progress=False))
+    best = load_generator(f"{out}/{GENERATOR_KEY}")[1]["validation"]
     publish_pointer(model, f"{out}/{GENERATOR_KEY}", lineage(
-        city, [tiles_uri], area=training_tiles.metadata.get("area"), preset=preset, steps=config.steps,
-        batch_size=config.batch_size, training_manifest_sha256=training_tiles.metadata.get("manifest_sha256"),
-        validation=best))
-    metrics.log_metric("steps", summary["steps"])
-    last_losses = next((row for row in reversed(_train_metrics(out)) if "loss_nce" in row), {})
+        city, [tiles_uri], area=training_tiles.metadata.get("area"), sources=training_tiles.metadata.get("sources"),
+        preset=preset, steps=config.steps,
+        batch_size=config.batch_size, processes=max(gpus, 1),
+        training_manifest_sha256=training_tiles.metadata.get("manifest_sha256"), validation=best))
+    rows = _train_metrics(out)
+    metrics.log_metric("steps", max(row.get("step", 0) for row in rows))
+    last_losses = next((row for row in reversed(rows) if "loss_nce" in row), {})
     for name, value in {**{f"last_{k}": v for k, v in last_losses.items() if k.startswith("loss_")},
                         **{f"validation_{k}": v for k, v in best.items() if k != "step"}}.items():
         if isinstance(value, (int, float)) and value == value:  # NaN: no held-out tile
             metrics.log_metric(name, value)
+
+
+def _torchrun(processes: int, train_arguments: list[str]) -> None:
+    """`locgen train` in `processes` DDP processes on this machine (one per GPU; gloo on a CPU)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "components.cli", "train", *train_arguments]
+    exit_code = subprocess.run(command, check=False).returncode
+    if exit_code:
+        raise LocgenError(f"train: torchrun with {processes} processes failed (exit {exit_code}); the failing "
+                          "process's error is in the log above")
 
 
 def _train_metrics(out: str) -> list[dict]:
@@ -180,6 +199,7 @@ def export_step(store: str, run_id: str, generator, training_tiles, onnx_model, 
     summary = export(ExportSettings(out=out, checkpoint=pointed_uri(generator), tiles=pointed_uri(training_tiles)))
     publish_pointer(onnx_model, out, lineage(
         city, [pointed_uri(generator), pointed_uri(training_tiles)], area=generator.metadata.get("area"),
+        sources=generator.metadata.get("sources"),
         opset=summary["opset"], fp16_model=summary["fp16_model"], parity_report=summary["parity_report"],
         fp32_max_abs_diff=summary["fp32_max_abs_diff"], fp16_dot_f1=summary["fp16_dot_f1"]))
     metrics.log_metric("fp32_max_abs_diff", summary["fp32_max_abs_diff"])
@@ -227,7 +247,8 @@ def extract_step(truth: list[str], truth_bbox: str, osm: str, generated, points,
     if report is not None:
         rows += [("evaluation", report["uri"]), ("verdict", report["verdict"])]
     publish_pointer(points, csv_uri, lineage(
-        city, [tiles_uri], area=generated.metadata.get("area"), geojson=geojson_uri, preview=preview_uri,
+        city, [tiles_uri], area=generated.metadata.get("area"), sources=generated.metadata.get("sources"),
+        geojson=geojson_uri, preview=preview_uri,
         points=result["points"], evaluation=report["uri"] if report else None, attribution=OSM_ATTRIBUTION))
     metrics.log_metric("tiles", result["tiles"])
     metrics.log_metric("points", result["points"])

@@ -140,6 +140,8 @@ def test_end_to_end_runs_locally_and_every_artifact_names_its_lineage(small_run)
     for key, meta in pointers.items():
         assert meta["city"] in ("helsinki", "kotka") and meta["locgen_version"] == "0.1.0", key
         assert meta["git_commit"] == git_commit() and meta["style_version"] == "1", key
+        assert len(meta["area"]) == 4 and meta["parents"] is not None, key
+        assert meta["sources"] and all(len(source["sha256"]) == 64 for source in meta["sources"]), key
     tiles = pointers["collect-tiles/tiles"]
     assert tiles["tiles"] == 24 and tiles["manifest_sha256"] and len(tiles["area"]) == 4
     assert all(len(source["sha256"]) == 64 for source in tiles["sources"]) and tiles["sources"]
@@ -191,3 +193,27 @@ def test_cli_run_and_compile_errors(tmp_path, capsys):
     assert "--param steps: give NAME=VALUE" in capsys.readouterr().err
     check_parameters(generation_pipeline, {"grid": 3})  # the pipelines' own defaults are valid
     check_parameters(end_to_end_pipeline, {})
+
+
+def test_train_task_runs_one_ddp_process_per_gpu(tmp_path):
+    """train_gpus > 1: torchrun in the task's pod, one process each (gloo here, on the CPU)."""
+    from kfp.dsl import Dataset, Metrics, Model
+
+    from pipeline.steps import train_step
+
+    pairs = str(tmp_path / "pairs")
+    render(RenderSettings(osm=[str(HELSINKI_PBF)], out=pairs, pairs=8, city="helsinki", progress=False,
+                          locations=["osm:amenity=bicycle_rental,amenity=bicycle_parking"]))
+    tiles = Dataset(name="tiles", uri=str(tmp_path / "tiles"), metadata={"uri": pairs, "city": "helsinki"})
+
+    def task(batch_size: int) -> tuple[Model, Metrics]:
+        model, metrics = Model(name="m", uri=str(tmp_path / "model")), Metrics(name="x", uri=str(tmp_path / "x"))
+        train_step(store=str(tmp_path / "store"), run_id=f"run-{batch_size}", preset="tiny", steps=2,
+                   batch_size=batch_size, gpus=2, training_tiles=tiles, model=model, metrics=metrics)
+        return model, metrics
+
+    model, metrics = task(batch_size=2)
+    assert model.metadata["processes"] == 2 and metrics.metadata["steps"] == 2
+    assert model.metadata["uri"].endswith("/helsinki/runs/run-2/train/generator.pt")
+    with pytest.raises(LocgenError, match="train: torchrun with 2 processes failed"):
+        task(batch_size=3)  # 3 tiles do not split over 2 processes: each process refuses, torchrun fails
