@@ -217,3 +217,10 @@ def test_train_task_runs_one_ddp_process_per_gpu(tmp_path):
     assert model.metadata["uri"].endswith("/helsinki/runs/run-2/train/generator.pt")
     with pytest.raises(LocgenError, match="train: torchrun with 2 processes failed"):
         task(batch_size=3)  # 3 tiles do not split over 2 processes: each process refuses, torchrun fails
+
+
+def test_a_failing_stage_is_named_with_its_input(tmp_path, capfd):
+    parameters = {**SMALL, "locations": ["osm:amenity=no_such_amenity"]}  # valid, but locates nothing
+    with pytest.raises(LocgenError, match=r"Inner task failed: 'render-tiles'.*run again: published tiles"):
+        run_sample(tmp_path, parameters, pretrained=False)
+    assert "osm:amenity=no_such_amenity" in capfd.readouterr().err  # the stage's own error, in the log
