@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 # Restated in every pip call: an unpinned resolve pulls a newer torch with CUDA packages.
 CONSTRAINTS := -c constraints.txt
 
-.PHONY: install test demo demo-pretrained bench pretrained pipeline
+.PHONY: install test demo demo-pretrained bench pretrained pipeline images
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -42,6 +42,11 @@ pretrained: install
 # The compiled pipelines (pipeline/*.yaml) are committed; the tests fail when they are stale.
 pipeline: install
 	$(VENV)/bin/locgen compile
+
+# Every stage's image, built and pushed to $(LOCGEN_IMAGE_REGISTRY) (default localhost:5000/locgen) with the
+# tags the pipelines name; compile the pipelines for that registry too: locgen compile --registry ...
+images: install
+	PYTHON=$(PYTHON) images/build.sh --push
 
 bench: install
 	$(PYTHON) benchmarks/bench_render.py

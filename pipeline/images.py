@@ -19,3 +19,8 @@ def image(stage: str) -> str:
         raise ValueError(f"no image for stage {stage!r}; stages: {', '.join(STAGE_IMAGES)}")
     registry = os.environ.get(REGISTRY_ENV, DEFAULT_REGISTRY).rstrip("/")
     return f"{registry}/{stage}:{__version__}"
+
+
+if __name__ == "__main__":  # `python -m pipeline.images`: "stage image" lines, what images/build.sh builds
+    for stage in STAGE_IMAGES:
+        print(stage, image(stage))

@@ -43,15 +43,13 @@ def test_gpu_environment_pins_cuda_13_and_tensorrt_10():
     assert _pins(EXTRAS["gpu"])["tensorrt-cu13-libs"] == gpu["tensorrt-cu13-libs"]
 
 
-def test_the_inference_image_installs_the_gpu_extra_alone_from_pinned_bases():
+def test_the_inference_image_installs_the_gpu_extra_alone_with_the_gpu_pins():
     text = INFER_DOCKERFILE.read_text()
     installs = re.findall(r"pip install(?:[^\n\\]|\\\n)*", text)  # with its continuation lines
     assert len(installs) == 1
     assert re.findall(r"\[([a-z,]+)\]", installs[0]) == ["gpu"]
     assert "-c /src/constraints.txt" in installs[0] and "-c /src/constraints-gpu.txt" in installs[0]
-    bases = re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE)
-    assert bases and all(re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base) for base in bases)
-    assert re.search(r"^USER locgen$", text, flags=re.MULTILINE)
+    assert "LD_LIBRARY_PATH=/opt/venv/lib/python3.12/site-packages/tensorrt_libs" in text  # libnvinfer.so.10
 
 
 def test_ci_installs_the_cpu_runtime_only():
