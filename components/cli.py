@@ -286,18 +286,38 @@ def _run_parser(commands) -> None:
 
 
 def _run_run(args) -> dict:
-    from pipeline.local import run_sample
+    from pipeline.local import parse_parameters, run_sample
 
-    overrides = {}
-    for text in args.param:
-        name, _, raw = text.partition("=")
-        if not name or not raw:
-            raise LocgenError(f"--param {text}: give NAME=VALUE, e.g. steps=500")
-        try:
-            overrides[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[name] = raw
-    return run_sample(args.store, overrides, args.pretrained)
+    return run_sample(args.store, parse_parameters(args.param), args.pretrained)
+
+
+def _submit_parser(commands) -> None:
+    from pipeline.submit import PIPELINE_NAMES, TOKEN_ENV
+
+    parser = commands.add_parser("submit", help="submit a pipeline to a Kubeflow Pipelines endpoint",
+                                 description="Upload the compiled pipeline as a new version, start a run (or "
+                                             "schedule recurring runs) and print its link in the Kubeflow UI.")
+    parser.add_argument("--host", required=True, metavar="URL", help="the KFP endpoint, e.g. http://localhost:8080")
+    parser.add_argument("--pipeline", choices=list(PIPELINE_NAMES), default="end-to-end",
+                        help="which pipeline (%(default)s)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="a pipeline parameter (JSON for lists; repeatable)")
+    parser.add_argument("--experiment", default="locgen", help="the experiment the run goes in (%(default)s)")
+    parser.add_argument("--schedule", metavar="CRON", help="recurring runs on this cron schedule, e.g. '0 3 * * 1'")
+    parser.add_argument("--token-file", type=Path,
+                        help=f"a file holding the bearer token (default ${TOKEN_ENV}, or in a pod the "
+                             "ServiceAccount token at $KF_PIPELINES_SA_TOKEN_PATH)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
+    parser.set_defaults(run=_run_submit)
+
+
+def _run_submit(args) -> dict:
+    from pipeline.local import parse_parameters
+    from pipeline.submit import describe, plan, send
+
+    submission = plan(args.host, args.pipeline, parse_parameters(args.param), args.experiment, args.schedule,
+                      args.token_file)
+    return describe(submission) if args.dry_run else {**describe(submission), **send(submission)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     _generate_parser(commands)
     _compile_parser(commands)
     _run_parser(commands)
+    _submit_parser(commands)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import re
 import sys
@@ -23,6 +24,7 @@ from components.train.config import PRESETS
 from pipeline.images import REGISTRY_ENV
 
 PIPELINE_DIR = Path(__file__).resolve().parent
+TYPE_NAMES = {int: "a whole number", float: "a number", str: "a text", list: "a JSON list", bool: "true or false"}
 PROJECT_ROOT = PIPELINE_DIR.parent
 
 
@@ -44,12 +46,33 @@ def compile_all(out_dir: Path = PIPELINE_DIR, registry: str | None = None) -> li
     return written
 
 
-def check_parameters(pipeline, given: dict) -> None:
-    """One clear error for a parameter no stage could run with, before any stage runs."""
+def parse_parameters(texts: list[str]) -> dict:
+    """NAME=VALUE texts as parameters: VALUE as JSON when it parses (numbers, lists), else as a string."""
+    parameters = {}
+    for text in texts:
+        name, _, raw = text.partition("=")
+        if not name or not raw:
+            raise LocgenError(f"--param {text}: give NAME=VALUE, e.g. steps=500")
+        try:
+            parameters[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            parameters[name] = raw
+    return parameters
+
+
+def check_parameters(pipeline, given: dict, local_files: bool = True) -> None:
+    """One clear error for a parameter no stage could run with, before any stage runs (`local_files`:
+    OSM paths that are not s3:// must exist here)."""
     defaults = {name: value.default for name, value in inspect.signature(pipeline.pipeline_func).parameters.items()}
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise LocgenError(f"unknown parameters {unknown} for {pipeline.name}; it takes {', '.join(defaults)}")
+    for name, value in given.items():
+        expected = type(defaults[name])
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            if not (expected is float and isinstance(value, int)):
+                raise LocgenError(f"parameter {name}={json.dumps(value)}: give {TYPE_NAMES[expected]}, like "
+                                  f"{json.dumps(defaults[name])}")
     parameters = {**defaults, **given}
     preset = parameters.get("preset")
     if preset is not None and preset not in PRESETS:
@@ -61,7 +84,7 @@ def check_parameters(pipeline, given: dict) -> None:
             parse_bbox(value, name)
         elif name.endswith("center"):
             parse_latlon(value, name)
-        elif name.endswith("osm") and not value.startswith("s3://") and not Path(value).is_file():
+        elif name.endswith("osm") and local_files and not value.startswith("s3://") and not Path(value).is_file():
             raise LocgenError(f"{name} {value}: no such file; give an .osm.pbf file or an s3:// URI")
     for prefix in ("", "target_"):
         center, grid, bbox = (parameters.get(f"{prefix}{key}") for key in ("center", "grid", "bbox"))
