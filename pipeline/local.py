@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 import os
 import re
 import sys
@@ -98,6 +99,8 @@ def run_locally(pipeline, parameters: dict, pipeline_root: Path):
     """Run `pipeline` with `parameters` through kfp.local; returns the pipeline's outputs."""
     check_parameters(pipeline, parameters)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    root_logger = logging.getLogger()
+    handlers, level = root_logger.handlers[:], root_logger.level
     try:
         # kfp.local prints its log and every task's output on stdout: to stderr, so that stdout is our summary.
         with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
@@ -110,6 +113,11 @@ def run_locally(pipeline, parameters: dict, pipeline_root: Path):
         message = re.sub(r"\x1b\[[0-9;]*m", "", str(error).splitlines()[0])  # without its terminal colours
         raise LocgenError(f"{message.rstrip('.')} (its error is in the log above); fix the input it names and run "
                           "again: published tiles and checkpoints are reused") from None
+    finally:
+        # kfp.local swaps the root logger's handlers for its own while it runs, and after a failed task
+        # leaves its handler, bound to the stream of that moment, behind: put back what was there.
+        root_logger.handlers[:] = handlers
+        root_logger.setLevel(level)
 
 
 def run_sample(store: Path, overrides: dict, pretrained: bool) -> dict:
