@@ -2,7 +2,8 @@
 run or schedule recurring runs, and say where to watch it in the Kubeflow UI.
 
 What is sent is decided first, as a `Submission`, from the arguments alone (checked here, before any
-request); `send` then speaks to the endpoint through kfp.Client. A token comes from a file or the
+request); `send` then speaks to the endpoint through kfp.Client (tested against tests/kfp_server.py, a
+loopback imitation of the KFP REST API). A token comes from a file or the
 environment ($KFP_TOKEN), never from a command-line flag that would land in the shell's history; in a
 pod, kfp.Client reads the projected ServiceAccount token at $KF_PIPELINES_SA_TOKEN_PATH by itself.
 """
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +86,9 @@ def send(submission: Submission) -> dict:
     """Upload the version, start or schedule the run; returns its id and its link in the Kubeflow UI."""
     import kfp
 
-    client = kfp.Client(host=submission.host, existing_token=submission.token)
+    with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": our pipelines are v2
+        warnings.filterwarnings("ignore", message="This client only works", category=FutureWarning)
+        client = kfp.Client(host=submission.host, existing_token=submission.token)
     package = str(submission.package)
     pipeline_id = client.get_pipeline_id(submission.pipeline_name)
     if pipeline_id is None:

@@ -59,3 +59,46 @@ def test_the_cli_requires_a_host(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["submit", "--pipeline", "train"])
     assert stop.value.code == 2 and "--host" in capsys.readouterr().err
+
+
+def test_send_uploads_a_version_and_starts_a_run_on_a_kfp_endpoint(tmp_path, monkeypatch):
+    from kfp_server import KfpServer
+
+    from pipeline.submit import send
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    token = tmp_path / "token"
+    token.write_text("bearer-secret")
+    with KfpServer() as server:
+        submission = plan(server.url, "generate", {"grid": 3, "city": "oslo"}, "cities", None, token)
+        result = send(submission)
+    assert result == {"run_id": "run-1", "link": f"{server.url}/#/runs/details/run-1"}
+    posts = {request.path.rsplit("/v2beta1/", 1)[1]: request for request in server.requests if request.method == "POST"}
+    assert list(posts) == ["pipelines/upload", "pipelines/upload_version", "experiments", "runs"]
+    compiled = (PIPELINE_DIR / "generate.yaml").read_bytes()
+    assert posts["pipelines/upload"].upload == posts["pipelines/upload_version"].upload == compiled
+    assert posts["pipelines/upload"].query["name"] == "locgen-generate"
+    assert posts["pipelines/upload_version"].query["name"] == submission.version_name
+    assert posts["experiments"].body["display_name"] == "cities"
+    run = posts["runs"].body
+    assert run["pipeline_version_reference"] == {"pipeline_id": "pipeline-1", "pipeline_version_id": "version-1"}
+    assert run["runtime_config"]["parameters"] == {"grid": 3, "city": "oslo"}
+    assert run["experiment_id"] == "experiment-1"
+    assert {request.authorization for request in server.requests} == {"Bearer bearer-secret"}
+
+
+def test_send_schedules_recurring_runs_of_an_existing_pipeline(monkeypatch):
+    from kfp_server import KfpServer
+
+    from pipeline.submit import send
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with KfpServer(pipelines={"locgen-train": "existing-7"}) as server:
+        result = send(plan(server.url, "train", {"steps": 100}, "retraining", "0 3 * * 1", None))
+    assert result["recurring_run_id"] == "recurring-1" and result["cron"] == "0 0 3 * * 1"
+    posts = {request.path.rsplit("/v2beta1/", 1)[1]: request for request in server.requests if request.method == "POST"}
+    assert "pipelines/upload" not in posts  # a new version of the pipeline that is there
+    assert posts["pipelines/upload_version"].query["pipelineid"] == "existing-7"
+    job = posts["recurringruns"].body
+    assert job["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 1"
+    assert job["runtime_config"]["parameters"] == {"steps": 100}
