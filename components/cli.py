@@ -263,13 +263,16 @@ def _compile_parser(commands) -> None:
     parser.add_argument("--registry", help="the registry the stage images come from "
                                            "(default $LOCGEN_IMAGE_REGISTRY or localhost:5000/locgen)")
     parser.add_argument("--out-dir", type=Path, help="where to write them (default: the pipeline/ package)")
+    parser.add_argument("--cpu-only", action="store_true",
+                        help="for a cluster without GPUs: no task asks for one (train and infer run on the CPU)")
     parser.set_defaults(run=_run_compile)
 
 
 def _run_compile(args) -> dict:
     from pipeline.local import PIPELINE_DIR, compile_all  # kfp: installed where pipelines are compiled or run
 
-    return {"written": [str(path) for path in compile_all(args.out_dir or PIPELINE_DIR, args.registry)]}
+    written = compile_all(args.out_dir or PIPELINE_DIR, args.registry, gpus=not args.cpu_only)
+    return {"written": [str(path) for path in written]}
 
 
 def _run_parser(commands) -> None:

@@ -8,6 +8,7 @@ containers. Parameters are checked here, before any stage runs.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import json
 import logging
@@ -22,9 +23,10 @@ from kfp import compiler, local
 from components.core.errors import LocgenError
 from components.core.geo import parse_bbox, parse_latlon
 from components.train.config import PRESETS
-from pipeline.images import REGISTRY_ENV
+from pipeline.images import DEFAULT_REGISTRY, REGISTRY_ENV
 
 PIPELINE_DIR = Path(__file__).resolve().parent
+GPUS_ENV = "LOCGEN_PIPELINE_GPUS"  # "0": compile pipelines whose tasks ask for no GPU
 TYPE_NAMES = {int: "a whole number", float: "a number", str: "a text", list: "a JSON list", bool: "true or false"}
 PROJECT_ROOT = PIPELINE_DIR.parent
 
@@ -33,18 +35,46 @@ def pipeline_file(name: str) -> Path:
     return PIPELINE_DIR / f"{name}.yaml"
 
 
-def compile_all(out_dir: Path = PIPELINE_DIR, registry: str | None = None) -> list[Path]:
-    """Write every pipeline's YAML into out_dir; with `registry`, the images come from there."""
-    if registry:
-        os.environ[REGISTRY_ENV] = registry
-    from pipeline.pipelines import PIPELINES  # defined now, so the registry above is the one they name
-
-    written = []
-    for name, pipeline in PIPELINES.items():
-        path = Path(out_dir) / f"{name}.yaml"
-        compiler.Compiler().compile(pipeline, str(path))
-        written.append(path)
+def compile_all(out_dir: Path = PIPELINE_DIR, registry: str | None = None, gpus: bool = True) -> list[Path]:
+    """Write every pipeline's YAML into out_dir: with `registry`, the images come from there; without
+    `gpus`, no task asks for a GPU (a cluster without any: train and infer run on the CPU)."""
+    settings = {REGISTRY_ENV: registry or os.environ.get(REGISTRY_ENV, DEFAULT_REGISTRY), GPUS_ENV: str(int(gpus))}
+    with _environment(settings):
+        # The images and resources are bound when the components and pipelines are defined: define them
+        # anew under these settings, then once more as they were, for whoever imported them before.
+        pipelines = _defined_pipelines()
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, pipeline in pipelines.items():
+            path = Path(out_dir) / f"{name}.yaml"
+            compiler.Compiler().compile(pipeline, str(path))
+            written.append(path)
+    _defined_pipelines()
     return written
+
+
+@contextlib.contextmanager
+def _environment(settings: dict):
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _defined_pipelines() -> dict:
+    import pipeline.components
+    import pipeline.images
+    import pipeline.pipelines
+
+    for module in (pipeline.images, pipeline.components, pipeline.pipelines):
+        importlib.reload(module)
+    return pipeline.pipelines.PIPELINES
 
 
 def parse_parameters(texts: list[str]) -> dict:

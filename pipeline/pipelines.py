@@ -10,6 +10,7 @@ function of its inputs; the other tasks write into their run's folder, so a cach
 that folder empty.
 """
 
+import os
 from typing import List, NamedTuple
 
 from kfp import dsl, kubernetes
@@ -28,6 +29,8 @@ from pipeline.components import (
 OBJECT_STORE_SECRET = "locgen-object-store"  # keys named as the variables (manifests/ has the template)
 OBJECT_STORE_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
 GPU_RESOURCE = "nvidia.com/gpu"
+# locgen compile --cpu-only sets it to 0: no task asks for a GPU (train and infer then run on the CPU).
+USE_GPUS = os.environ.get("LOCGEN_PIPELINE_GPUS", "1") != "0"
 # (cpu request, cpu limit, memory request, memory limit) per task kind
 RESOURCES = {"cpu": ("1", "4", "2G", "8G"), "gpu": ("4", "8", "16G", "32G")}
 
@@ -42,8 +45,8 @@ RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
 def _on_cluster(task: dsl.PipelineTask, gpus=None, cache: bool = False) -> dsl.PipelineTask:
     """Resources, the object-store Secret, and for GPU tasks (gpus: a count or a pipeline parameter)
-    the accelerator and its toleration."""
-    gpu = gpus is not None
+    the accelerator and its toleration, unless compiled for a cluster without GPUs."""
+    gpu = gpus is not None and USE_GPUS
     cpu_request, cpu_limit, memory_request, memory_limit = RESOURCES["gpu" if gpu else "cpu"]
     task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
     task.set_memory_request(memory_request).set_memory_limit(memory_limit)

@@ -224,3 +224,16 @@ def test_a_failing_stage_is_named_with_its_input(tmp_path, capfd):
     with pytest.raises(LocgenError, match=r"Inner task failed: 'render-tiles'.*run again: published tiles"):
         run_sample(tmp_path, parameters, pretrained=False)
     assert "osm:amenity=no_such_amenity" in capfd.readouterr().err  # the stage's own error, in the log
+
+
+def test_compile_for_another_registry_and_a_cluster_without_gpus(tmp_path):
+    written = compile_all(tmp_path / "cpu", registry="registry.example.com/team", gpus=False)
+    for path in written:
+        spec, platform = _documents(path)
+        images = {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()}
+        assert all(image.startswith("registry.example.com/team/") for image in images), images
+        assert not any("accelerator" in executor["container"]["resources"]
+                       for executor in spec["deploymentSpec"]["executors"].values())
+        assert "tolerations" not in path.read_text()
+    again = compile_all(tmp_path / "default")  # the settings do not leak into the next compile
+    assert all(path.read_text() == (PIPELINE_DIR / path.name).read_text() for path in again)
