@@ -103,10 +103,15 @@ def to_onnx(generator: Generator, metadata: dict) -> onnx.ModelProto:
                                 dynamic_shapes={"x": {0: batch, 2: SIZE_MULTIPLE * height,
                                                       3: SIZE_MULTIPLE * width}})
     model = program.model_proto
+    for node in model.graph.node:  # the exporter's stack traces name this machine's paths and source lines
+        kept = [entry for entry in node.metadata_props if entry.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
     for value in (*model.graph.input, *model.graph.output):  # readable names for the dynamic sides
         dims = value.type.tensor_type.shape.dim
         dims[2].dim_param, dims[3].dim_param = "height_px", "width_px"
-    _set_metadata(model, metadata)
+    for key, value in metadata.items():  # JSON values: read_metadata decodes them
+        model.metadata_props.add(key=key, value=json.dumps(value))
     return model
 
 
@@ -175,15 +180,6 @@ def model_metadata(trained: dict, precision: str) -> dict:
         "validation": trained["validation"],
         "attribution": OSM_ATTRIBUTION,  # the weights were learnt from OpenStreetMap tiles (ODbL)
     }
-
-
-def _set_metadata(model: onnx.ModelProto, values: dict) -> None:
-    """Set model metadata entries (JSON-encoded values), replacing those of the same keys."""
-    kept = [entry for entry in model.metadata_props if entry.key not in values]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    for key, value in values.items():
-        model.metadata_props.add(key=key, value=json.dumps(value))
 
 
 def parity_report(generator: Generator, model: onnx.ModelProto, fp16_model: onnx.ModelProto, tiles: np.ndarray,

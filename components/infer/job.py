@@ -50,11 +50,12 @@ def generate(settings: GenerateSettings) -> dict:
         raise LocgenError(f"--batch-size {settings.batch_size}: give 1 or more tiles per batch")
     published = manifest_key(settings.shard, settings.shards)
     store = open_store(settings.tiles)
-    rows = plain_rows(store, "--tiles")[settings.shard::settings.shards]
+    all_rows = plain_rows(store, "--tiles")
+    rows = all_rows[settings.shard::settings.shards]
     model_uri = settings.model or f"bundled:{BUNDLED_MODEL.name}"  # a label that is the same on every machine
     model_path = BUNDLED_MODEL if settings.model is None else _local_model(settings.model, settings.cache_dir)
     metadata = read_metadata(model_path)
-    tile_px = _check_tiles(rows or plain_rows(store, "--tiles"), metadata, settings.tiles)
+    tile_px = _check_tiles(all_rows, metadata, settings.tiles)  # a shard with no tile still checks the set
     translator = open_translator(model_path, settings.provider, tile_px, settings.batch_size, settings.cache_dir)
     out_store = open_store(settings.out)
     out_rows = [_generated_row(row, model_uri, translator.model_sha256) for row in rows]
