@@ -25,13 +25,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from components.core.detect import detect_markers
 from components.core.geo import Bounds
 from components.core.pngmeta import decode_png
 from components.core.storage import open_store
-from components.extract.detect import detect_markers
+from components.core.tileset import read_manifest
 from components.extract.job import ExtractSettings, extract
 from components.render.job import RenderSettings, render
-from components.render.tileset import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 KOTKA_PBF = ROOT / "data" / "osm" / "kotka-karhula.osm.pbf"

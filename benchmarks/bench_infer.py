@@ -31,16 +31,18 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from components.core.matching import dot_agreement
+from components.core.onnx_io import fp16_path
 from components.core.storage import open_store
+from components.core.tileset import decode_tile, read_manifest
 from components.export.exporter import model_metadata, to_onnx, with_exact_norms
 from components.export.fp16 import to_fp16
-from components.extract.agreement import dot_agreement
-from components.infer.onnxmodel import fp16_path, open_translator
+from components.infer.onnxmodel import open_translator
 from components.pretrained import BUNDLED_MODEL
 from components.render.job import RenderSettings, render
-from components.render.tileset import decode_tile, read_manifest
+from components.train.generator_file import load_generator
 from components.train.networks import Generator, init_weights
-from components.train.train import load_generator, translate
+from components.train.train import translate
 
 ROOT = Path(__file__).resolve().parents[1]
 KOTKA_PBF = ROOT / "data" / "osm" / "kotka-karhula.osm.pbf"

@@ -30,10 +30,10 @@ from minio import Minio
 
 from components.core.geo import Bounds, Tile
 from components.core.pngmeta import encode_png
+from components.core.style import LAND_RGB, LAYERS
 from components.render.job import RenderSettings, render
-from components.render.osm import read_osm
 from components.render.plan import bbox_plan
-from components.render.style import LAND_RGB, LAYERS
+from components.sources.osm import read_osm
 
 ROOT = Path(__file__).resolve().parents[1]
 HELSINKI_PBF = ROOT / "data" / "osm" / "helsinki-center.osm.pbf"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build every stage's image, tagged exactly as the compiled pipelines name them, and with --push push it.
+# Build every stage's image, tagged exactly as the compiled pipelines name them, and with --push push it:
+# each is its stage's target of images/Dockerfile (docker build --target render, --target train, ...).
 #
 #   LOCGEN_IMAGE_REGISTRY=registry.example.com/locgen images/build.sh --push
 #   locgen compile --registry registry.example.com/locgen     # pipelines that name those images
@@ -21,7 +22,7 @@ version="$("$python" -c 'import components; print(components.__version__)')"
 source="$(git remote get-url origin 2>/dev/null || echo unknown)"
 "$python" -m pipeline.images | while read -r stage image; do
     echo "building $image" >&2
-    docker build --file "images/$stage/Dockerfile" --tag "$image" --build-arg "VERSION=$version" \
+    docker build --file images/Dockerfile --target "$stage" --tag "$image" --build-arg "VERSION=$version" \
         --build-arg "REVISION=$revision" --build-arg "SOURCE=$source" .
     if $push; then
         docker push "$image"

@@ -33,8 +33,8 @@ from components.core.errors import LocgenError
 from components.core.geo import parse_bbox, parse_latlon
 from components.core.provenance import OSM_ATTRIBUTION, git_commit
 from components.core.storage import default_cache_dir, local_file, open_file_uri, open_store
-from components.render.style import STYLE_VERSION
-from components.render.tileset import MANIFEST_KEY
+from components.core.style import STYLE_VERSION
+from components.core.tileset import MANIFEST_KEY
 
 # The stages, by the name of their component in the pipelines.
 STAGES = ("render", "train", "export", "infer", "extract", "evaluate")
@@ -108,7 +108,7 @@ def render_step(store: str, city: str, osm: str, locations: list[str], pairs: in
 @timed
 def collect_step(parts: list, tiles, metrics) -> None:
     """The tile set the shards made: their manifest parts merged in plan order, and its lineage."""
-    from components.render.tileset import merge_manifest_parts, read_manifest
+    from components.core.tileset import merge_manifest_parts, read_manifest
 
     uris = {pointed_uri(part) for part in parts}
     if len(uris) != 1:
@@ -146,7 +146,8 @@ def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int
                metrics) -> None:
     """Train (one process per GPU through torchrun when gpus > 1), resuming the run's checkpoint after a retry."""
     from components.train.config import PRESETS
-    from components.train.train import GENERATOR_KEY, TrainSettings, load_generator, train
+    from components.train.generator_file import GENERATOR_KEY, load_generator
+    from components.train.train import TrainSettings, train
 
     tiles_uri = pointed_uri(training_tiles)
     city = training_tiles.metadata["city"]
@@ -177,7 +178,7 @@ def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int
 def _torchrun(processes: int, train_arguments: list[str]) -> None:
     """`locgen train` in `processes` DDP processes on this machine (one per GPU; gloo on a CPU)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "components.cli", "train", *train_arguments]
+               "-m", "locgen", "train", *train_arguments]
     exit_code = subprocess.run(command, check=False).returncode
     if exit_code:
         raise LocgenError(f"train: torchrun with {processes} processes failed (exit {exit_code}); the failing "

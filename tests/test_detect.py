@@ -3,8 +3,8 @@
 import cv2
 import numpy as np
 
+from components.core.detect import detect_markers, holds_more_dots, typical_dot_core_px
 from components.core.geo import tile_at
-from components.extract.detect import detect_markers, holds_more_dots, typical_dot_core_px
 from components.render.raster import draw_markers
 
 TILE = tile_at(24.94, 60.17, 96, 2.0)

@@ -22,6 +22,7 @@ from components import __version__
 from components.core.errors import LocgenError
 from components.core.geo import Bounds, bounds_lonlat_to_m, contains, lonlat_to_m, m_to_lonlat, mercator_scale
 from components.core.provenance import OSM_ATTRIBUTION, file_sha256
+from components.core.style import LAYER_NAMES
 from components.extract.evaluate import (
     ROAD_LAYERS,
     WGS84_A_M,
@@ -39,9 +40,8 @@ from components.extract.evaluate import (
     score_points,
     uniform_baseline,
 )
-from components.render.osm import read_osm
-from components.render.style import LAYER_NAMES
 from components.sources.locations import load_locations
+from components.sources.osm import read_osm
 
 AREA = Bounds(24.90, 60.15, 25.00, 60.20)  # about 5.5 x 5.6 km of Helsinki
 HELSINKI_DATA = Bounds(24.9380, 60.1660, 24.9520, 60.1780)  # where the sample extract has data on every side

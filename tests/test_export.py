@@ -10,14 +10,15 @@ import torch
 from conftest import HELSINKI_PBF
 from onnx import TensorProto, numpy_helper
 
-from components.cli import main
 from components.core.errors import LocgenError
+from components.core.onnx_io import INPUT_NAME, OUTPUT_NAME
 from components.export import exporter
 from components.export.exporter import ExportSettings, export, model_metadata
-from components.infer.onnxmodel import INPUT_NAME, OUTPUT_NAME, read_metadata
+from components.infer.onnxmodel import read_metadata
 from components.pretrained import BUNDLED_GENERATOR, BUNDLED_MODEL
 from components.render.job import RenderSettings, render
-from components.train.train import load_generator
+from components.train.generator_file import load_generator
+from locgen.cli import main
 
 ORT_CPU = ["CPUExecutionProvider"]
 

@@ -10,15 +10,15 @@ from conftest import HELSINKI_PBF
 from geopy.distance import geodesic
 from s3server import unique_prefix
 
-from components.cli import main
+from components.core.detect import detect_markers
 from components.core.geo import Bounds, tile_at
 from components.core.markers import MARKER_RGB
 from components.core.pngmeta import decode_png, encode_png, read_png_text
 from components.core.storage import open_store
-from components.extract.detect import detect_markers
-from components.render.osm import read_osm
+from components.core.tileset import MANIFEST_KEY, png_text, read_manifest
 from components.render.raster import draw_markers, render_map
-from components.render.tileset import MANIFEST_KEY, png_text, read_manifest
+from components.sources.osm import read_osm
+from locgen.cli import main
 
 AREA = Bounds(24.9395, 60.1665, 24.9505, 60.1765)  # inside the Helsinki extract, 2 x 3 tiles of 512 m
 M_PER_PX = 2.0

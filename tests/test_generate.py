@@ -10,18 +10,19 @@ import torch
 from conftest import KOTKA_PBF
 from s3server import unique_prefix
 
-from components.cli import main
 from components.core.errors import LocgenError
+from components.core.matching import dot_agreement
 from components.core.pngmeta import read_png_text
 from components.core.storage import open_store
-from components.extract.agreement import dot_agreement
+from components.core.tileset import GEOREF_TEXT_KEY, MANIFEST_KEY, decode_tile, read_manifest
 from components.extract.job import ExtractSettings, extract
 from components.infer.job import generate
 from components.infer.settings import GenerateSettings
 from components.pretrained import BUNDLED_MODEL
 from components.render.job import RenderSettings, render
-from components.render.tileset import GEOREF_TEXT_KEY, MANIFEST_KEY, decode_tile, read_manifest
-from components.train.train import load_generator, translate
+from components.train.generator_file import load_generator
+from components.train.train import translate
+from locgen.cli import main
 
 GEOREFERENCE = ("id", "city", "crs", "size_px", "m_per_px", "mpp_3857", "bounds_3857", "bounds_lonlat",
                 "style_version", "style_sha256")

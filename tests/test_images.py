@@ -1,9 +1,10 @@
-"""The container images: one Dockerfile per stage the compiled pipelines name (and no other), pinned,
-non-root, labelled, lint-clean, each installing its stage's extras."""
+"""The container images: one Dockerfile with a final target per stage the compiled pipelines name (and no
+other), each pinned, non-root, labelled, lint-clean and installing its stage's extras."""
 
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,56 @@ from conftest import PROJECT_ROOT
 from pipeline.images import STAGE_IMAGES, image
 
 IMAGES_DIR = PROJECT_ROOT / "images"
-DOCKERFILES = sorted(IMAGES_DIR.glob("*/Dockerfile"))
+DOCKERFILE = IMAGES_DIR / "Dockerfile"
 EXTRAS = {"render": None, "extract": None, "export": "train,export", "train": "train", "infer": "gpu"}
+# The special installs: PyTorch's own index (CPU build for export, CUDA 13 for train), NVIDIA's for TensorRT.
+INDEXES = {"render": None, "extract": None, "export": "https://download.pytorch.org/whl/cpu",
+           "train": "https://download.pytorch.org/whl/cu130", "infer": None}
+GPU_CONSTRAINTS = {"infer"}
+PINNED_BASE = r"python:\d+\.\d+\.\d+-slim-\w+"
 VENV_BIN = Path(sys.executable).parent
+
+
+def _stages() -> dict[str, tuple[str, list[str]]]:
+    """name -> (what it is FROM, its instructions), in the file's order; continuation lines joined."""
+    lines = [line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    instructions = re.sub(r"\\\n\s*", " ", "\n".join(lines)).splitlines()
+    stages: dict[str, tuple[str, list[str]]] = {}
+    for instruction in filter(str.strip, instructions):
+        if instruction.startswith("FROM "):
+            found = re.fullmatch(r"FROM (\S+) AS ([a-z][a-z0-9-]*)", instruction)
+            assert found and found[2] not in stages, instruction  # every stage named, once
+            stages[found[2]] = (found[1], [])
+        else:
+            assert stages, instruction
+            stages[next(reversed(stages))][1].append(instruction)
+    return stages
+
+
+STAGES = _stages()
+
+
+def _chain(name: str) -> list[str]:
+    """The stage and the stages it is built on, the stage first."""
+    chain = []
+    while name in STAGES:
+        chain.append(name)
+        name = STAGES[name][0]
+    return chain
+
+
+def _copied_from(name: str) -> list[str]:
+    return [found for line in STAGES[name][1] for found in re.findall(r"--from=(\S+)", line)]
+
+
+def _final_targets() -> list[str]:
+    """The stages no other stage builds on or copies from: the images."""
+    used = {base for base, _ in STAGES.values()} | {source for name in STAGES for source in _copied_from(name)}
+    return [name for name in STAGES if name not in used]
+
+
+def _image_instructions(target: str) -> list[str]:
+    return [line for name in reversed(_chain(target)) for line in STAGES[name][1]]
 
 
 def _pipeline_images() -> set[str]:
@@ -26,34 +74,62 @@ def _pipeline_images() -> set[str]:
     return names
 
 
-def test_every_image_the_pipelines_name_has_a_dockerfile_and_the_reverse():
+def test_every_image_the_pipelines_name_has_a_target_and_the_reverse():
     named = _pipeline_images()
     assert named == {image(stage) for stage in STAGE_IMAGES}
-    assert [path.parent.name for path in DOCKERFILES] == sorted(STAGE_IMAGES)
-    assert set(EXTRAS) == set(STAGE_IMAGES)
+    assert sorted(_final_targets()) == sorted(STAGE_IMAGES)
+    assert set(EXTRAS) == set(INDEXES) == set(STAGE_IMAGES)
+    assert sorted(IMAGES_DIR.rglob("*Dockerfile*")) == [DOCKERFILE]  # one Dockerfile for every stage
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.parent.name)
-def test_dockerfile_is_pinned_non_root_labelled_and_installs_its_extras(dockerfile):
-    text = dockerfile.read_text()
-    bases = re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE)
-    assert len(bases) == 2 and all(re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+( AS build)?", base) for base in bases)
-    final = text[text.rindex("\nFROM "):]
-    assert "COPY --from=build /opt/venv /opt/venv" in final
-    assert not re.search(r"apt-get|gcc|build-essential|pip install", final)  # no build tools in the final layer
-    assert re.search(r"^USER 1000:1000$", final, flags=re.MULTILINE)
+def test_every_stage_is_built_on_the_same_pinned_base():
+    bases = {_chain(name)[-1]: STAGES[_chain(name)[-1]][0] for name in STAGES}
+    assert len(set(bases.values())) == 1 and re.fullmatch(PINNED_BASE, next(iter(bases.values()))), bases
+    for name in STAGES:
+        assert all(source in STAGES for source in _copied_from(name)), name  # no image copied from but the base
+
+
+def test_the_build_stage_copies_every_package_the_project_installs():
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    packages = {pattern.rstrip("*") for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    sources = {found for stage in STAGES.values() for line in stage[1]
+               for found in re.findall(r"^COPY (\w+) /src/\1$", line)}
+    assert packages <= sources
+    ignored = set((PROJECT_ROOT / ".dockerignore").read_text().split())
+    assert not packages & ignored
+
+
+@pytest.mark.parametrize("stage", STAGE_IMAGES)
+def test_target_is_pinned_non_root_labelled_and_installs_its_extras(stage):
+    chain = _chain(stage)
+    assert re.fullmatch(PINNED_BASE, STAGES[chain[-1]][0])
+    final = _image_instructions(stage)
+    copies = [line for line in final if line.startswith(("COPY", "ADD"))]
+    assert len(copies) == 1 and re.fullmatch(r"COPY --from=\S+ /opt/venv /opt/venv", copies[0]), copies  # only venv
+    assert not any(re.search(r"apt-get|gcc|build-essential|pip install", line) for line in final)  # no build tools
+    assert "USER 1000:1000" in final
+    labels = " ".join(line for line in final if line.startswith("LABEL "))
     for label in ("source", "revision", "version", "title"):
-        assert f"org.opencontainers.image.{label}=" in final, label
-    assert "LOCGEN_GIT_COMMIT=${REVISION}" in final  # the lineage names the image's commit
-    install = re.search(r"pip install(?:[^\n\\]|\\\n)*", text)[0]
+        assert f"org.opencontainers.image.{label}=" in labels, label
+    assert f'org.opencontainers.image.title="locgen-{stage}"' in labels
+    # The lineage names the image's commit: the ENV expands the REVISION build argument of its own stage.
+    lineage = [name for name in chain if any("LOCGEN_GIT_COMMIT=${REVISION}" in line for line in STAGES[name][1])]
+    assert lineage and all("ARG REVISION=unknown" in STAGES[name][1] for name in lineage)
+    assert any(line.startswith('CMD ["locgen", ') for line in final)
+    (venv,) = _copied_from(stage)
+    installs = [line for name in _chain(venv) for line in STAGES[name][1] if "pip install" in line]
+    assert len(installs) == 1, installs
+    install = installs[0]
     extras = re.search(r'"/src\[([a-z,]+)\]"', install)
-    assert (extras[1] if extras else None) == EXTRAS[dockerfile.parent.name]
+    assert (extras[1] if extras else None) == EXTRAS[stage]
     assert "-c /src/constraints.txt" in install
+    index = re.search(r"--index-url (\S+)", install)
+    assert (index[1] if index else None) == INDEXES[stage]
+    assert ("-c /src/constraints-gpu.txt" in install) == (stage in GPU_CONSTRAINTS)
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.parent.name)
-def test_hadolint_finds_nothing(dockerfile):
-    result = subprocess.run([str(VENV_BIN / "hadolint"), "--no-color", str(dockerfile)], capture_output=True,
+def test_hadolint_finds_nothing():
+    result = subprocess.run([str(VENV_BIN / "hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -63,7 +139,7 @@ def test_build_script_builds_the_tags_the_pipelines_name():
                             cwd=PROJECT_ROOT).stdout.split()
     assert listed[1::2] == [image(stage) for stage in STAGE_IMAGES] and listed[0::2] == list(STAGE_IMAGES)
     script = (IMAGES_DIR / "build.sh").read_text()
-    assert "-m pipeline.images" in script and 'images/$stage/Dockerfile' in script
+    assert "-m pipeline.images" in script and '--file images/Dockerfile --target "$stage"' in script
     assert subprocess.run(["bash", "-n", str(IMAGES_DIR / "build.sh")]).returncode == 0
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "out"} <= set(ignored)

@@ -8,7 +8,7 @@ from conftest import PROJECT_ROOT
 
 PYPROJECT = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
 EXTRAS = PYPROJECT["project"]["optional-dependencies"]
-INFER_DOCKERFILE = PROJECT_ROOT / "images" / "infer" / "Dockerfile"
+DOCKERFILE = PROJECT_ROOT / "images" / "Dockerfile"  # one target a stage's image
 
 
 def _pins(lines: list[str]) -> dict[str, str]:
@@ -43,13 +43,19 @@ def test_gpu_environment_pins_cuda_13_and_tensorrt_10():
     assert _pins(EXTRAS["gpu"])["tensorrt-cu13-libs"] == gpu["tensorrt-cu13-libs"]
 
 
+def _stage(text: str, name: str) -> str:
+    return re.search(rf"^FROM \S+ AS {name}\n(.*?)(?=^FROM |\Z)", text, flags=re.MULTILINE | re.DOTALL)[1]
+
+
 def test_the_inference_image_installs_the_gpu_extra_alone_with_the_gpu_pins():
-    text = INFER_DOCKERFILE.read_text()
-    installs = re.findall(r"pip install(?:[^\n\\]|\\\n)*", text)  # with its continuation lines
+    text = DOCKERFILE.read_text()
+    target = _stage(text, "infer")
+    venv = _stage(text, re.search(r"COPY --from=(\S+) /opt/venv", target)[1])  # where its environment is built
+    installs = re.findall(r"pip install(?:[^\n\\]|\\\n)*", venv)  # with its continuation lines
     assert len(installs) == 1
     assert re.findall(r"\[([a-z,]+)\]", installs[0]) == ["gpu"]
     assert "-c /src/constraints.txt" in installs[0] and "-c /src/constraints-gpu.txt" in installs[0]
-    assert "LD_LIBRARY_PATH=/opt/venv/lib/python3.12/site-packages/tensorrt_libs" in text  # libnvinfer.so.10
+    assert "LD_LIBRARY_PATH=/opt/venv/lib/python3.12/site-packages/tensorrt_libs" in target  # libnvinfer.so.10
 
 
 def test_ci_installs_the_cpu_runtime_only():

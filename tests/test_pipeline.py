@@ -8,14 +8,14 @@ import pytest
 import yaml
 from conftest import HELSINKI_PBF
 
-from components.cli import main
 from components.core.errors import LocgenError
 from components.core.provenance import OSM_ATTRIBUTION, git_commit
 from components.core.storage import open_store
+from components.core.tileset import MANIFEST_KEY, merge_manifest_parts, read_manifest
 from components.infer.job import generate
 from components.infer.settings import GenerateSettings
 from components.render.job import RenderSettings, render
-from components.render.tileset import MANIFEST_KEY, merge_manifest_parts, read_manifest
+from locgen.cli import main
 from pipeline.images import STAGE_IMAGES
 from pipeline.local import PIPELINE_DIR, check_parameters, compile_all, run_sample
 from pipeline.pipelines import OBJECT_STORE_SECRET, PIPELINES, end_to_end_pipeline, generation_pipeline

@@ -9,15 +9,15 @@ import pytest
 import shapely
 from conftest import HELSINKI_PBF, KOTKA_PBF
 
-from components.cli import main
 from components.core.geo import Bounds, lonlat_to_m, tile_at
 from components.core.markers import MARKER_RGB, marker_mask
 from components.core.pngmeta import decode_png, read_png_text
 from components.core.storage import open_store
-from components.render.osm import read_osm
+from components.core.style import LAND_RGB, LAYERS, WATER_RGB
+from components.core.tileset import GEOREF_TEXT_KEY, read_manifest, tile_of_row
 from components.render.raster import draw_markers, render_map
-from components.render.style import LAND_RGB, LAYERS, WATER_RGB
-from components.render.tileset import GEOREF_TEXT_KEY, read_manifest, tile_of_row
+from components.sources.osm import read_osm
+from locgen.cli import main
 
 HELSINKI_EXTENT = Bounds(24.9351762, 60.1641550, 24.9534145, 60.1791130)
 KOTKA_EXTENT = Bounds(26.93, 60.52, 26.97, 60.54)

@@ -10,9 +10,9 @@ from conftest import HELSINKI_PBF, KOTKA_PBF
 from overpass_server import OverpassServer
 from s3server import DyingProxy, free_port, unique_prefix
 
-from components.cli import main
 from components.core.storage import open_store
-from components.render.tileset import MANIFEST_KEY, read_manifest
+from components.core.tileset import MANIFEST_KEY, read_manifest
+from locgen.cli import main
 
 BICYCLE_POINTS = "osm:amenity=bicycle_rental,amenity=bicycle_parking"
 HELSINKI_PAIRS = ["render", "--osm", str(HELSINKI_PBF), "--city", "helsinki", "--pairs", "6",

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from components.cli import main
 from components.core.errors import LocgenError
+from locgen.cli import main
 from pipeline.local import PIPELINE_DIR
 from pipeline.submit import TOKEN_ENV, plan
 

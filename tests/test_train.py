@@ -10,17 +10,16 @@ import torch
 from conftest import HELSINKI_PBF
 from s3server import free_port, unique_prefix
 
-from components.cli import main
+from components.core.detect import detect_markers
 from components.core.errors import LocgenError
 from components.core.markers import MARKER_RGB
 from components.core.storage import open_store
-from components.extract.detect import detect_markers
-from components.render.tileset import MANIFEST_KEY, read_manifest
+from components.core.tileset import MANIFEST_KEY, read_manifest
 from components.train.config import PRESETS
 from components.train.data import batch, load_tiles, to_model_input
+from components.train.generator_file import GENERATOR_KEY, load_generator
 from components.train.losses import lsgan_loss
 from components.train.train import (
-    GENERATOR_KEY,
     LAST_KEY,
     METRICS_KEY,
     Models,
@@ -30,11 +29,11 @@ from components.train.train import (
     _runtime,
     _share,
     _step,
-    load_generator,
     markers_per_tile,
     painted_dots_per_tile,
     train,
 )
+from locgen.cli import main
 
 # The tiny preset, smaller still: a CPU test, not a model.
 TEST_CONFIG = PRESETS["tiny"].override(ngf=8, ndf=8, num_patches=16, nce_channels=16, batch_size=2, crop_px=64,

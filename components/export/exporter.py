@@ -29,11 +29,8 @@ from torch import nn
 
 from components import __version__
 from components.core.errors import LocgenError
-from components.core.provenance import OSM_ATTRIBUTION
-from components.core.storage import open_file_uri, open_store
-from components.export.fp16 import to_fp16
-from components.extract.agreement import dot_agreement
-from components.infer.onnxmodel import (
+from components.core.matching import dot_agreement
+from components.core.onnx_io import (
     FP16_SUFFIX,
     INPUT_NAME,
     OUTPUT_NAME,
@@ -43,9 +40,12 @@ from components.infer.onnxmodel import (
     to_model_input,
     to_tiles,
 )
-from components.render.tileset import decode_tile, fetch_all, plain_rows
+from components.core.provenance import OSM_ATTRIBUTION
+from components.core.storage import open_file_uri, open_store
+from components.core.tileset import decode_tile, fetch_all, plain_rows
+from components.export.fp16 import to_fp16
+from components.train.generator_file import load_generator
 from components.train.networks import MIN_SIZE_PX, SIZE_MULTIPLE, Generator
-from components.train.train import load_generator
 
 OPSET = 20
 MAX_SIDE_PX = 4096  # the largest side the dynamic shapes admit

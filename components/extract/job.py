@@ -16,21 +16,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from components.core.errors import LocgenError
-from components.core.geo import m_to_lonlat
-from components.core.pngmeta import read_png_text
-from components.core.provenance import OSM_ATTRIBUTION
-from components.core.storage import Store, open_file_uri, open_store
-from components.extract.detect import (
+from components.core.detect import (
     Detection,
     DetectSettings,
     detect_markers,
     holds_more_dots,
     typical_dot_core_px,
 )
-from components.extract.merge import TilePoint, merge_duplicates, merged_position
-from components.extract.preview import Mosaic
-from components.render.tileset import (
+from components.core.errors import LocgenError
+from components.core.geo import m_to_lonlat
+from components.core.pngmeta import read_png_text
+from components.core.provenance import OSM_ATTRIBUTION
+from components.core.storage import Store, open_file_uri, open_store
+from components.core.tileset import (
     GEOREF_TEXT_KEY,
     MANIFEST_KEY,
     decode_tile,
@@ -38,6 +36,8 @@ from components.render.tileset import (
     read_manifest,
     tile_of_row,
 )
+from components.extract.merge import TilePoint, merge_duplicates, merged_position
+from components.extract.preview import Mosaic
 
 CSV_COLUMNS = ("latitude", "longitude", "tile_id", "score", "city")
 

@@ -23,12 +23,10 @@ import numpy as np
 from tqdm import tqdm
 
 from components.core.errors import LocgenError
+from components.core.onnx_io import check_tile_size, fp16_path
 from components.core.pngmeta import encode_png
 from components.core.storage import Store, local_file, open_file_uri, open_store
-from components.infer.onnxmodel import Translator, check_tile_size, fp16_path, open_translator, read_metadata
-from components.infer.settings import GenerateSettings
-from components.pretrained import BUNDLED_MODEL
-from components.render.tileset import (
+from components.core.tileset import (
     decode_tile,
     fetch_all,
     manifest_bytes,
@@ -37,6 +35,9 @@ from components.render.tileset import (
     png_text,
     tile_key,
 )
+from components.infer.onnxmodel import Translator, open_translator, read_metadata
+from components.infer.settings import GenerateSettings
+from components.pretrained import BUNDLED_MODEL
 
 M_PER_PX_TOLERANCE = 0.01
 UPLOAD_THREADS = 8

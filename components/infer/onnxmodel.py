@@ -1,8 +1,8 @@
 """A generator exported to ONNX, run by ONNX Runtime on TensorRT, CUDA or the CPU.
 
-What `locgen export` writes and `locgen generate` reads, in one place: the tensor names, the
-metadata keys, the file names of the fp16 variant and the parity report, and the pixel conversions.
-This module needs onnxruntime and numpy only (no torch): it is what the inference image runs.
+The contract it runs by (tensor names, pixel conversions, file names, tile sizes) is
+`components.core.onnx_io`. This module needs onnxruntime and numpy only (no torch): it is what the
+inference image runs.
 
 Providers: `auto` tries TensorRT, then CUDA, then the CPU, and keeps the first whose session
 really runs on it. ONNX Runtime does not fail when a GPU provider cannot start (no GPU, missing
@@ -24,14 +24,18 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from components.core.errors import LocgenError
+from components.core.onnx_io import (
+    FP16_SUFFIX,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PROVIDERS,
+    fp16_path,
+    to_model_input,
+    to_tiles,
+)
 from components.core.provenance import file_sha256
 from components.infer.settings import AUTO_ORDER
 
-INPUT_NAME = "image"  # (batch, 3, height, width) float32 RGB in [-1, 1]
-OUTPUT_NAME = "generated"  # the same shape and range
-FP16_SUFFIX = ".fp16.onnx"  # beside MODEL.onnx: the variant TensorRT runs
-PARITY_SUFFIX = ".parity.json"  # beside MODEL.onnx: how closely it matches PyTorch
-PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 GPU_FIX = ("install onnxruntime-gpu (pip install 'locgen[gpu]': CUDA 13 and TensorRT 10) on a machine with an "
            "NVIDIA GPU, or use --provider cpu")
 
@@ -50,27 +54,6 @@ class ProviderUnavailable(LocgenError):
         self.reason = reason
 
 
-def fp16_path(model_path: Path) -> Path:
-    """MODEL.onnx -> MODEL.fp16.onnx."""
-    return model_path.with_name(model_path.name.removesuffix(".onnx") + FP16_SUFFIX)
-
-
-def parity_path(model_path: Path) -> Path:
-    """MODEL.onnx -> MODEL.parity.json."""
-    return model_path.with_name(model_path.name.removesuffix(".onnx") + PARITY_SUFFIX)
-
-
-def to_model_input(tiles: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W, 3) RGB tiles -> float32 (N, 3, H, W) in [-1, 1]: rgb / 127.5 - 1, as in training."""
-    return np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
-
-
-def to_tiles(generated: np.ndarray) -> np.ndarray:
-    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3) RGB, rounded half to even as training does."""
-    pixels = np.clip(np.rint((generated.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
-
-
 def read_metadata(model_path: Path) -> dict:
     """The locgen metadata stored in an exported model (every value JSON-encoded)."""
     session = _session(model_path, [PROVIDERS["cpu"]])
@@ -79,17 +62,6 @@ def read_metadata(model_path: Path) -> dict:
         raise LocgenError(f"{model_path}: an ONNX model without locgen metadata; give the .onnx that locgen export "
                           "wrote")
     return {key: json.loads(value) for key, value in stored.items()}
-
-
-def check_tile_size(height_px: int, width_px: int, multiple: int, least: int, what: str) -> None:
-    """A clear error for tiles the network cannot take (sides multiples of `multiple` px, at least
-    `least` px: the model's size_multiple_px and min_size_px), naming the sizes it can."""
-    for side in (height_px, width_px):
-        if side % multiple or side < least:
-            lower = max(least, side - side % multiple)
-            raise LocgenError(f"{what}: tiles of {height_px}x{width_px} px; the model takes sides that are multiples "
-                              f"of {multiple} px of at least {least} px (e.g. {lower} or {lower + multiple}); "
-                              "render the tiles with such a --size-px")
 
 
 class Translator(NamedTuple):
@@ -142,7 +114,7 @@ def _open_on(provider: str, model_path: Path, tile_px: tuple[int, int], batch_si
     if name not in available:
         raise ProviderUnavailable(provider, f"this onnxruntime has no {name}, only {', '.join(available)}")
     if provider != "cpu":
-        # The CUDA 13 and cuDNN 9 libraries of the pip wheels (images/infer): found in site-packages, not
+        # The CUDA 13 and cuDNN 9 libraries of the pip wheels (the infer image): found in site-packages, not
         # on the loader's path. Where they come from the system instead, this finds them there.
         ort.preload_dlls()
     if provider == "tensorrt":

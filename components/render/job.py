@@ -7,6 +7,8 @@ and the next run renders only what is not there yet.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import os
 import time
@@ -17,9 +19,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from components import __version__
 from components.core.errors import LocgenError
 from components.core.geo import (
     Bounds,
+    Tile,
     bounds_lonlat_to_m,
     bounds_m_to_lonlat,
     check_bbox,
@@ -30,11 +34,12 @@ from components.core.geo import (
 )
 from components.core.pngmeta import encode_png
 from components.core.storage import Store, default_cache_dir, local_file, open_store
-from components.render.osm import MapData, header_bounds, read_osm
+from components.core.style import style_sha256
+from components.core.tileset import manifest_bytes, manifest_key, manifest_row, png_text, tile_key
 from components.render.plan import PairSettings, PlannedTile, bbox_plan, grid_plan, pairs_plan
 from components.render.raster import draw_markers, render_map
-from components.render.tileset import inputs_sha256, manifest_bytes, manifest_key, manifest_row, png_text, tile_key
 from components.sources.locations import LocationSource, load_locations
+from components.sources.osm import MapData, header_bounds, read_osm
 from components.sources.overpass import DEFAULT_OVERPASS_URL, fetch_overpass
 
 OVERPASS = "overpass"
@@ -293,7 +298,8 @@ def _render_tile(planned: PlannedTile) -> list[tuple[dict, bytes | None]]:
     for domain, sources, points_m, points_lonlat in variants:
         inputs_hash = inputs_sha256(tile, domain, osm_hashes, job.map_data.simplify_m, points_m,
                                     job.marker_radius_px)
-        row = manifest_row(planned, domain, job.city, inputs_hash, sources, points_lonlat, job.marker_radius_px)
+        row = manifest_row(planned.tile_id, tile, domain, job.city, inputs_hash, sources, points_lonlat,
+                           job.marker_radius_px)
         if tile_key(domain, planned.tile_id, inputs_hash) in job.existing_keys:
             results.append((row, None))
             continue
@@ -302,3 +308,16 @@ def _render_tile(planned: PlannedTile) -> list[tuple[dict, bytes | None]]:
         image = base if points_m is None else draw_markers(base, tile, points_m, job.marker_radius_px)
         results.append((row, encode_png(image, png_text(row))))
     return results
+
+
+def inputs_sha256(tile: Tile, domain: str, source_hashes: list[str], simplify_m: float,
+                  points_m: np.ndarray | None, marker_radius_px: float) -> str:
+    """Hash of everything that decides a tile's pixels."""
+    document = {
+        "locgen": __version__,  # the renderer's code shapes the pixels as much as the style does
+        "tile": list(tile), "domain": domain, "style": style_sha256(), "sources": sorted(source_hashes),
+        "simplify_m": simplify_m,
+        "points_m": None if points_m is None else np.round(points_m, 4).tolist(),
+        "marker_radius_px": marker_radius_px if domain == "a" else None,
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()

@@ -14,8 +14,8 @@ import numpy as np
 
 from components.core.geo import Tile
 from components.core.markers import MARKER_RGB
-from components.render.osm import FeatureArrays, MapData
-from components.render.style import LAND_RGB, LAYERS
+from components.core.style import LAND_RGB, LAYERS
+from components.sources.osm import FeatureArrays, MapData
 
 SHIFT_BITS = 4
 FIXED_ONE = 1 << SHIFT_BITS

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from components.core.errors import LocgenError
 from components.core.storage import LocalStore, Store, open_store
-from components.render.tileset import MANIFEST_KEY, decode_tile, fetch_all, parse_manifest
+from components.core.tileset import MANIFEST_KEY, decode_tile, fetch_all, parse_manifest
 
 EPOCH_STREAM = 1 << 20  # keeps the epoch orders apart from the per-step draws of the same seed
 

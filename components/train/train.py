@@ -15,12 +15,10 @@ generator.pt (generator-only, for export), metrics.jsonl, samples/step-NNNNNNN.p
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
 import os
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,18 +29,18 @@ import torch
 from tqdm import tqdm
 
 from components import __version__
+from components.core.detect import detect_markers
 from components.core.errors import LocgenError
 from components.core.pngmeta import encode_png
 from components.core.provenance import OSM_ATTRIBUTION
-from components.core.storage import LocalStore, Store, default_cache_dir, open_file_uri, open_store
-from components.extract.detect import detect_markers
-from components.pretrained import BUNDLED_GENERATOR
+from components.core.storage import LocalStore, Store, default_cache_dir, open_store
 from components.train.config import TrainConfig
 from components.train.data import TileData, batch, load_tiles, to_model_input, to_uint8_images
+from components.train.generator_file import GENERATOR_KEY, load_torch
 from components.train.losses import lsgan_loss, patch_nce_loss
 from components.train.networks import Discriminator, Generator, PatchSampleMLP, init_weights
 
-LAST_KEY, BEST_KEY, GENERATOR_KEY = "checkpoints/last.pt", "checkpoints/best.pt", "generator.pt"
+LAST_KEY, BEST_KEY = "checkpoints/last.pt", "checkpoints/best.pt"
 METRICS_KEY = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 STREAM_A, STREAM_B, STREAM_DRAWS = 1, 2, 3  # a, b and the step's other draws: apart, the domains are unpaired
@@ -373,28 +371,6 @@ def _generator_export(models: Models, config: TrainConfig, settings: TrainSettin
             "input_normalisation": "rgb / 127.5 - 1", "validation": validation}
 
 
-def load_generator(uri: str | os.PathLike[str] | None = None) -> tuple[Generator, dict]:
-    """A generator export (generator.pt of locgen train, local or s3://) in eval mode, and its metadata.
-
-    None: the bundled pretrained generator (components/pretrained), what generation uses when no
-    model is given.
-    """
-    label = f"bundled:{BUNDLED_GENERATOR.name}" if uri is None else os.fspath(uri)  # the same on every machine
-    uri = BUNDLED_GENERATOR if uri is None else uri
-    store, key = open_file_uri(uri)
-    raw = store.get_bytes(key)
-    export = _load_torch(raw, store.url(key), torch.device("cpu"), "generator",
-                         f"give the {GENERATOR_KEY} that locgen train wrote")
-    if not isinstance(export, dict) or "generator" not in export:
-        raise LocgenError(f"{uri}: not a generator export; give the {GENERATOR_KEY} that locgen train wrote, "
-                          f"not a checkpoint")
-    generator = Generator(export["ngf"], export["n_blocks"])
-    generator.load_state_dict(export.pop("generator"))
-    # Names the exact file in the lineage of what is made from it (ONNX models, generated tiles).
-    export.update(uri=label, sha256=hashlib.sha256(raw).hexdigest())
-    return generator.eval(), export
-
-
 def _resume(store: Store, models: Models, optimisers: list, schedulers: list, config: TrainConfig,
             device: torch.device) -> tuple[int, list, dict | None]:
     if not store.exists(LAST_KEY):
@@ -415,19 +391,11 @@ def _resume(store: Store, models: Models, optimisers: list, schedulers: list, co
 
 def load_checkpoint(store: Store, key: str, device: torch.device) -> dict:
     """A checkpoint written by train(); anything else is one clear error."""
-    state = _load_torch(store.get_bytes(key), store.url(key), device, "checkpoint",
+    state = load_torch(store.get_bytes(key), store.url(key), device, "checkpoint",
                         "train again, or resume from another checkpoint")
     if not isinstance(state, dict) or "models" not in state:
         raise LocgenError(f"{store.url(key)}: not a locgen training checkpoint; give the out folder of locgen train")
     return state
-
-
-def _load_torch(raw: bytes, uri: str, device: torch.device, what: str, fix: str):
-    """What torch.save wrote into `raw` (tensors only, on `device`); an unreadable file is one clear error."""
-    try:
-        return torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise LocgenError(f"{uri}: not a readable {what} ({str(error).splitlines()[0]}); {fix}") from None
 
 
 def _torch_bytes(value) -> bytes:

@@ -12,7 +12,6 @@ tile from other inputs never hides under the same name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +24,7 @@ from components.core.geo import Bounds, Tile, tile_from_bounds_3857
 from components.core.pngmeta import decode_png
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import Store
-from components.render.plan import PlannedTile
-from components.render.style import STYLE_VERSION, style_sha256
+from components.core.style import STYLE_VERSION, style_sha256
 
 MANIFEST_KEY = "manifest.jsonl"
 MANIFEST_PARTS = "manifest-parts"  # one part per shard, merged into the manifest when every shard is done
@@ -36,29 +34,15 @@ FETCH_THREADS = 8
 FETCH_BATCH = 64
 
 
-def inputs_sha256(tile: Tile, domain: str, source_hashes: list[str], simplify_m: float,
-                  points_m: np.ndarray | None, marker_radius_px: float) -> str:
-    """Hash of everything that decides a tile's pixels."""
-    document = {
-        "locgen": __version__,  # the renderer's code shapes the pixels as much as the style does
-        "tile": list(tile), "domain": domain, "style": style_sha256(), "sources": sorted(source_hashes),
-        "simplify_m": simplify_m,
-        "points_m": None if points_m is None else np.round(points_m, 4).tolist(),
-        "marker_radius_px": marker_radius_px if domain == "a" else None,
-    }
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
-
-
 def tile_key(domain: str, tile_id: str, inputs_hash: str) -> str:
     return f"{domain}/{tile_id}-{inputs_hash[:KEY_HASH_CHARS]}.png"
 
 
-def manifest_row(planned: PlannedTile, domain: str, city: str, inputs_hash: str, sources: list[dict],
+def manifest_row(tile_id: str, tile: Tile, domain: str, city: str, inputs_hash: str, sources: list[dict],
                  points_lonlat: list[list[float]] | None, marker_radius_px: float) -> dict:
-    tile = planned.tile
     row = {
-        "id": planned.tile_id,
-        "path": tile_key(domain, planned.tile_id, inputs_hash),
+        "id": tile_id,
+        "path": tile_key(domain, tile_id, inputs_hash),
         "domain": domain,
         "city": city,
         "size_px": tile.size_px,

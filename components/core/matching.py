@@ -1,6 +1,10 @@
-"""Do two runs of a generator paint the same dots? (fp16 against fp32, TensorRT against PyTorch.)
+"""One-to-one point matching, the contract the evaluation and the export's parity check share.
 
-Pixel differences say little about what a user gets: the points come from the dots. Two sets of
+`matched_count`: the size of a maximum one-to-one matching of allowed pairs (generated and real
+points within a distance, or the dots of two runs of a generator).
+
+`dot_agreement`: do two runs of a generator paint the same dots? (fp16 against fp32, TensorRT
+against PyTorch.) Pixel differences say little about what a user gets: the points come from the dots. Two sets of
 generated tiles agree when the extraction stage's detector finds the same dots in them: every dot
 of one within `match_px` of a dot of the other, one to one.
 """
@@ -11,10 +15,28 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_flow
 from scipy.spatial import cKDTree
 
-from components.extract.detect import detect_markers
-from components.extract.evaluate import matched_count
+from components.core.detect import detect_markers
+
+
+def matched_count(generated_index: np.ndarray, truth_index: np.ndarray, generated: int, truth: int) -> int:
+    """Size of a maximum one-to-one matching of the allowed (generated[i], truth[j]) pairs.
+
+    Solved as a unit-capacity maximum flow, source -> generated -> real -> sink, by Dinic's algorithm,
+    which on this network is Hopcroft-Karp (O(E sqrt(V))). Not by scipy's maximum_bipartite_matching:
+    its depth-first phase never marks dead ends and takes exponential time on layered graphs (scipy
+    issue #26147, open in scipy 1.17), which dense point sets build: 30,000 vs 30,000 points in 10 km
+    at 100 m took it 55 to 146 s, and this 0.3 s.
+    """
+    source, sink = generated + truth, generated + truth + 1
+    tails = np.concatenate([np.full(generated, source), generated_index, generated + np.arange(truth)])
+    heads = np.concatenate([np.arange(generated), generated + truth_index, np.full(truth, sink)])
+    capacity = csr_matrix((np.ones(len(tails), dtype=np.int32), (tails, heads)), shape=(sink + 1, sink + 1))
+    return int(maximum_flow(capacity, source, sink, method="dinic").flow_value)
+
 
 MATCH_PX = 2.0  # a dot drawn 1 px off by rounding stays the same dot; a neighbour 5 px away does not
 

@@ -375,6 +375,3 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=2))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,7 +21,7 @@ from shapely.ops import linemerge, polygonize, unary_union
 from components.core.errors import LocgenError
 from components.core.geo import Bounds, bounds_lonlat_to_m, expand, intersects, lonlat_to_m
 from components.core.provenance import file_sha256
-from components.render.style import LAYER_NAMES, LAYERS, match_layer
+from components.core.style import LAYER_NAMES, LAYERS, match_layer
 
 
 class FeatureArrays(NamedTuple):
