@@ -9,8 +9,13 @@ Two series, N generated vs N real points:
   Each such pair needs a geodesic distance, whatever the algorithm: the metric's cost, not the search's.
 
 Each case runs REPEATS times (fewer for the largest); the best run is reported, with the candidate pairs
-(chord <= 100 m) and the geodesic distances computed. Prints one JSON document.
+(chord <= 100 m) and the geodesic distances computed.
+`dense_matching`: `matched_count` alone on the dense city of tests/test_evaluate.py (30,000 real points in
+10 x 10 km, half of them copied with a ~20 m jitter: 295,000 pairs within 100 m), where scipy's
+maximum_bipartite_matching took over 6 minutes; the test checks the count, this times it (goal: < 10 s).
+Prints one JSON document.
 Usage: python benchmarks/bench_evaluate.py [--sizes 1000,10000,100000] [--series density,fixed_area]
+       [--no-dense-matching]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from components.core.geo import Bounds
+from components.core.matching import matched_count
 from components.extract.evaluate import DEFAULT_RADII_M, SEARCH_MARGIN_M, ecef_m, score_points, uniform_baseline
 
 CENTRE_LON, CENTRE_LAT = 24.94, 60.17
@@ -73,6 +79,29 @@ def run_case(count: int, side_m: float, repeats: int) -> dict:
             "us_per_geodesic": round(min(times_s) / (pairs + 2 * count) * 1e6, 1)}
 
 
+def dense_city_pairs(count: int = 30_000) -> tuple[np.ndarray, np.ndarray]:
+    """The (generated, real) index pairs within 100 m of a dense city: `count` real points in 10 x 10 km,
+    half of them copied with a 20 m jitter (the graph on which scipy's matching takes minutes)."""
+    bbox = Bounds(24.85, 60.125, 25.03, 60.215)
+    real = uniform_baseline(count, bbox, seed=1)
+    jitter = np.random.default_rng(2).normal(0.0, 0.0002, (count // 2, 2))
+    generated = np.concatenate([real[: count // 2] + jitter, uniform_baseline(count - count // 2, bbox, seed=3)])
+    pairs = cKDTree(ecef_m(generated)).sparse_distance_matrix(cKDTree(ecef_m(real)), 100.0, output_type="ndarray")
+    return pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
+
+
+def dense_matching_case(repeats: int = 3, count: int = 30_000) -> dict:
+    """Best of `repeats` timed matched_count calls on the dense city's graph of pairs within 100 m."""
+    i, j = dense_city_pairs(count)
+    times_s = []
+    for _ in range(repeats):
+        started_s = time.perf_counter()
+        matched = matched_count(i, j, count, count)
+        times_s.append(time.perf_counter() - started_s)
+    return {"points": count, "pairs_100m": len(i), "matched": matched, "best_s": round(min(times_s), 3),
+            "worst_s": round(max(times_s), 3), "runs": repeats, "goal_s": 10.0}
+
+
 def series(sizes: list[int], side_of) -> list[dict]:
     """Cases of growing size; each with its time ratio to the previous case beside the ratio of sizes."""
     cases = []
@@ -90,11 +119,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--series", default="density,fixed_area")
+    parser.add_argument("--dense-matching", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time matched_count on the dense city (default: yes)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     sides = {"density": lambda count: CITY_SIDE_M * math.sqrt(count / CITY_POINTS),
              "fixed_area": lambda count: CITY_SIDE_M}
     results = {name: series(sizes, sides[name]) for name in args.series.split(",")}
+    if args.dense_matching:
+        results["dense_matching"] = dense_matching_case()
     print(json.dumps({"benchmark": "score_points", "radii_m": list(DEFAULT_RADII_M), "grid_m": 100.0,
                       "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                   "processor": platform.processor() or platform.machine()},

@@ -70,7 +70,7 @@ def main() -> None:
         rows = [row for row in read_manifest(store) if row["domain"] == "a"]  # what a generator gives
         pngs = [store.get_bytes(row["path"]) for row in rows]
         dots = sum(len(detect_markers(decode_png(png))) for png in pngs)
-        settings = ExtractSettings(tiles=tiles_uri, out=f"{folder}/points.csv", domain="a", progress=False)
+        settings = ExtractSettings(tiles=tiles_uri, out=[f"{folder}/points.csv"], domain="a", progress=False)
         results = {
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
                        f"{platform.python_version()}, OpenCV {cv2.__version__}",

@@ -8,11 +8,9 @@ containers. Parameters are checked here, before any stage runs.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import json
 import logging
-import os
 import re
 import sys
 import warnings
@@ -21,12 +19,19 @@ from pathlib import Path
 from kfp import compiler, local
 
 from components.core.errors import LocgenError
-from components.core.geo import parse_bbox, parse_latlon
+from components.core.settings import Declared, declared, parse_text
+from components.extract.evaluate import EvaluateSettings
+from components.infer.settings import GenerateSettings
+from components.render.job import RenderSettings
 from components.train.config import PRESETS
-from pipeline.images import DEFAULT_REGISTRY, REGISTRY_ENV
+from pipeline.images import DEFAULT_REGISTRY
+from pipeline.pipelines import SAMPLE_HOLDOUT, SAMPLE_LOCATIONS, SAMPLE_OSM, SAMPLE_TARGET_OSM, build_pipelines
 
 PIPELINE_DIR = Path(__file__).resolve().parent
-GPUS_ENV = "LOCGEN_PIPELINE_GPUS"  # "0": compile pipelines whose tasks ask for no GPU
+# A parameter feeds the stage setting of its name, or of its name less one of these: target_ (the end-to-end
+# pipeline's target town), truth_ (the area scored), train_ and infer_ (what a batch size sizes).
+PARAMETER_PREFIXES = ("target_", "truth_", "train_", "infer_")
+STAGE_SETTINGS = (RenderSettings, EvaluateSettings, GenerateSettings)  # what the pipelines' parameters feed
 TYPE_NAMES = {int: "a whole number", float: "a number", str: "a text", list: "a JSON list", bool: "true or false"}
 PROJECT_ROOT = PIPELINE_DIR.parent
 
@@ -35,46 +40,16 @@ def pipeline_file(name: str) -> Path:
     return PIPELINE_DIR / f"{name}.yaml"
 
 
-def compile_all(out_dir: Path = PIPELINE_DIR, registry: str | None = None, gpus: bool = True) -> list[Path]:
-    """Write every pipeline's YAML into out_dir: with `registry`, the images come from there; without
-    `gpus`, no task asks for a GPU (a cluster without any: train and infer run on the CPU)."""
-    settings = {REGISTRY_ENV: registry or os.environ.get(REGISTRY_ENV, DEFAULT_REGISTRY), GPUS_ENV: str(int(gpus))}
-    with _environment(settings):
-        # The images and resources are bound when the components and pipelines are defined: define them
-        # anew under these settings, then once more as they were, for whoever imported them before.
-        pipelines = _defined_pipelines()
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        written = []
-        for name, pipeline in pipelines.items():
-            path = Path(out_dir) / f"{name}.yaml"
-            compiler.Compiler().compile(pipeline, str(path))
-            written.append(path)
-    _defined_pipelines()
+def compile_all(out_dir: Path = PIPELINE_DIR, registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> list[Path]:
+    """Write every pipeline's YAML into out_dir: the images come from `registry`; without `gpus`, no
+    task asks for a GPU (a cluster without any: train and infer run on the CPU)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, pipeline in build_pipelines(registry, gpus).items():
+        path = Path(out_dir) / f"{name}.yaml"
+        compiler.Compiler().compile(pipeline, str(path))
+        written.append(path)
     return written
-
-
-@contextlib.contextmanager
-def _environment(settings: dict):
-    saved = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _defined_pipelines() -> dict:
-    import pipeline.components
-    import pipeline.images
-    import pipeline.pipelines
-
-    for module in (pipeline.images, pipeline.components, pipeline.pipelines):
-        importlib.reload(module)
-    return pipeline.pipelines.PIPELINES
 
 
 def parse_parameters(texts: list[str]) -> dict:
@@ -109,13 +84,11 @@ def check_parameters(pipeline, given: dict, local_files: bool = True) -> None:
     if preset is not None and preset not in PRESETS:
         raise LocgenError(f"preset {preset!r}: unknown; give one of {', '.join(sorted(PRESETS))}")
     for name, value in parameters.items():
-        if not value:
-            continue
-        if name.endswith("bbox") or name == "holdout":
-            parse_bbox(value, name)
-        elif name.endswith("center"):
-            parse_latlon(value, name)
-        elif name.endswith("osm") and local_files and not value.startswith("s3://") and not Path(value).is_file():
+        item = setting_fed_by(name)
+        if isinstance(value, str) and value and item is not None and item.parse is not None:
+            parse_text(item, value, name)
+        if item is not None and item.name == "osm" and local_files and not value.startswith("s3://") \
+                and not Path(value).is_file():
             raise LocgenError(f"{name} {value}: no such file; give an .osm.pbf file or an s3:// URI")
     for prefix in ("", "target_"):
         center, grid, bbox = (parameters.get(f"{prefix}{key}") for key in ("center", "grid", "bbox"))
@@ -123,6 +96,14 @@ def check_parameters(pipeline, given: dict, local_files: bool = True) -> None:
             raise LocgenError(f"no area: give {prefix}bbox W,S,E,N, or {prefix}center LAT,LON with {prefix}grid N")
     if "locations" in parameters and not parameters["locations"]:
         raise LocgenError("locations: give one or more location sources to train on")
+
+
+def setting_fed_by(parameter: str, classes: tuple = STAGE_SETTINGS) -> Declared | None:
+    """The stage setting a pipeline or component parameter feeds: the one of its name, less one of
+    PARAMETER_PREFIXES, in the first of `classes` that has it."""
+    name = next((parameter.removeprefix(prefix) for prefix in PARAMETER_PREFIXES if parameter.startswith(prefix)),
+                parameter)
+    return next((item for cls in classes for item in declared(cls) if item.name == name), None)
 
 
 def run_locally(pipeline, parameters: dict, pipeline_root: Path):
@@ -156,27 +137,19 @@ def run_sample(store: Path, overrides: dict, pretrained: bool) -> dict:
 
     Returns where the points, previews and the evaluation report are.
     """
-    from pipeline.pipelines import (
-        SAMPLE_HOLDOUT,
-        SAMPLE_LOCATIONS,
-        SAMPLE_OSM,
-        SAMPLE_TARGET_OSM,
-        end_to_end_pipeline,
-        generation_pipeline,
-    )
-
+    pipelines = build_pipelines()
     root = store.resolve()
     pipeline_root = root / "kfp"
     if not pretrained:
         parameters = {"osm": str(PROJECT_ROOT / SAMPLE_OSM), "target_osm": str(PROJECT_ROOT / SAMPLE_TARGET_OSM),
                       "store": str(root), **overrides}
-        outputs = run_locally(end_to_end_pipeline, parameters, pipeline_root).outputs
+        outputs = run_locally(pipelines["end-to-end"], parameters, pipeline_root).outputs
         return _where(outputs["target_points"], outputs["holdout_points"])
     target = {"osm": str(PROJECT_ROOT / SAMPLE_TARGET_OSM), "store": str(root), **overrides}
     held_out = {"city": "helsinki", "osm": str(PROJECT_ROOT / SAMPLE_OSM), "bbox": SAMPLE_HOLDOUT, "grid": 0,
                 "center": "", "truth": SAMPLE_LOCATIONS, "truth_bbox": SAMPLE_HOLDOUT, "store": str(root)}
-    return _where(run_locally(generation_pipeline, target, pipeline_root).output,
-                  run_locally(generation_pipeline, held_out, pipeline_root).output)
+    return _where(run_locally(pipelines["generate"], target, pipeline_root).output,
+                  run_locally(pipelines["generate"], held_out, pipeline_root).output)
 
 
 def _where(target_points, held_out_points) -> dict:

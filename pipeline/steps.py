@@ -30,14 +30,12 @@ from pathlib import Path
 
 from components import __version__
 from components.core.errors import LocgenError
-from components.core.geo import parse_bbox, parse_latlon
+from components.core.geo import parse_bbox
 from components.core.provenance import OSM_ATTRIBUTION, git_commit
+from components.core.settings import from_parameters, output_identity, unset
 from components.core.storage import default_cache_dir, local_file, open_file_uri, open_store
 from components.core.style import STYLE_VERSION
 from components.core.tileset import MANIFEST_KEY
-
-# The stages, by the name of their component in the pipelines.
-STAGES = ("render", "train", "export", "infer", "extract", "evaluate")
 
 
 def timed(step):
@@ -85,22 +83,20 @@ def pointed_uri(artifact) -> str:
 # --- render -----------------------------------------------------------------------------------------
 
 @timed
-def render_step(store: str, city: str, osm: str, locations: list[str], pairs: int, bbox: str, center: str, grid: int,
-                holdout: str, marker_radius_px: float, seed: int, shard: int, shards: int, tiles, metrics) -> None:
-    """Render one shard of a tile set (every shards-th planned tile); collect_step publishes the whole."""
-    from components.render.job import RenderSettings, render
+def render_step(store: str, shard: int, shards: int, tiles, metrics, **render) -> None:
+    """Render one shard of a tile set (every shards-th planned tile); collect_step publishes the whole.
 
-    settings = RenderSettings(osm=[osm], out="", city=city, locations=list(locations), pairs=pairs or None,
-                              bbox=parse_bbox(bbox) if bbox else None,
-                              center=parse_latlon(center, "center") if center else None, grid=grid or None,
-                              holdout=parse_bbox(holdout, "holdout") if holdout else None,
-                              marker_radius_px=marker_radius_px, seed=seed, workers=0, progress=False, shard=shard,
-                              shards=shards)
-    identity = {"osm": osm, "locations": settings.locations, "pairs": pairs, "bbox": bbox, "center": center,
-                "grid": grid, "holdout": holdout, "marker_radius_px": marker_radius_px, "seed": seed}
-    settings.out = f"{city_prefix(store, city)}/tiles/{_short_hash(identity)}"
-    summary = render(settings)
-    publish_pointer(tiles, settings.out, lineage(city, [], render=identity, shard=shard, shards=shards))
+    `render`: settings of RenderSettings by name (0 and "" for "not given"). The tile set's folder is
+    named by every setting that shapes the tiles, so renders that differ never share one.
+    """
+    from components.render.job import RenderSettings
+    from components.render.job import render as render_tileset
+
+    settings = from_parameters(RenderSettings, render, out="", workers=0, progress=False, shard=shard, shards=shards)
+    identity = {name: value for name, value in output_identity(settings).items() if value is not None}
+    settings.out = f"{city_prefix(store, settings.city)}/tiles/{_short_hash(identity)}"
+    summary = render_tileset(settings)
+    publish_pointer(tiles, settings.out, lineage(settings.city, [], render=identity, shard=shard, shards=shards))
     metrics.log_metric("tiles", summary["tiles"])
     metrics.log_metric("tiles_rendered", summary["rendered"])
 
@@ -142,17 +138,17 @@ def _area(rows: list[dict]) -> list[float]:
 # --- train and export -------------------------------------------------------------------------------
 
 @timed
-def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int, gpus: int, training_tiles, model,
-               metrics) -> None:
-    """Train (one process per GPU through torchrun when gpus > 1), resuming the run's checkpoint after a retry."""
-    from components.train.config import PRESETS
+def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int, gpus: int, training_tiles,
+               generator, metrics) -> None:
+    """Train (one process per GPU through torchrun when gpus > 1), resuming the run's checkpoint after a retry;
+    steps and batch_size 0: the preset's."""
+    from components.train.config import TrainSettings, preset_config
     from components.train.generator_file import GENERATOR_KEY, load_generator
-    from components.train.train import TrainSettings, train
+    from components.train.train import train
 
     tiles_uri = pointed_uri(training_tiles)
     city = training_tiles.metadata["city"]
-    config = PRESETS[preset].override(**{name: value for name, value in (("steps", steps), ("batch_size", batch_size))
-                                         if value})
+    config = preset_config(preset, unset(steps), unset(batch_size))
     out = run_uri(store, city, run_id, "train")
     resume = open_store(out).exists("checkpoints/last.pt")
     if gpus > 1:
@@ -161,7 +157,7 @@ def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int
     else:
         train(TrainSettings(data=tiles_uri, out=out, config=config, resume=resume, progress=False))
     best = load_generator(f"{out}/{GENERATOR_KEY}")[1]["validation"]
-    publish_pointer(model, f"{out}/{GENERATOR_KEY}", lineage(
+    publish_pointer(generator, f"{out}/{GENERATOR_KEY}", lineage(
         city, [tiles_uri], area=training_tiles.metadata.get("area"), sources=training_tiles.metadata.get("sources"),
         preset=preset, steps=config.steps,
         batch_size=config.batch_size, processes=max(gpus, 1),
@@ -210,19 +206,20 @@ def export_step(store: str, run_id: str, generator, training_tiles, onnx_model, 
 # --- infer, extract, evaluate -----------------------------------------------------------------------
 
 @timed
-def generate_step(store: str, run_id: str, model_uri: str, provider: str, batch_size: int, shard: int, shards: int,
+def generate_step(store: str, run_id: str, model: str, provider: str, batch_size: int, shard: int, shards: int,
                   onnx_model, tiles, generated, metrics) -> None:
     """Translate one shard of the plain tiles (every shards-th) with the exported model (an artifact), else
-    `model_uri`, else the bundled model; collect_step publishes the whole."""
+    `model`, else the bundled model; collect_step publishes the whole."""
     from components.infer.job import generate
     from components.infer.settings import GenerateSettings
 
     city = tiles.metadata["city"]
-    model_uri = pointed_uri(onnx_model) if onnx_model is not None else model_uri or None
     area = pointed_uri(tiles).rstrip("/").rsplit("/", 1)[-1]  # the render's hash: areas of one city stay apart
     out = run_uri(store, city, run_id, f"{area}/generated")
-    summary = generate(GenerateSettings(tiles=pointed_uri(tiles), out=out, model=model_uri, provider=provider,
-                                        batch_size=batch_size, progress=False, shard=shard, shards=shards))
+    model = pointed_uri(onnx_model) if onnx_model is not None else model
+    inference = {"model": model, "provider": provider, "batch_size": batch_size}
+    summary = generate(from_parameters(GenerateSettings, inference, tiles=pointed_uri(tiles), out=out, progress=False,
+                                       shard=shard, shards=shards))
     publish_pointer(generated, out, lineage(
         city, [summary["model"], pointed_uri(tiles)], provider=summary["provider"],
         model_sha256=summary["model_sha256"], shard=shard, shards=shards))
@@ -240,8 +237,7 @@ def extract_step(truth: list[str], truth_bbox: str, osm: str, generated, points,
     tiles_uri = pointed_uri(generated)
     folder = tiles_uri.rstrip("/").rsplit("/", 1)[0]
     csv_uri, geojson_uri, preview_uri = (f"{folder}/{name}" for name in ("points.csv", "points.geojson", "preview.png"))
-    result = extract(ExtractSettings(tiles=tiles_uri, out=csv_uri, preview=preview_uri, progress=False))
-    extract(ExtractSettings(tiles=tiles_uri, out=geojson_uri, progress=False))
+    result = extract(ExtractSettings(tiles=tiles_uri, out=[csv_uri, geojson_uri], preview=preview_uri, progress=False))
     rows = [("city", city), ("tiles", result["tiles"]), ("points", result["points"]), ("points (CSV)", csv_uri),
             ("points (GeoJSON)", geojson_uri)]
     report = _evaluate(csv_uri, list(truth), truth_bbox, osm, metrics) if truth else None

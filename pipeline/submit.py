@@ -43,14 +43,15 @@ class Submission:
 def plan(host: str, pipeline: str, parameters: dict, experiment: str, schedule: str | None,
          token_file: Path | None) -> Submission:
     """What `send` would send; every input checked."""
-    from pipeline.pipelines import PIPELINES
+    from pipeline.pipelines import build_pipelines
 
+    pipelines = build_pipelines()
     if not re.match(r"^https?://[^/\s]+", host or ""):
         raise LocgenError(f"--host {host!r}: give the Kubeflow Pipelines endpoint, e.g. http://localhost:8080 or "
                           "https://kubeflow.example.com/pipeline")
-    if pipeline not in PIPELINES:
-        raise LocgenError(f"--pipeline {pipeline}: unknown; give one of {', '.join(PIPELINES)}")
-    check_parameters(PIPELINES[pipeline], parameters, local_files=False)
+    if pipeline not in pipelines:
+        raise LocgenError(f"--pipeline {pipeline}: unknown; give one of {', '.join(pipelines)}")
+    check_parameters(pipelines[pipeline], parameters, local_files=False)
     package = pipeline_file(pipeline)
     digest = hashlib.sha256(package.read_bytes()).hexdigest()[:12]
     return Submission(host=host.rstrip("/"), pipeline_name=PIPELINE_NAMES[pipeline], package=package,

@@ -4,7 +4,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from s3server import S3Server, s3_server
+
+# Hypothesis checks by default that each example runs within 200 ms and that generating data is not
+# too slow: wall-clock limits that a busy machine can break. Tests state their examples, not their speed.
+settings.register_profile("locgen", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("locgen")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_OSM = PROJECT_ROOT / "data" / "osm"

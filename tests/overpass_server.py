@@ -19,7 +19,6 @@ import functools
 import re
 import tempfile
 import threading
-import time
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,12 +38,12 @@ BBOX_FILTER = re.compile(r"\(\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*
 
 @dataclass(frozen=True)
 class Reply:
-    """An HTTP answer, sent after `delay_s` seconds."""
+    """An HTTP answer; a `held` one is sent only once the test releases the server (or it closes)."""
 
     status: int
     body: bytes
     content_type: str = OSM_CONTENT_TYPE
-    delay_s: float = 0.0
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,9 +119,13 @@ def cut_off(bbox: Bounds, pbf: Path = SAMPLE_PBF) -> Reply:
     return Reply(200, document[:len(document) // 2])
 
 
-def stall(delay_s: float) -> Reply:
-    """A real answer that starts only after `delay_s` seconds."""
-    return Reply(200, empty_result().body, delay_s=delay_s)
+def stall() -> Reply:
+    """A real answer held back until `OverpassServer.release()` (or the server closes).
+
+    Nothing is sent before then, however long the client waits: its timeout fires first, whatever it
+    is and however slow the machine, instead of racing a fixed delay.
+    """
+    return Reply(200, empty_result().body, held=True)
 
 
 def select_ids(pbf: Path, bbox: Bounds) -> osmium.IdTracker:
@@ -177,6 +180,7 @@ class OverpassServer:
         self.pbf = pbf
         self.requests: list[Request] = []
         self._scripted: collections.deque[Reply] = collections.deque()
+        self._released = threading.Event()  # lets held replies go
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True  # a stalled reply must not hold up close()
         self._httpd.overpass = self
@@ -191,6 +195,10 @@ class OverpassServer:
     def script(self, *replies: Reply) -> None:
         """Answer the next requests with these replies, in order, before serving data again."""
         self._scripted.extend(replies)
+
+    def release(self) -> None:
+        """Send the held replies (to clients that have most likely given up by now)."""
+        self._released.set()
 
     def reply_to(self, query: str) -> Reply:
         """The scripted reply if one is left, else the answer from the extract."""
@@ -207,6 +215,7 @@ class OverpassServer:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self.release()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
@@ -222,7 +231,8 @@ class _Handler(BaseHTTPRequestHandler):
         overpass.requests.append(Request(query, self.headers.get("User-Agent", ""),
                                          self.headers.get("Content-Type", "")))
         reply = overpass.reply_to(query) if query else error_page(400, "no query in form field data")
-        time.sleep(reply.delay_s)
+        if reply.held:
+            overpass._released.wait()
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)

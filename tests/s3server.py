@@ -82,6 +82,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses every connection while the block runs: bound, never listening.
+
+    Unlike a `free_port()`, it stays held, so nothing else can start listening on it meanwhile: a
+    connection to it is refused at once, on every run.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
 class RequestSplitter:
     """Splits a client->server HTTP/1.1 byte stream into requests, even on keep-alive connections.
 

@@ -11,11 +11,15 @@ from geopy.distance import geodesic
 from s3server import unique_prefix
 
 from components.core.detect import detect_markers
+from components.core.errors import LocgenError
 from components.core.geo import Bounds, tile_at
 from components.core.markers import MARKER_RGB
 from components.core.pngmeta import decode_png, encode_png, read_png_text
+from components.core.points import write_points
+from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import open_store
 from components.core.tileset import MANIFEST_KEY, png_text, read_manifest
+from components.extract.job import CSV_COLUMNS, ExtractSettings, extract
 from components.render.raster import draw_markers, render_map
 from components.sources.osm import read_osm
 from locgen.cli import main
@@ -171,6 +175,44 @@ def test_geojson_and_preview_to_s3(s3_env, tmp_path, capsys):
     corner = preview[-20:, -200:]
     assert (corner < 100).any()  # the attribution's dark text in the bottom-right corner
     assert np.all(preview == MARKER_RGB, axis=-1).any()  # the a tiles, with their dots
+
+
+def test_one_run_writes_every_listed_file(tmp_path):
+    tiles = render_area(tmp_path, spaced_points(np.random.default_rng(6), 8, 30), 0)
+    csv_out, geojson_out = tmp_path / "out" / "points.csv", tmp_path / "out" / "points.geojson"
+    summary = extract(ExtractSettings(tiles=tiles, out=[str(csv_out), str(geojson_out)], progress=False))
+    with csv_out.open() as file:
+        rows = list(csv.DictReader(file))
+    features = json.loads(geojson_out.read_text())["features"]
+    assert summary["points"] == len(rows) == len(features) == 8
+    assert [[float(row["longitude"]), float(row["latitude"])] for row in rows] == \
+        [feature["geometry"]["coordinates"] for feature in features]
+    assert [{"tile_id": row["tile_id"], "score": float(row["score"]), "city": row["city"]} for row in rows] == \
+        [feature["properties"] for feature in features]
+
+
+def test_the_point_files_keep_their_bytes(tmp_path):
+    table = [(60.17123456789, 24.9412345678, "r000c001-ab", 0.9877, "helsinki"), (-33.5, 151.25, "t2", 1.0, "Zürich")]
+    write_points(str(tmp_path / "points.csv"), CSV_COLUMNS, table, attribution=OSM_ATTRIBUTION)
+    write_points(str(tmp_path / "points.geojson"), CSV_COLUMNS, table, attribution=OSM_ATTRIBUTION)
+    assert (tmp_path / "points.csv").read_text() == ("latitude,longitude,tile_id,score,city\n"
+                                                     "60.17123456789,24.9412345678,r000c001-ab,0.9877,helsinki\n"
+                                                     "-33.5,151.25,t2,1.0,Zürich\n")
+    assert (tmp_path / "points.geojson").read_text() == (
+        '{"type": "FeatureCollection", "attribution": "© OpenStreetMap contributors", "features": ['
+        '{"type": "Feature", "geometry": {"type": "Point", "coordinates": [24.9412345678, 60.17123456789]}, '
+        '"properties": {"tile_id": "r000c001-ab", "score": 0.9877, "city": "helsinki"}}, '
+        '{"type": "Feature", "geometry": {"type": "Point", "coordinates": [151.25, -33.5]}, '
+        '"properties": {"tile_id": "t2", "score": 1.0, "city": "Zürich"}}]}')
+
+
+def test_the_output_files_are_checked_before_any_work(tmp_path):
+    no_tiles = str(tmp_path / "no_tiles")  # reading it would fail too, but only after the outputs were checked
+    with pytest.raises(LocgenError, match=r"points.txt: unknown output format; give a path ending in .csv or .geojson"):
+        extract(ExtractSettings(tiles=no_tiles, out=[str(tmp_path / "points.csv"), str(tmp_path / "points.txt")]))
+    with pytest.raises(LocgenError, match="no output file; give at least one FILE.csv or FILE.geojson"):
+        extract(ExtractSettings(tiles=no_tiles, out=[]))
+    assert list(tmp_path.iterdir()) == []
 
 
 def run_failing(capsys, *argv) -> list[str]:

@@ -80,7 +80,7 @@ def test_onnx_runtime_paints_the_dots_pytorch_paints(kotka, generated):
 
 def test_points_extracted_from_generated_tiles_lie_in_their_tiles(generated, tmp_path):
     _, out = generated
-    summary = extract(ExtractSettings(tiles=out, out=str(tmp_path / "points.geojson"), progress=False))
+    summary = extract(ExtractSettings(tiles=out, out=[str(tmp_path / "points.geojson")], progress=False))
     features = json.loads((tmp_path / "points.geojson").read_text())["features"]
     assert summary["points"] == len(features) >= 9
     rows = read_manifest(open_store(out))

@@ -24,10 +24,12 @@ import pytest
 from conftest import HELSINKI_PBF, KOTKA_PBF
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from s3server import refusing_port
 
 from components.core import storage
 from components.core.errors import LocgenError
 from components.core.geo import MAX_LAT
+from components.core.provenance import OSM_ATTRIBUTION
 from components.sources.locations import Location, LocationSource, load_locations, write_locations
 
 MARSEILLE = Path("gbfs/marseille-voi-2023-11-03/free_bike_status.json")
@@ -267,7 +269,7 @@ def test_gbfs_discovery_over_http(chicago_server, shared_data):
 
 def test_gbfs_http_failures_name_the_url(chicago_server, tmp_path):
     base, served = chicago_server
-    with pytest.raises(LocgenError, match=r"cannot fetch \(HTTP Error 404") as excinfo:
+    with pytest.raises(LocgenError, match=r"cannot fetch \(HTTP 404 ") as excinfo:
         load_locations(f"{base}/no_such_feed.json")
     assert f"{base}/no_such_feed.json" in one_line_error(excinfo)
 
@@ -276,13 +278,14 @@ def test_gbfs_http_failures_name_the_url(chicago_server, tmp_path):
     with pytest.raises(LocgenError, match=f"{base}/gone.json: cannot fetch"):
         load_locations(str(write_json(tmp_path / "gbfs.json", discovery)))
 
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    with pytest.raises(LocgenError, match=f"http://127.0.0.1:{port}/gbfs.json: cannot fetch .*check the URL"):
-        load_locations(f"http://127.0.0.1:{port}/gbfs.json", timeout_s=5)
+    with refusing_port() as port:  # held while in use: refused on every run, never someone else's server
+        with pytest.raises(LocgenError, match=f"http://127.0.0.1:{port}/gbfs.json: cannot fetch .*refused"
+                                              ".*check the URL"):
+            load_locations(f"http://127.0.0.1:{port}/gbfs.json", timeout_s=5)
 
-    with socket.socket() as silent:  # accepts connections, never answers
+    # Listening but never accepting: the kernel completes the connection and nothing ever answers on it,
+    # so the client's timeout is what ends the wait, whatever its length and however slow the machine.
+    with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/gbfs.json"
@@ -599,6 +602,16 @@ def test_write_geojson(shared_data, tmp_path):
     back = load_locations(str(out))
     for written, read in zip(source.points, back.points, strict=True):
         assert (read.lon, read.lat) == pytest.approx((written.lon, written.lat), abs=5e-8)
+
+
+def test_write_geojson_keeps_the_osm_attribution_of_osm_points(tmp_path):
+    point = Location(24.9412345678, 60.1712345678, 1.0, "osm", "n1")
+    write_locations([LocationSource("osm:amenity=bicycle_rental", "osm-tags", "0" * 64, [point])],
+                    tmp_path / "osm.geojson")
+    write_locations([LocationSource("points.csv", "csv", "0" * 64, [point])], tmp_path / "csv.geojson")
+    assert read_json(tmp_path / "osm.geojson")["attribution"] == OSM_ATTRIBUTION
+    assert read_json(tmp_path / "osm.geojson")["features"][0]["geometry"]["coordinates"] == [24.9412346, 60.1712346]
+    assert "attribution" not in read_json(tmp_path / "csv.geojson")
 
 
 def test_write_unknown_suffix_and_failed_write(tmp_path, monkeypatch):

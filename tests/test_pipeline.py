@@ -18,7 +18,7 @@ from components.render.job import RenderSettings, render
 from locgen.cli import main
 from pipeline.images import STAGE_IMAGES
 from pipeline.local import PIPELINE_DIR, check_parameters, compile_all, run_sample
-from pipeline.pipelines import OBJECT_STORE_SECRET, PIPELINES, end_to_end_pipeline, generation_pipeline
+from pipeline.pipelines import OBJECT_STORE_SECRET, build_pipelines
 
 GPU_COMPONENTS = {"train-generator", "generate-tiles"}
 # A small end-to-end run: 12 training pairs, 4 training steps, a 2 x 2 grid of Kotka, render and infer in 2 shards.
@@ -33,7 +33,7 @@ def _documents(path) -> tuple[dict, dict]:
 
 def test_committed_yaml_is_what_compile_writes(tmp_path):
     written = compile_all(tmp_path)
-    assert sorted(path.name for path in written) == sorted(f"{name}.yaml" for name in PIPELINES)
+    assert sorted(path.name for path in written) == sorted(f"{name}.yaml" for name in build_pipelines())
     for path in written:
         committed = PIPELINE_DIR / path.name
         assert committed.read_text() == path.read_text(), f"{committed} is stale: run locgen compile"
@@ -191,8 +191,9 @@ def test_cli_run_and_compile_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "--store", str(tmp_path), "--param", "steps"])
     assert "--param steps: give NAME=VALUE" in capsys.readouterr().err
-    check_parameters(generation_pipeline, {"grid": 3})  # the pipelines' own defaults are valid
-    check_parameters(end_to_end_pipeline, {})
+    pipelines = build_pipelines()
+    check_parameters(pipelines["generate"], {"grid": 3})  # the pipelines' own defaults are valid
+    check_parameters(pipelines["end-to-end"], {})
 
 
 def test_train_task_runs_one_ddp_process_per_gpu(tmp_path):
@@ -209,7 +210,7 @@ def test_train_task_runs_one_ddp_process_per_gpu(tmp_path):
     def task(batch_size: int) -> tuple[Model, Metrics]:
         model, metrics = Model(name="m", uri=str(tmp_path / "model")), Metrics(name="x", uri=str(tmp_path / "x"))
         train_step(store=str(tmp_path / "store"), run_id=f"run-{batch_size}", preset="tiny", steps=2,
-                   batch_size=batch_size, gpus=2, training_tiles=tiles, model=model, metrics=metrics)
+                   batch_size=batch_size, gpus=2, training_tiles=tiles, generator=model, metrics=metrics)
         return model, metrics
 
     model, metrics = task(batch_size=2)

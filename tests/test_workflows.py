@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT
 
-from pipeline.pipelines import training_pipeline
+from pipeline.pipelines import build_pipelines
 
 WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
@@ -59,4 +59,4 @@ def test_retraining_submits_the_training_pipeline_with_its_parameters():
     submit = next(step for step in workflow["jobs"]["submit"]["steps"] if "locgen submit" in step.get("run", ""))
     assert submit["env"]["KFP_TOKEN"] == "${{ secrets.KFP_TOKEN }}"
     names = set(re.findall(r'--param "(\w+)=', command))
-    assert names and names <= set(inspect.signature(training_pipeline.pipeline_func).parameters)
+    assert names and names <= set(inspect.signature(build_pipelines()["train"].pipeline_func).parameters)

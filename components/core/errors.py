@@ -6,3 +6,9 @@ class LocgenError(Exception):
 
     Messages name the offending input and say how to fix it, in one line.
     """
+
+
+def one_line(text: object, limit: int | None = None) -> str:
+    """`text` with all whitespace, newlines included, collapsed to single spaces, so that a server's or
+    the OS's message keeps an error on one line; cut to `limit` characters when given."""
+    return " ".join(str(text).split())[:limit]

@@ -55,7 +55,7 @@ from minio import Minio
 from minio.commonconfig import CopySource
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
-from components.core.errors import LocgenError
+from components.core.errors import LocgenError, one_line
 
 DEFAULT_ENDPOINT_URL = "https://s3.amazonaws.com"
 DEFAULT_REGION = "us-east-1"
@@ -120,8 +120,13 @@ def local_file(uri: str | os.PathLike[str], cache_dir: Path) -> Path:
         if not path.is_file():
             raise LocgenError(f"{uri}: no such file; give an existing path or an s3:// URI")
         return path
-    path = Path(cache_dir) / hashlib.sha256(os.fspath(uri).encode()).hexdigest()[:16] / key
-    return store.download_to(key, path)
+    return store.download_to(key, cache_folder(cache_dir, uri) / key)
+
+
+def cache_folder(cache_dir: str | os.PathLike[str], uri: str | os.PathLike[str]) -> Path:
+    """The folder under `cache_dir` that holds the local copy of what `uri` names: named by the first
+    16 hex digits of the sha256 of the URI, so two URIs never share a copy."""
+    return Path(cache_dir) / hashlib.sha256(os.fspath(uri).encode()).hexdigest()[:16]
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -168,11 +173,6 @@ def _is_tmp(key: str) -> bool:
     return bool(_TMP_SUFFIX.search(key))
 
 
-def _one_line(text: object) -> str:
-    """Collapse whitespace so a server or OS message keeps the error on one line."""
-    return " ".join(str(text).split())
-
-
 @contextmanager
 def _os_errors(path: Path, reading: bool = True) -> Iterator[None]:
     """Turn OSError on a local file into one LocgenError line naming the path."""
@@ -185,7 +185,7 @@ def _os_errors(path: Path, reading: bool = True) -> Iterator[None]:
         raise LocgenError(f"{exc.filename or path} does not exist; check the path, or run the stage that "
                           f"writes it first") from None
     except OSError as exc:
-        raise LocgenError(f"cannot use {exc.filename or path}: {_one_line(exc.strerror or exc)}; "
+        raise LocgenError(f"cannot use {exc.filename or path}: {one_line(exc.strerror or exc)}; "
                           f"check the path, its permissions and free space") from exc
 
 
@@ -244,10 +244,6 @@ class Store(ABC):
     def download_to(self, key: str, path: Path) -> Path:
         """Copy the object to the local file `path` (created atomically) and return `path`."""
 
-    @abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove the object; removing a missing key is not an error."""
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
 
@@ -302,11 +298,6 @@ class LocalStore(Store):
         with _os_errors(source), source.open("rb") as file, _os_errors(Path(path), reading=False):
             _write_file_atomic(Path(path), iter(lambda: file.read(DOWNLOAD_CHUNK_BYTES), b""))
         return Path(path)
-
-    def delete(self, key: str) -> None:
-        path = self._path(key)
-        with _os_errors(path):
-            path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -363,7 +354,7 @@ def _make_client(config: S3Config) -> Minio:
                      session_token=config.session_token, secure=parts.scheme == "https",
                      region=config.region, http_client=http)
     except ValueError as exc:
-        raise LocgenError(f"AWS_ENDPOINT_URL={config.endpoint_url!r} is not usable: {_one_line(exc)}; "
+        raise LocgenError(f"AWS_ENDPOINT_URL={config.endpoint_url!r} is not usable: {one_line(exc)}; "
                           f"write it as http://host:port or https://host:port") from None
 
 
@@ -407,18 +398,18 @@ class S3Store(Store):
         except S3Error as exc:
             raise self._s3_error(exc, uri) from exc
         except InvalidResponseError as exc:
-            raise LocgenError(f"{endpoint} gave a non-S3 answer for {uri} ({_one_line(exc)[:200]}); "
+            raise LocgenError(f"{endpoint} gave a non-S3 answer for {uri} ({one_line(exc, 200)}); "
                               f"check that the endpoint is an S3 server") from exc
         except ServerError as exc:
-            raise LocgenError(f"{endpoint} failed on {uri}: {_one_line(exc)}; retry later or check the "
+            raise LocgenError(f"{endpoint} failed on {uri}: {one_line(exc)}; retry later or check the "
                               f"server's logs") from exc
         except (urllib3.exceptions.HTTPError, MinioException) as exc:
             reason = getattr(exc, "reason", None) or exc
             if isinstance(reason, urllib3.exceptions.ResponseError):
-                raise LocgenError(f"{endpoint} keeps failing on {uri} ({_one_line(reason)}); retry later or "
+                raise LocgenError(f"{endpoint} keeps failing on {uri} ({one_line(reason)}); retry later or "
                                   f"check the server's logs") from exc
             # urllib3 prefixes "HTTPConnection(host=..., port=...): ", which the endpoint already says.
-            reason = re.sub(r"^\w+\(host='[^']*', port=\d+\): ", "", _one_line(reason))
+            reason = re.sub(r"^\w+\(host='[^']*', port=\d+\): ", "", one_line(reason))
             hint = "check the endpoint and that the server runs"
             if "SSL" in reason or "certificate" in reason:
                 hint = "check the endpoint; for a private CA set AWS_CA_BUNDLE to its certificate file"
@@ -443,7 +434,7 @@ class S3Store(Store):
         if exc.code in _REGION_CODES:
             return LocgenError(f"{endpoint} refused {uri} ({exc.code}); set AWS_REGION to the bucket's "
                                f"region (now {self._config.region})")
-        return LocgenError(f"{endpoint} refused {uri}: {exc.code}: {_one_line(exc.message)}")
+        return LocgenError(f"{endpoint} refused {uri}: {exc.code}: {one_line(exc.message)}")
 
     def _missing_bucket(self) -> LocgenError:
         endpoint = self._config.endpoint_url
@@ -523,7 +514,3 @@ class S3Store(Store):
                 response.close()
                 response.release_conn()
         return path
-
-    def delete(self, key: str) -> None:
-        with self._errors(self.url(key)):
-            self._client().remove_object(self._bucket, self._name(key))

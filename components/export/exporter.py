@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from copy import deepcopy
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -44,6 +43,7 @@ from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import open_file_uri, open_store
 from components.core.tileset import decode_tile, fetch_all, plain_rows
 from components.export.fp16 import to_fp16
+from components.export.settings import ExportSettings
 from components.train.generator_file import load_generator
 from components.train.networks import MIN_SIZE_PX, SIZE_MULTIPLE, Generator
 
@@ -55,16 +55,6 @@ FP16_MIN_DOT_F1 = 0.9  # the fp16 variant must find at least this share of PyTor
 RANDOM_SIZE_PX = 64  # random inputs at this size and at the training size
 BATCH_SIZES = (1, 3)
 REAL_TILES = 6  # plain tiles spread through the tile set
-
-
-@dataclass
-class ExportSettings:
-    """Everything `locgen export` takes, with its defaults, in one place."""
-
-    out: str  # MODEL.onnx, local or s3://
-    checkpoint: str | None = None  # the generator.pt of locgen train; None: the bundled generator
-    tiles: str | None = None  # real tiles for the parity check; None: the generator's training tile set
-    seed: int = 0  # of the random parity inputs
 
 
 def export(settings: ExportSettings) -> dict:

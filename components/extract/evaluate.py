@@ -38,7 +38,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -59,9 +59,11 @@ from components.core.geo import (
     lonlat_to_m,
     m_to_lonlat,
     mercator_scale,
+    parse_bbox,
 )
 from components.core.matching import matched_count
 from components.core.provenance import OSM_ATTRIBUTION
+from components.core.settings import setting
 from components.core.storage import Store, open_file_uri
 from components.core.style import LAYERS
 from components.sources.locations import LocationSource, load_locations
@@ -81,21 +83,35 @@ ROAD_LAYERS = tuple(layer.name for layer in LAYERS if layer.geometry == "line" a
 _GEODESIC = geodesic()
 
 
+def _radii_m(text: str, what: str) -> tuple[float, ...]:
+    try:
+        radii_m = tuple(float(value) for value in text.split(","))
+    except ValueError:
+        radii_m = ()
+    if not radii_m or min(radii_m) <= 0:
+        raise LocgenError(f"{what} {text}: give ground distances above 0 in metres, e.g. 25,50,100")
+    return radii_m
+
+
 @dataclass
 class EvaluateSettings:
-    """Everything `locgen evaluate` takes, with its defaults, in one place."""
+    """Everything `locgen evaluate` takes, with its defaults and help, in one place (components.core.settings)."""
 
-    generated: str  # a location source: normally the extract stage's CSV or GeoJSON, local or s3://
-    truth: list[str]  # location sources of the real positions (GBFS, CSV, GeoJSON, osm:KEY=VALUE)
-    bbox: Bounds  # lon/lat area evaluated
-    out: str  # report.json, local or s3://; the Markdown goes beside it with the suffix .md
-    osm: list[str] = field(default_factory=list)  # local OSM files: the roads baseline and osm: sources
-    train_points: list[str] = field(default_factory=list)  # location sources of the training data
-    seed: int = 0
-    radii_m: tuple[float, ...] = DEFAULT_RADII_M
-    grid_m: float = 100.0
-    memorisation_m: float = 5.0
-    progress: bool = True
+    generated: str = setting(help="the points to score (CSV or GeoJSON)", metavar="FILE")
+    truth: list[str] = setting(help="real positions: any location source (repeatable)", metavar="SRC")
+    bbox: Bounds = setting(help="the area scored", parse=parse_bbox, metavar="W,S,E,N")  # lon/lat
+    out: str = setting(help="report (the Markdown goes beside it)", metavar="FILE.json", output=False)
+    osm: list[str] = setting(help="OSM file for the roads baseline and osm: sources (repeatable)", metavar="FILE",
+                             default_factory=list)
+    train_points: list[str] = setting(help="training locations, for the memorisation share (repeatable)",
+                                      metavar="SRC", default_factory=list)
+    seed: int = setting(0, help="random seed of the baselines (%(default)s)")
+    radii_m: tuple[float, ...] = setting(DEFAULT_RADII_M, help="the ground distances of the matches, in metres "
+                                         "(%(default)s)", parse=_radii_m, metavar="M,M,...")
+    grid_m: float = setting(100.0, help="ground size of the rank correlation's cells, in metres (%(default)s)")
+    memorisation_m: float = setting(5.0, help="a generated point this close to a training point is memorised, in "
+                                    "ground metres (%(default)s)")
+    progress: bool = setting(True, help="progress bars on stderr", cli=False, output=False)
 
 
 class Grid(NamedTuple):

@@ -1,4 +1,4 @@
-"""The extract stage as one call: a tile set -> one point per dot -> CSV or GeoJSON (+ a preview).
+"""The extract stage as one call: a tile set -> one point per dot -> CSV and GeoJSON files (+ a preview).
 
 Tiles are georeferenced by the tile set's manifest, or, for a folder of PNGs without one, by each
 PNG's own `locgen:georef` text chunk. Every point goes from its dot's sub-pixel centroid to
@@ -7,11 +7,8 @@ lat/lon through the geo core, exactly.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
@@ -25,8 +22,11 @@ from components.core.detect import (
 )
 from components.core.errors import LocgenError
 from components.core.geo import m_to_lonlat
+from components.core.markers import MarkerRange
 from components.core.pngmeta import read_png_text
+from components.core.points import points_file, write_points
 from components.core.provenance import OSM_ATTRIBUTION
+from components.core.settings import setting
 from components.core.storage import Store, open_file_uri, open_store
 from components.core.tileset import (
     GEOREF_TEXT_KEY,
@@ -39,25 +39,52 @@ from components.core.tileset import (
 from components.extract.merge import TilePoint, merge_duplicates, merged_position
 from components.extract.preview import Mosaic
 
+_DETECT = DetectSettings()  # the detector's defaults
 CSV_COLUMNS = ("latitude", "longitude", "tile_id", "score", "city")
+
+
+def _hue_deg(text: str, what: str) -> tuple[float, float]:
+    try:
+        low, high = (float(value) for value in text.split(","))
+    except ValueError:
+        raise LocgenError(f"{what} {text}: give LOW,HIGH in degrees, e.g. 260,340") from None
+    return low, high
 
 
 @dataclass
 class ExtractSettings:
-    """Everything `locgen extract` takes, with its defaults, in one place."""
+    """Everything `locgen extract` takes, with its defaults and help, in one place (components.core.settings)."""
 
-    tiles: str
-    out: str  # FILE.csv or FILE.geojson, local or s3://
-    dedupe_m: float = 6.0  # a dot cut by a tile border comes back as two parts up to ~one dot radius apart
-    preview: str | None = None  # FILE.png, local or s3://
-    domain: str | None = None  # only the tiles of this domain (a rendered set holds a and b); None: all
-    detect: DetectSettings = field(default_factory=DetectSettings)
-    progress: bool = True
+    tiles: str = setting(help="tile set: local path or s3://bucket/prefix", metavar="URI")
+    out: list[str] = setting(help="FILE.csv or FILE.geojson (local or s3://); repeatable: one extraction writes "
+                             "them all", metavar="FILE", output=False)
+    # a dot cut by a tile border comes back as two parts up to ~one dot radius apart
+    dedupe_m: float = setting(6.0, help="merge a dot seen in two tiles within this geodesic distance "
+                              "(%(default)s m)")
+    preview: str | None = setting(None, help="also write a preview of the area with the points",
+                                  metavar="FILE.png", output=False)
+    # a rendered set holds a and b
+    domain: str | None = setting(None, help="only the tiles of this domain, e.g. a (default: every tile)")
+    hue_deg: tuple[float, float] = setting(_DETECT.marker_range.hue_deg, parse=_hue_deg, metavar="LOW,HIGH",
+                                           help="marker hue range in degrees (%(default)s)")
+    min_saturation: float = setting(_DETECT.marker_range.min_saturation,
+                                    help="least saturation of a marker pixel, 0-1 (%(default)s)")
+    min_value: float = setting(_DETECT.marker_range.min_value,
+                               help="least brightness of a marker pixel, 0-1 (%(default)s)")
+    min_area_px: int = setting(_DETECT.min_area_px, help="smallest dot in pixels (%(default)s)")
+    progress: bool = setting(True, help="a progress bar on stderr", cli=False, output=False)
+
+    @property
+    def detect(self) -> DetectSettings:
+        """The detector's settings: these, and its defaults for the rest."""
+        marker_range = MarkerRange(tuple(self.hue_deg), self.min_saturation, self.min_value)
+        return _DETECT._replace(marker_range=marker_range, min_area_px=self.min_area_px)
 
 
 def extract(settings: ExtractSettings) -> dict:
-    """Extract the points of a tile set, write them (and the preview); returns a summary."""
-    writer = _writer(settings.out)
+    """Extract the points of a tile set once, write them to every file of `settings.out` (and the
+    preview); returns a summary."""
+    _check_out(settings.out)
     store = open_store(settings.tiles)
     rows = [row for row in _tile_rows(store) if settings.domain in (None, row.get("domain"))]
     if not rows:
@@ -79,8 +106,10 @@ def extract(settings: ExtractSettings) -> dict:
               for index, tile_detections in enumerate(detections) for d in tile_detections]
     clusters = merge_duplicates(points, [tile.bounds_3857 for tile in tiles], settings.dedupe_m)
     records = [_record(points, cluster, rows) for cluster in clusters]
-    out_store, out_key = open_file_uri(settings.out)
-    out_store.put_bytes(out_key, writer(records).encode("utf-8"))
+    table = [(record["latitude"], record["longitude"], record["tile_id"], round(record["score"], 4), record["city"])
+             for record in records]
+    for out in settings.out:  # the points come from OSM-based tiles, so they carry its attribution
+        write_points(out, CSV_COLUMNS, table, attribution=OSM_ATTRIBUTION)
     if mosaic is not None:
         preview_store, preview_key = open_file_uri(settings.preview)
         positions_m = np.array([record["xy_m"] for record in records]).reshape(-1, 2)
@@ -102,11 +131,15 @@ def _split_crowded_blobs(store: Store, rows: list[dict], detections: list[list[D
         detections[index] = detect_markers(decode_tile(png, store.url(rows[index]["path"])), settings, dot_core_px)
 
 
-def _writer(out: str):
-    suffix = Path(out).suffix.lower()
-    if suffix not in (".csv", ".geojson"):
-        raise LocgenError(f"--out {out}: unknown format; give a path ending in .csv or .geojson")
-    return _csv_text if suffix == ".csv" else _geojson_text
+def _check_out(out: list[str]) -> None:
+    """Fail before any work when the points could not be written: no file, or one that is not
+    FILE.csv or FILE.geojson."""
+    if isinstance(out, str):
+        raise TypeError(f"ExtractSettings.out is a list of files, not the string {out!r}")
+    if not out:
+        raise LocgenError("no output file; give at least one FILE.csv or FILE.geojson (local or s3://)")
+    for path in out:
+        points_file(path)
 
 
 def _tile_rows(store: Store) -> list[dict]:
@@ -142,24 +175,3 @@ def _record(points: list[TilePoint], cluster: list[int], rows: list[dict]) -> di
     row = rows[points[largest].tile_index]
     return {"latitude": lat, "longitude": lon, "tile_id": row["id"], "score": points[largest].score,
             "city": row["city"], "xy_m": (x_m, y_m)}
-
-
-def _csv_text(records: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for record in records:
-        writer.writerow([repr(record["latitude"]), repr(record["longitude"]), record["tile_id"],
-                         round(record["score"], 4), record["city"]])
-    return buffer.getvalue()
-
-
-def _geojson_text(records: list[dict]) -> str:
-    """RFC 7946: lon/lat order; the points come from OSM-based tiles, so they carry its attribution."""
-    features = [{"type": "Feature",
-                 "geometry": {"type": "Point", "coordinates": [record["longitude"], record["latitude"]]},
-                 "properties": {"tile_id": record["tile_id"], "score": round(record["score"], 4),
-                                "city": record["city"]}}
-                for record in records]
-    return json.dumps({"type": "FeatureCollection", "attribution": OSM_ATTRIBUTION, "features": features},
-                      ensure_ascii=False)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from components.core.errors import LocgenError
 from components.core.onnx_io import check_tile_size, fp16_path
 from components.core.pngmeta import encode_png
-from components.core.storage import Store, local_file, open_file_uri, open_store
+from components.core.storage import Store, cache_folder, local_file, open_file_uri, open_store
 from components.core.tileset import (
     decode_tile,
     fetch_all,
@@ -77,7 +77,7 @@ def _local_model(uri: str, cache_dir: Path) -> Path:
     if not uri.startswith("s3://"):
         return local_file(uri, cache_dir)
     store, key = open_file_uri(uri)
-    folder = cache_dir / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    folder = cache_folder(cache_dir / "models", uri)
     path = store.download_to(key, folder / key)
     variant = fp16_path(Path(key)).as_posix()
     if store.exists(variant):

@@ -3,9 +3,10 @@ without importing onnxruntime, which only the inference environments install."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from components.core.settings import setting
 from components.core.storage import default_cache_dir
 
 AUTO_ORDER = ("tensorrt", "cuda", "cpu")  # what --provider auto tries, in this order
@@ -13,14 +14,18 @@ AUTO_ORDER = ("tensorrt", "cuda", "cpu")  # what --provider auto tries, in this 
 
 @dataclass
 class GenerateSettings:
-    """Everything `locgen generate` takes, with its defaults, in one place."""
+    """Everything `locgen generate` takes, with its defaults and help, in one place (components.core.settings)."""
 
-    tiles: str  # a tile set with plain (domain b) tiles, local or s3://
-    out: str  # the generated tile set, local or s3://
-    model: str | None = None  # MODEL.onnx of locgen export, local or s3://; None: the bundled model
-    provider: str = "auto"  # auto or one of AUTO_ORDER
-    batch_size: int = 8
-    cache_dir: Path = field(default_factory=default_cache_dir)  # downloaded models, TensorRT engines
-    progress: bool = True
-    shard: int = 0  # with shards > 1: translate every shards-th plain tile from this one on, publish a part
-    shards: int = 1
+    tiles: str = setting(help="tile set with plain tiles (locgen render)", metavar="URI")
+    out: str = setting(help="the generated tile set, local or s3://", metavar="URI", output=False)
+    model: str | None = setting(None, help="MODEL.onnx of locgen export, local or s3:// (default: the bundled model)",
+                                metavar="URI.onnx")
+    provider: str = setting("auto", help="auto: TensorRT, else CUDA, else CPU (%(default)s)",
+                            choices=("auto", *AUTO_ORDER))
+    batch_size: int = setting(8, help="tiles per run (%(default)s)", output=False)
+    cache_dir: Path = setting(help="downloaded models and TensorRT engines (default $LOCGEN_CACHE or ~/.cache/locgen)",
+                              default_factory=default_cache_dir, output=False)
+    progress: bool = setting(True, help="a progress bar on stderr", cli=False, output=False)
+    # with shards > 1: translate every shards-th plain tile from this one on, and publish a part
+    shard: int = setting(0, help="this shard's index", cli=False, output=False)
+    shards: int = setting(1, help="how many shards translate the tile set", cli=False, output=False)

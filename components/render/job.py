@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +31,11 @@ from components.core.geo import (
     expand,
     lonlat_to_m,
     mercator_scale,
+    parse_bbox,
+    parse_latlon,
 )
 from components.core.pngmeta import encode_png
+from components.core.settings import setting
 from components.core.storage import Store, default_cache_dir, local_file, open_store
 from components.core.style import style_sha256
 from components.core.tileset import manifest_bytes, manifest_key, manifest_row, png_text, tile_key
@@ -51,31 +54,41 @@ UPLOAD_THREADS = 8  # concurrent uploads per process: enough to hide an object s
 
 @dataclass
 class RenderSettings:
-    """Everything `locgen render` takes, with its defaults, in one place."""
+    """Everything `locgen render` takes, with its defaults and help, in one place (components.core.settings)."""
 
-    osm: list[str]
-    out: str
-    bbox: Bounds | None = None
-    center: tuple[float, float] | None = None  # lon, lat
-    grid: int | None = None
-    pairs: int | None = None
-    locations: list[str] = field(default_factory=list)
-    city: str | None = None
-    size_px: int = 256
-    m_per_px: float = 2.0
-    overlap_px: int = 0
-    marker_radius_px: float = 3.0
-    empty_share: float = 0.1
-    holdout: Bounds | None = None
-    seed: int = 0
-    workers: int = 1  # 0: all cores
-    drop_disabled: bool = True
-    drop_reserved: bool = False
-    overpass_url: str = DEFAULT_OVERPASS_URL
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    progress: bool = True
-    shard: int = 0  # with shards > 1: render every shards-th planned tile from this one on, publish a part
-    shards: int = 1
+    osm: list[str] = setting(help="OSM data: .osm.pbf/.osm/.osm.bz2 path, s3:// URI, or 'overpass' (repeatable)",
+                             metavar="SRC")
+    out: str = setting(help="tile set: local path or s3://bucket/prefix", metavar="URI", output=False)
+    bbox: Bounds | None = setting(None, help="cover this area (degrees)", parse=parse_bbox, metavar="W,S,E,N",
+                                  group="area")
+    center: tuple[float, float] | None = setting(None, help="centre of an N x N grid", parse=parse_latlon,
+                                                 metavar="LAT,LON", group="area")  # lon, lat
+    grid: int | None = setting(None, help="tiles per side around --center (15: the original's grid)", metavar="N")
+    pairs: int | None = setting(None, help="training pairs placed around the locations", metavar="N")
+    locations: list[str] = setting(
+        help="GBFS gbfs.json/feed (file or URL), CSV, GeoJSON, or osm:KEY=VALUE (repeatable)", metavar="SRC",
+        default_factory=list)
+    city: str | None = setting(None, help="city name recorded with every tile (default: the OSM file's name)")
+    size_px: int = setting(256, help="tile size in pixels (%(default)s)")
+    m_per_px: float = setting(2.0, help="ground metres per pixel at the tile centre (%(default)s)")
+    overlap_px: int = setting(0, help="overlap of neighbouring area tiles in pixels (%(default)s)")
+    marker_radius_px: float = setting(3.0, help="marker disc radius (%(default)s)")
+    empty_share: float = setting(0.1, help="share of pairs with no location (%(default)s)")
+    holdout: Bounds | None = setting(None, help="held-out region for evaluation: no training pair touches it",
+                                     parse=parse_bbox, metavar="W,S,E,N")
+    seed: int = setting(0, help="random seed of the pair placement")
+    workers: int = setting(1, help="processes, 0: all cores (%(default)s)", output=False)
+    drop_disabled: bool = setting(True, help="keep GBFS vehicles marked is_disabled", flag="--keep-disabled",
+                                  action="store_false")
+    drop_reserved: bool = setting(False, help="drop GBFS vehicles marked is_reserved")
+    overpass_url: str = setting(DEFAULT_OVERPASS_URL,
+                                help="Overpass API interpreter for --osm overpass (%(default)s)")
+    cache_dir: Path = setting(help="download cache (default $LOCGEN_CACHE or ~/.cache/locgen)",
+                              default_factory=default_cache_dir, output=False)
+    progress: bool = setting(True, help="a progress bar on stderr", cli=False, output=False)
+    # with shards > 1: render every shards-th planned tile from this one on, and publish a part
+    shard: int = setting(0, help="this shard's index", cli=False, output=False)
+    shards: int = setting(1, help="how many shards render the tile set", cli=False, output=False)
 
 
 @dataclass

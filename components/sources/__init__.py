@@ -1,1 +1,2 @@
-"""Inputs shared by the stages: OpenStreetMap data (files or Overpass) and location sources."""
+"""Inputs shared by the stages: OpenStreetMap data (`osm`: files, and Overpass in `overpass`) and
+location sources (`locations`). It imports only the core."""

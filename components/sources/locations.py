@@ -41,10 +41,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import http.client
 import io
 import json
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -54,8 +52,10 @@ import osmium
 
 from components.core.errors import LocgenError
 from components.core.geo import check_lonlat
+from components.core.points import write_points
 from components.core.provenance import OSM_ATTRIBUTION, file_sha256
 from components.core.storage import open_file_uri
+from components.sources.web import REQUEST_ERRORS, failure_reason
 
 PREFIXES = ("gbfs", "csv", "geojson", "osm")
 ACCEPTED_FORMS = ("a GBFS gbfs.json or feed (file or http(s) URL), a .csv with lat/lon columns, a .geojson, "
@@ -122,13 +122,15 @@ def load_locations(spec: str, *, osm_files: Sequence[str | Path] = (), drop_disa
 
 
 def write_locations(sources: Sequence[LocationSource], out_uri: str | Path) -> None:
-    """Write the points of all sources to a .csv or .geojson file (local or s3://), all at once or not at all."""
-    out = str(out_uri)
-    render = {".csv": _csv_text, ".geojson": _geojson_text}.get(Path(out).suffix.lower())
-    if render is None:
-        raise LocgenError(f"{out}: unknown output format; give a path ending in .csv or .geojson")
-    store, key = open_file_uri(out)
-    store.put_bytes(key, render(sources).encode("utf-8"))
+    """Write the points of all sources to a .csv or .geojson file (local or s3://), all at once or not at all.
+
+    The CSV keeps every coordinate in full (repr round-trips exactly), the GeoJSON 7 decimals of a
+    degree (about 1 cm); points taken from OSM keep its attribution (ODbL).
+    """
+    rows = [(point.lat, point.lon, point.weight, point.kind, point.ref, source.uri, source.sha256)
+            for source in sources for point in source.points]
+    osm = any(source.kind == "osm-tags" for source in sources)
+    write_points(str(out_uri), CSV_COLUMNS, rows, attribution=OSM_ATTRIBUTION if osm else None, decimals=7)
 
 
 # --- reading bytes, JSON and hashes -------------------------------------------------------------
@@ -163,10 +165,8 @@ def _fetch(url: str, timeout_s: float) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return response.read()
-    except (OSError, http.client.HTTPException) as exc:  # URLError, HTTPError and timeouts are OSErrors
-        # An HTTPError's own text carries the status code; a URLError's reason is the socket error.
-        detail = exc if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", exc)
-        raise LocgenError(f"{url}: cannot fetch ({detail}); check the URL and the network, "
+    except REQUEST_ERRORS as exc:
+        raise LocgenError(f"{url}: cannot fetch ({failure_reason(exc)}); check the URL and the network, "
                           "or download the feed and give the local file") from None
 
 
@@ -492,33 +492,3 @@ def _osm_object_location(obj: osmium.osm.OSMObject, path: Path) -> list[Location
     lon = sum(location.lon for location in located) / len(located)
     lat = sum(location.lat for location in located) / len(located)
     return [_location(lon, lat, 1.0, "osm", ref, f"{path}: {ref}")]
-
-
-# --- writing ------------------------------------------------------------------------------------
-
-def _csv_text(sources: Sequence[LocationSource]) -> str:
-    """CSV with full float precision (repr round-trips exactly)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for source in sources:
-        for point in source.points:
-            writer.writerow([repr(point.lat), repr(point.lon), repr(point.weight), point.kind, point.ref,
-                             source.uri, source.sha256])
-    return buffer.getvalue()
-
-
-def _geojson_text(sources: Sequence[LocationSource]) -> str:
-    """An RFC 7946 FeatureCollection; 7 decimals of a degree are about 1 cm."""
-    features = [
-        {"type": "Feature",
-         "geometry": {"type": "Point", "coordinates": [round(point.lon, 7), round(point.lat, 7)]},
-         "properties": {"weight": point.weight, "kind": point.kind, "ref": point.ref,
-                        "source": source.uri, "source_sha256": source.sha256}}
-        for source in sources for point in source.points
-    ]
-    # allow_nan=False: NaN is not JSON, and a file other tools cannot parse is worse than an error here.
-    collection = {"type": "FeatureCollection", "features": features}
-    if any(source.kind == "osm-tags" for source in sources):
-        collection["attribution"] = OSM_ATTRIBUTION  # ODbL: points taken from OSM keep its attribution
-    return json.dumps(collection, ensure_ascii=False, allow_nan=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import http.client
 import json
 import mmap
 import os
@@ -22,8 +21,9 @@ import urllib.request
 from pathlib import Path
 
 from components import __version__
-from components.core.errors import LocgenError
+from components.core.errors import LocgenError, one_line
 from components.core.geo import Bounds, check_bbox
+from components.sources.web import REQUEST_ERRORS, failure_reason, timed_out
 
 DEFAULT_OVERPASS_URL = "https://overpass-api.de/api/interpreter"
 USER_AGENT = f"locgen/{__version__} (location generator; Python urllib)"
@@ -105,12 +105,11 @@ def _download(url: str, query: str, timeout_s: float, part: Path) -> None:
         response = urllib.request.urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as error:
         raise _http_error(url, error) from None
-    except (OSError, http.client.HTTPException) as error:  # URLError is an OSError
-        reason = getattr(error, "reason", error)
-        if isinstance(reason, TimeoutError):
+    except REQUEST_ERRORS as error:
+        if timed_out(error):
             raise LocgenError(f"Overpass API at {url} did not answer within {timeout_s:g} s; "
                               f"{FIX_BUSY}") from None
-        raise LocgenError(f"cannot reach the Overpass API at {url} ({_one_line(str(reason))}); check the "
+        raise LocgenError(f"cannot reach the Overpass API at {url} ({failure_reason(error)}); check the "
                           "URL and the network, or pass a local .osm.pbf instead") from None
     with response, open(part, "wb") as out:
         while chunk := _read_chunk(response, url, timeout_s):
@@ -123,19 +122,19 @@ def _read_chunk(response, url: str, timeout_s: float) -> bytes:
         return response.read(CHUNK_BYTES)
     except TimeoutError:
         raise LocgenError(f"Overpass API at {url} stopped sending for {timeout_s:g} s; {FIX_BUSY}") from None
-    except (OSError, http.client.HTTPException) as error:
+    except REQUEST_ERRORS as error:
         raise LocgenError(f"the download from the Overpass API at {url} broke off "
-                          f"({_one_line(repr(error))}); {FIX_BUSY}") from None
+                          f"({one_line(repr(error))}); {FIX_BUSY}") from None
 
 
 def _http_error(url: str, error: urllib.error.HTTPError) -> LocgenError:
     """One line for an HTTP error status: busy (retry later) or a wrong endpoint or query."""
-    status = f"HTTP {error.code} {error.reason}"
+    status = failure_reason(error)
     if error.code in BUSY_STATUSES:
         return LocgenError(f"Overpass API at {url} is busy ({status}); {FIX_BUSY}")
     try:
         text = _page_text(error.read(4096))
-    except (OSError, http.client.HTTPException):
+    except REQUEST_ERRORS:
         text = ""  # the status alone still tells what went wrong
     detail = f": {text}" if text else ""
     return LocgenError(f"Overpass API at {url} answered {status}{detail}; check that "
@@ -153,7 +152,7 @@ def _check_osm_xml(part: Path, url: str, bbox: Bounds) -> None:
     with open(part, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
         if not OSM_XML_START.match(data[:4096]):
             raise LocgenError(f"{url} did not answer with OSM XML (it starts with "
-                              f"'{_one_line(data[:80].decode(errors='replace'))}'); check that the URL is an "
+                              f"'{one_line(data[:80].decode(errors='replace'))}'); check that the URL is an "
                               f"Overpass interpreter endpoint such as {DEFAULT_OVERPASS_URL}")
         # Overpass reports a timeout or out-of-memory inside a status-200 document, as a <remark>.
         for remark in REMARK.finditer(data):
@@ -171,11 +170,6 @@ def _check_osm_xml(part: Path, url: str, bbox: Bounds) -> None:
 
 def _page_text(body: bytes, limit: int = 200) -> str:
     """The readable text of an HTML/XML snippet on one line, from Overpass's 'Error:' on when present."""
-    text = _one_line(html.unescape(re.sub(r"<[^>]*>", " ", body.decode(errors="replace"))))
+    text = one_line(html.unescape(re.sub(r"<[^>]*>", " ", body.decode(errors="replace"))))
     error = re.search(r"\bError\s*:\s*", text)  # Overpass puts its licence note before the error
     return ("Error: " + text[error.end():] if error else text)[:limit]
-
-
-def _one_line(text: str) -> str:
-    """Collapse all whitespace, newlines included, so that a message stays on one line."""
-    return " ".join(text.split())

@@ -9,6 +9,10 @@ steps in minutes on 2 CPU cores, for the demo, CI and the bundled generator.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from components.core.settings import setting
+from components.core.storage import default_cache_dir
 
 
 @dataclass(frozen=True)
@@ -64,3 +68,30 @@ PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(ngf=16, n_blocks=5, ndf=16, num_patches=64, nce_channels=64, lambda_nce=1.0, batch_size=2,
                         steps=2000, crop_px=128, log_every=20, sample_every=250, checkpoint_every=250),
 }
+
+
+def preset_config(preset: str, steps: int | None = None, batch_size: int | None = None, **values) -> TrainConfig:
+    """A preset with some values changed (None keeps the preset's steps or batch size): what the
+    command line's --preset, --steps, --batch-size and --set and the pipeline's parameters make."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset {preset!r}: unknown; give one of {', '.join(sorted(PRESETS))}")
+    values.update({name: value for name, value in (("steps", steps), ("batch_size", batch_size)) if value is not None})
+    return PRESETS[preset].override(**values)
+
+
+@dataclass
+class TrainSettings:
+    """Everything `locgen train` takes besides the training values (`TrainConfig`), in one place
+    (components.core.settings)."""
+
+    data: str = setting(help="tile set from locgen render --pairs", metavar="URI")
+    out: str = setting(help="checkpoints, generator.pt, metrics, samples", metavar="URI", output=False)
+    config: TrainConfig = setting(help="the training values", cli=False)
+    resume: bool = setting(False, help="continue from OUT/checkpoints/last.pt", output=False)
+    device: str = setting("auto", help="auto (CUDA when there is one), cpu or cuda", output=False)
+    progress: bool = setting(True, help="a progress bar on stderr", cli=False, output=False)
+    # stop (with a checkpoint) at this step, to resume later; None: config.steps
+    stop_at: int | None = setting(None, help="stop at this step", cli=False, output=False)
+    cache_dir: Path | None = setting(
+        help="where an s3:// tile set's tiles are kept (default $LOCGEN_CACHE or ~/.cache/locgen)",
+        default_factory=default_cache_dir, output=False)  # None: never

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from components.core.errors import LocgenError
-from components.core.storage import LocalStore, Store, open_store
+from components.core.storage import LocalStore, Store, cache_folder, open_store
 from components.core.tileset import MANIFEST_KEY, decode_tile, fetch_all, parse_manifest
 
 EPOCH_STREAM = 1 << 20  # keeps the epoch orders apart from the per-step draws of the same seed
@@ -73,7 +73,7 @@ def tile_cache(store: Store, cache_dir: Path | None) -> LocalStore | None:
     """
     if cache_dir is None or isinstance(store, LocalStore):
         return None
-    return LocalStore(Path(cache_dir) / "tiles" / hashlib.sha256(store.uri.encode()).hexdigest()[:16])
+    return LocalStore(cache_folder(Path(cache_dir) / "tiles", store.uri))
 
 
 def _held_out(tile_id: str, share: float) -> bool:

@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,8 @@ from components.core.detect import detect_markers
 from components.core.errors import LocgenError
 from components.core.pngmeta import encode_png
 from components.core.provenance import OSM_ATTRIBUTION
-from components.core.storage import LocalStore, Store, default_cache_dir, open_store
-from components.train.config import TrainConfig
+from components.core.storage import LocalStore, Store, open_store
+from components.train.config import TrainConfig, TrainSettings
 from components.train.data import TileData, batch, load_tiles, to_model_input, to_uint8_images
 from components.train.generator_file import GENERATOR_KEY, load_torch
 from components.train.losses import lsgan_loss, patch_nce_loss
@@ -51,18 +51,6 @@ SAMPLE_TILES = 4
 PAINTED_DOT_MIN_SCORE = 0.75
 # What may differ between a run and its resumption: how long it goes and how it is watched.
 RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "checkpoint_every"}
-
-
-@dataclass
-class TrainSettings:
-    data: str  # tile set with domains a and b (locgen render --pairs), local or s3://
-    out: str  # where checkpoints, the generator, metrics and samples go, local or s3://
-    config: TrainConfig
-    resume: bool = False
-    device: str = "auto"  # auto: CUDA when there is one
-    progress: bool = True
-    stop_at: int | None = None  # stop (with a checkpoint) at this step, to resume later; None: config.steps
-    cache_dir: Path | None = field(default_factory=default_cache_dir)  # s3:// tiles are kept here; None: never
 
 
 class Models(torch.nn.Module):
