@@ -30,7 +30,7 @@ import time
 import numpy as np
 from scipy.spatial import cKDTree
 
-from components.core.geo import Bounds
+from components.core.geo import LonLatBounds
 from components.core.matching import matched_count
 from components.extract.evaluate import DEFAULT_RADII_M, SEARCH_MARGIN_M, ecef_m, score_points, uniform_baseline
 
@@ -40,14 +40,14 @@ JITTER_M = 15.0
 METRES_PER_DEGREE_LAT = 111_320.0  # good to 0.5 % anywhere: only the benchmark's jitter and area use it
 
 
-def square_around_centre(side_m: float) -> Bounds:
+def square_around_centre(side_m: float) -> LonLatBounds:
     """A lon/lat square of side_m ground metres around central Helsinki."""
     half_lat = side_m / 2 / METRES_PER_DEGREE_LAT
     half_lon = half_lat / math.cos(math.radians(CENTRE_LAT))
-    return Bounds(CENTRE_LON - half_lon, CENTRE_LAT - half_lat, CENTRE_LON + half_lon, CENTRE_LAT + half_lat)
+    return LonLatBounds(CENTRE_LON - half_lon, CENTRE_LAT - half_lat, CENTRE_LON + half_lon, CENTRE_LAT + half_lat)
 
 
-def point_sets(count: int, bbox: Bounds, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def point_sets(count: int, bbox: LonLatBounds, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(generated, real): real uniform in the area; half the generated ones near real ones, half uniform."""
     rng = np.random.default_rng(seed)
     real = uniform_baseline(count, bbox, seed)
@@ -82,7 +82,7 @@ def run_case(count: int, side_m: float, repeats: int) -> dict:
 def dense_city_pairs(count: int = 30_000) -> tuple[np.ndarray, np.ndarray]:
     """The (generated, real) index pairs within 100 m of a dense city: `count` real points in 10 x 10 km,
     half of them copied with a 20 m jitter (the graph on which scipy's matching takes minutes)."""
-    bbox = Bounds(24.85, 60.125, 25.03, 60.215)
+    bbox = LonLatBounds(24.85, 60.125, 25.03, 60.215)
     real = uniform_baseline(count, bbox, seed=1)
     jitter = np.random.default_rng(2).normal(0.0, 0.0002, (count // 2, 2))
     generated = np.concatenate([real[: count // 2] + jitter, uniform_baseline(count - count // 2, bbox, seed=3)])

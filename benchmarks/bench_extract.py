@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from components.core.detect import detect_markers
-from components.core.geo import Bounds
+from components.core.geo import LonLatBounds
 from components.core.pngmeta import decode_png
 from components.core.storage import open_store
 from components.core.tileset import read_manifest
@@ -35,7 +35,7 @@ from components.render.job import RenderSettings, render
 
 ROOT = Path(__file__).resolve().parents[1]
 KOTKA_PBF = ROOT / "data" / "osm" / "kotka-karhula.osm.pbf"
-KOTKA = Bounds(26.93, 60.52, 26.97, 60.54)
+KOTKA = LonLatBounds(26.93, 60.52, 26.97, 60.54)
 REPEATS = 5  # this machine's speed wanders between runs: report the median, best and worst
 
 

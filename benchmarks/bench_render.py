@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from minio import Minio
 
-from components.core.geo import Bounds, Tile
+from components.core.geo import LonLatBounds, Tile
 from components.core.pngmeta import encode_png
 from components.core.style import LAND_RGB, LAYERS
 from components.render.job import RenderSettings, render
@@ -37,7 +37,7 @@ from components.sources.osm import read_osm
 
 ROOT = Path(__file__).resolve().parents[1]
 HELSINKI_PBF = ROOT / "data" / "osm" / "helsinki-center.osm.pbf"
-HELSINKI_DATA = Bounds(24.9380, 60.1660, 24.9520, 60.1780)  # where the extract has data on every side
+HELSINKI_DATA = LonLatBounds(24.9380, 60.1660, 24.9520, 60.1780)  # where the extract has data on every side
 BUCKET = "bench"
 # This machine's speed wanders by up to +-30 % between runs (other tenants of the host): each case
 # runs 5 times; the best run is the machine's real speed (noise only slows down, as timeit says),
@@ -69,12 +69,12 @@ def naive_render(map_data, tile: Tile) -> np.ndarray:
     image[:] = LAND_RGB
     features = map_data.features
     west, _, _, north = tile.bounds_3857
-    for feature in range(len(features.bbox_m)):
+    for feature in range(len(features.bbox_3857)):
         style = LAYERS[features.layer[feature]]
         rings = []
         for ring in range(features.feature_rings[feature], features.feature_rings[feature + 1]):
-            coords_m = features.coords_m[features.ring_offsets[ring]:features.ring_offsets[ring + 1]]
-            pixels = [((x - west) / tile.mpp_3857 - 0.5, (north - y) / tile.mpp_3857 - 0.5) for x, y in coords_m]
+            coords_3857 = features.coords_3857[features.ring_offsets[ring]:features.ring_offsets[ring + 1]]
+            pixels = [((x - west) / tile.mpp_3857 - 0.5, (north - y) / tile.mpp_3857 - 0.5) for x, y in coords_3857]
             rings.append(np.rint(np.array(pixels) * 16).astype(np.int32))
         if style.geometry == "line":
             thickness = max(1, round(style.width_m / tile.m_per_px))

@@ -92,11 +92,12 @@ def render_step(store: str, shard: int, shards: int, tiles, metrics, **render) -
     from components.render.job import RenderSettings
     from components.render.job import render as render_tileset
 
+    city = render["city"]
     settings = from_parameters(RenderSettings, render, out="", workers=0, progress=False, shard=shard, shards=shards)
     identity = {name: value for name, value in output_identity(settings).items() if value is not None}
-    settings.out = f"{city_prefix(store, settings.city)}/tiles/{_short_hash(identity)}"
+    settings.out = f"{city_prefix(store, city)}/tiles/{_short_hash(identity)}"
     summary = render_tileset(settings)
-    publish_pointer(tiles, settings.out, lineage(settings.city, [], render=identity, shard=shard, shards=shards))
+    publish_pointer(tiles, settings.out, lineage(city, [], render=identity, shard=shard, shards=shards))
     metrics.log_metric("tiles", summary["tiles"])
     metrics.log_metric("tiles_rendered", summary["rendered"])
 

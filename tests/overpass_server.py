@@ -26,7 +26,7 @@ from pathlib import Path
 
 import osmium
 
-from components.core.geo import Bounds
+from components.core.geo import LonLatBounds
 
 SAMPLE_PBF = Path(__file__).resolve().parents[1] / "data" / "osm" / "helsinki-center.osm.pbf"
 OSM_CONTENT_TYPE = "application/osm3s+xml"  # what overpass-api.de sends with XML answers
@@ -113,7 +113,7 @@ def empty_result() -> Reply:
     return Reply(200, overpass_document())
 
 
-def cut_off(bbox: Bounds, pbf: Path = SAMPLE_PBF) -> Reply:
+def cut_off(bbox: LonLatBounds, pbf: Path = SAMPLE_PBF) -> Reply:
     """HTTP 200 with the first half of a real answer, as a server that died mid-way would leave it."""
     document = osm_xml_for_bbox(pbf, bbox, False)
     return Reply(200, document[:len(document) // 2])
@@ -128,7 +128,7 @@ def stall() -> Reply:
     return Reply(200, empty_result().body, held=True)
 
 
-def select_ids(pbf: Path, bbox: Bounds) -> osmium.IdTracker:
+def select_ids(pbf: Path, bbox: LonLatBounds) -> osmium.IdTracker:
     """The ids of the objects that locgen's Overpass query returns for `bbox`, found with libosmium."""
     west, south, east, north = bbox
     inside = [node.id for node in osmium.FileProcessor(pbf, osmium.osm.NODE)
@@ -154,7 +154,7 @@ def select_ids(pbf: Path, bbox: Bounds) -> osmium.IdTracker:
 
 
 @functools.lru_cache(maxsize=16)  # no defaults: lru_cache keys f(a) and f(a, default) apart
-def osm_xml_for_bbox(pbf: Path, bbox: Bounds, metadata: bool) -> bytes:
+def osm_xml_for_bbox(pbf: Path, bbox: LonLatBounds, metadata: bool) -> bytes:
     """The Overpass answer for `bbox` cut from `pbf`, as bytes (cached: several tests ask for the same)."""
     tracker = select_ids(pbf, bbox)
     newest = None
@@ -208,7 +208,7 @@ class OverpassServer:
         if not match:
             return bad_request()
         south, west, north, east = (float(value) for value in match.groups())
-        return Reply(200, osm_xml_for_bbox(self.pbf, Bounds(west, south, east, north), "out meta" in query))
+        return Reply(200, osm_xml_for_bbox(self.pbf, LonLatBounds(west, south, east, north), "out meta" in query))
 
     def __enter__(self) -> OverpassServer:
         self._thread.start()

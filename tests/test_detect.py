@@ -13,7 +13,7 @@ LAND = np.full((96, 96, 3), (234, 230, 221), dtype=np.uint8)
 
 def dots(*centres_px, radius_px=3.0, blur_px=0.0) -> np.ndarray:
     centres = np.array(centres_px, dtype=np.float64)
-    image = draw_markers(LAND, TILE, np.stack(TILE.px_to_m(centres[:, 0], centres[:, 1]), axis=1), radius_px)
+    image = draw_markers(LAND, TILE, np.stack(TILE.px_to_3857(centres[:, 0], centres[:, 1]), axis=1), radius_px)
     return cv2.GaussianBlur(image, (0, 0), blur_px) if blur_px else image
 
 

@@ -19,7 +19,7 @@ from scipy.sparse.csgraph import maximum_bipartite_matching
 from benchmarks.bench_evaluate import dense_city_pairs
 from components import __version__
 from components.core.errors import LocgenError
-from components.core.geo import Bounds, bounds_lonlat_to_m, contains, lonlat_to_m, m_to_lonlat, mercator_scale
+from components.core.geo import LonLatBounds, bounds_to_3857, contains, lonlat_from_3857, lonlat_to_3857, mercator_scale
 from components.core.provenance import OSM_ATTRIBUTION, file_sha256
 from components.core.style import LAYER_NAMES
 from components.extract.evaluate import (
@@ -42,8 +42,8 @@ from components.extract.evaluate import (
 from components.sources.locations import load_locations
 from components.sources.osm import read_osm
 
-AREA = Bounds(24.90, 60.15, 25.00, 60.20)  # about 5.5 x 5.6 km of Helsinki
-HELSINKI_DATA = Bounds(24.9380, 60.1660, 24.9520, 60.1780)  # where the sample extract has data on every side
+AREA = LonLatBounds(24.90, 60.15, 25.00, 60.20)  # about 5.5 x 5.6 km of Helsinki
+HELSINKI_DATA = LonLatBounds(24.9380, 60.1660, 24.9520, 60.1780)  # where the sample extract has data on every side
 PARKING = "osm:amenity=bicycle_parking"
 
 
@@ -132,14 +132,14 @@ def test_matched_count_on_a_dense_city_where_scipys_matching_takes_minutes():
     assert count // 2 < matched <= count
 
 
-def grid_cell_centres(bbox: Bounds, grid_m: float) -> list[tuple[float, float]]:
+def grid_cell_centres(bbox: LonLatBounds, grid_m: float) -> list[tuple[float, float]]:
     """Lon/lat of the centres of the evaluation grid's cells, row by row from the south-west (computed here
     from the grid's definition, independently of the module)."""
-    area_m = bounds_lonlat_to_m(bbox)
+    area_3857 = bounds_to_3857(bbox)
     cell_m = grid_m * mercator_scale((bbox.south + bbox.north) / 2)
-    columns = math.ceil((area_m.east - area_m.west) / cell_m)
-    rows = math.ceil((area_m.north - area_m.south) / cell_m)
-    return [m_to_lonlat(area_m.west + (col + 0.5) * cell_m, area_m.south + (row + 0.5) * cell_m)
+    columns = math.ceil((area_3857.east - area_3857.west) / cell_m)
+    rows = math.ceil((area_3857.north - area_3857.south) / cell_m)
+    return [lonlat_from_3857(area_3857.west + (col + 0.5) * cell_m, area_3857.south + (row + 0.5) * cell_m)
             for row in range(rows) for col in range(columns)]
 
 
@@ -148,7 +148,7 @@ def points_per_cell(centres: list[tuple[float, float]], counts: list[int]) -> np
 
 
 def test_rank_correlation_of_counts_on_a_hand_made_grid():
-    bbox = Bounds(24.9300, 60.1600, 24.9370, 60.1625)  # 388 x 278 m: 4 x 3 cells of 100 m, the last ones partial
+    bbox = LonLatBounds(24.9300, 60.1600, 24.9370, 60.1625)  # 388 x 278 m: 4 x 3 cells of 100 m, the last ones partial
     centres = grid_cell_centres(bbox, 100.0)
     assert len(centres) == 12
     truth = points_per_cell(centres, list(range(1, 13)))
@@ -188,14 +188,14 @@ def test_uniform_baseline_is_reproducible_inside_the_area_and_uniform_in_ground_
     assert contains(AREA, points[:, 0], points[:, 1]).all()
     # From the equator to 80°, the band north of 40° holds (sin 80 - sin 40) / sin 80 = 34.7 % of the area
     # (uniform degrees would put 50 % there); 20,000 draws have a standard error of 0.34 %.
-    latitudes = uniform_baseline(20_000, Bounds(0.0, 0.0, 10.0, 80.0), seed=1)[:, 1]
+    latitudes = uniform_baseline(20_000, LonLatBounds(0.0, 0.0, 10.0, 80.0), seed=1)[:, 1]
     expected = (math.sin(math.radians(80)) - math.sin(math.radians(40))) / math.sin(math.radians(80))
     assert np.mean(latitudes >= 40) == pytest.approx(expected, abs=0.015)
 
 
 @pytest.fixture(scope="module")
 def helsinki_map():
-    return read_osm([HELSINKI_PBF], HELSINKI_DATA, margin_m=0.0)
+    return read_osm([HELSINKI_PBF], HELSINKI_DATA, margin_3857=0.0)
 
 
 def test_roads_baseline_points_lie_on_roads_of_the_helsinki_sample(helsinki_map):
@@ -203,19 +203,19 @@ def test_roads_baseline_points_lie_on_roads_of_the_helsinki_sample(helsinki_map)
     assert np.array_equal(points, roads_baseline(500, HELSINKI_DATA, helsinki_map, seed=3))
     assert contains(HELSINKI_DATA, points[:, 0], points[:, 1]).all()
     features = helsinki_map.features
-    road_lines = [shapely.LineString(features.coords_m[features.ring_offsets[ring]:features.ring_offsets[ring + 1]])
+    road_lines = [shapely.LineString(features.coords_3857[features.ring_offsets[ring]:features.ring_offsets[ring + 1]])
                   for feature, layer in enumerate(features.layer) if LAYER_NAMES[layer] in ROAD_LAYERS
                   for ring in range(features.feature_rings[feature], features.feature_rings[feature + 1])]
     tree = shapely.STRtree(road_lines)
-    points_m = shapely.points(np.column_stack(lonlat_to_m(points[:, 0], points[:, 1])))
-    _, distance_3857_m = tree.query_nearest(points_m, return_distance=True, all_matches=False)
+    points_3857 = shapely.points(np.column_stack(lonlat_to_3857(points[:, 0], points[:, 1])))
+    _, distance_3857_m = tree.query_nearest(points_3857, return_distance=True, all_matches=False)
     ground_m = distance_3857_m / mercator_scale(HELSINKI_DATA.north)  # the largest scale in the area
     assert ground_m.max() < 1.0
     assert {"footway", "cycleway", "road_minor"} <= set(ROAD_LAYERS) and "railway" not in ROAD_LAYERS
 
 
 def test_roads_baseline_without_a_road_in_the_area_is_one_clear_error(helsinki_map):
-    far_away = Bounds(24.0, 60.0, 24.001, 60.001)
+    far_away = LonLatBounds(24.0, 60.0, 24.001, 60.001)
     with pytest.raises(LocgenError, match=r"^no road or path .* inside bbox 24,60,24.001,60.001 .*--osm") as error:
         roads_baseline(10, far_away, helsinki_map, seed=0)
     assert "\n" not in str(error.value)
@@ -363,8 +363,8 @@ def test_a_truth_source_with_no_point_in_the_area_is_one_clear_error_and_writes_
 
 
 @pytest.mark.parametrize(("changes", "expected"), [
-    ({"bbox": Bounds(25.0, 60.2, 24.9, 60.1)}, r"^--bbox: 25.0,60.2,24.9,60.1 is empty or inverted"),
-    ({"bbox": Bounds(24.9, 91.0, 25.0, 92.0)}, r"^--bbox: latitude 91.0 is outside"),
+    ({"bbox": LonLatBounds(25.0, 60.2, 24.9, 60.1)}, r"^--bbox: 25.0,60.2,24.9,60.1 is empty or inverted"),
+    ({"bbox": LonLatBounds(24.9, 91.0, 25.0, 92.0)}, r"^--bbox: latitude 91.0 is outside"),
     ({"out": "report.md"}, r"^--out report.md: the Markdown report would overwrite it"),
     ({"osm": ["s3://bucket/helsinki.osm.pbf"]}, r"^--osm s3://bucket/helsinki.osm.pbf: no such local file"),
     ({"radii_m": (25.0, 0.0)}, r"^radius 0.0 m: give a positive number of metres"),

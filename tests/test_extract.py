@@ -12,7 +12,7 @@ from s3server import unique_prefix
 
 from components.core.detect import detect_markers
 from components.core.errors import LocgenError
-from components.core.geo import Bounds, tile_at
+from components.core.geo import LonLatBounds, tile_at
 from components.core.markers import MARKER_RGB
 from components.core.pngmeta import decode_png, encode_png, read_png_text
 from components.core.points import write_points
@@ -24,11 +24,11 @@ from components.render.raster import draw_markers, render_map
 from components.sources.osm import read_osm
 from locgen.cli import main
 
-AREA = Bounds(24.9395, 60.1665, 24.9505, 60.1765)  # inside the Helsinki extract, 2 x 3 tiles of 512 m
+AREA = LonLatBounds(24.9395, 60.1665, 24.9505, 60.1765)  # inside the Helsinki extract, 2 x 3 tiles of 512 m
 M_PER_PX = 2.0
 
 
-def spaced_points(rng, count: int, min_spacing_m: float, area: Bounds = AREA) -> np.ndarray:
+def spaced_points(rng, count: int, min_spacing_m: float, area: LonLatBounds = AREA) -> np.ndarray:
     """Random lon/lat points in the area, no two closer than min_spacing_m."""
     points = []
     while len(points) < count:
@@ -129,7 +129,7 @@ def test_a_point_seen_in_two_overlapping_tiles_is_reported_once(tmp_path):
     map_data = read_osm([HELSINKI_PBF], AREA)
     store = open_store(str(tmp_path / "two"))
     left, right = tile_at(24.9440, 60.1700), tile_at(24.9440 + 0.0046, 60.1700)  # ~256 m apart: 50 % overlap
-    point_m = np.array([left.px_to_m(200.0, 128.0)])
+    point_m = np.array([left.px_to_3857(200.0, 128.0)])
     rows = []
     for tile_id, tile in [("left", left), ("right", right)]:
         row = {"id": tile_id, "path": f"a/{tile_id}.png", "domain": "a", "city": "helsinki", "crs": "EPSG:3857",

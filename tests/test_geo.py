@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from components.core.errors import LocgenError
 from components.core.geo import (
     MAX_LAT,
-    WORLD_HALF_M,
-    Bounds,
+    WORLD_HALF_3857,
+    LonLatBounds,
     check_bbox,
-    lonlat_to_m,
-    m_to_lonlat,
+    lonlat_from_3857,
+    lonlat_to_3857,
     parse_bbox,
     parse_latlon,
     tile_at,
@@ -27,23 +27,23 @@ resolutions = st.floats(0.1, 50)
 
 
 def test_known_values_of_the_web_mercator_extent():
-    assert WORLD_HALF_M == pytest.approx(20037508.342789244, abs=1e-9)
-    x_m, y_m = lonlat_to_m(180.0, MAX_LAT)
-    assert float(x_m) == pytest.approx(20037508.342789244, abs=1e-6)
-    assert float(y_m) == pytest.approx(20037508.342789244, abs=0.1)  # MAX_LAT is the square world's edge
-    assert [float(v) for v in lonlat_to_m(0.0, 0.0)] == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert WORLD_HALF_3857 == pytest.approx(20037508.342789244, abs=1e-9)
+    x_3857, y_3857 = lonlat_to_3857(180.0, MAX_LAT)
+    assert float(x_3857) == pytest.approx(20037508.342789244, abs=1e-6)
+    assert float(y_3857) == pytest.approx(20037508.342789244, abs=0.1)  # MAX_LAT is the square world's edge
+    assert [float(v) for v in lonlat_to_3857(0.0, 0.0)] == pytest.approx([0.0, 0.0], abs=1e-6)
 
 
 def test_known_value_of_helsinki():
     # EPSG:4326 -> EPSG:3857 of 24.9384 E, 60.1699 N as PROJ 9 computes it (pyproj 3.8 Transformer)
-    x_m, y_m = lonlat_to_m(24.9384, 60.1699)
-    assert float(x_m) == pytest.approx(2776129.9891989734, abs=1e-6)
-    assert float(y_m) == pytest.approx(8437661.782002585, abs=1e-6)
+    x_3857, y_3857 = lonlat_to_3857(24.9384, 60.1699)
+    assert float(x_3857) == pytest.approx(2776129.9891989734, abs=1e-6)
+    assert float(y_3857) == pytest.approx(8437661.782002585, abs=1e-6)
 
 
 @given(lons, lats)
 def test_lonlat_metres_round_trip(lon, lat):
-    back_lon, back_lat = m_to_lonlat(*lonlat_to_m(lon, lat))
+    back_lon, back_lat = lonlat_from_3857(*lonlat_to_3857(lon, lat))
     assert back_lon == pytest.approx(lon, abs=1e-9)
     assert back_lat == pytest.approx(lat, abs=1e-9)
 
@@ -76,15 +76,15 @@ def test_ground_resolution_is_exact_at_the_centre_at_every_latitude(lon, lat, si
 def test_pixel_centre_convention():
     tile = tile_at(24.94, 60.17, 256, 2.0)
     west, _, _, north = tile.bounds_3857
-    x_m, y_m = tile.px_to_m(0.5, 0.5)
-    assert float(x_m) == pytest.approx(west + tile.mpp_3857 / 2)
-    assert float(y_m) == pytest.approx(north - tile.mpp_3857 / 2)
+    x_3857, y_3857 = tile.px_to_3857(0.5, 0.5)
+    assert float(x_3857) == pytest.approx(west + tile.mpp_3857 / 2)
+    assert float(y_3857) == pytest.approx(north - tile.mpp_3857 / 2)
     assert tile.pixel_centre_lonlat(0, 0) == pytest.approx(tile.px_to_lonlat(0.5, 0.5))
 
 
 def test_bounds_in_lonlat_match_the_metres():
     tile = tile_at(24.94, 60.17)
-    west, south = m_to_lonlat(tile.bounds_3857.west, tile.bounds_3857.south)
+    west, south = lonlat_from_3857(tile.bounds_3857.west, tile.bounds_3857.south)
     assert tile.bounds_lonlat[:2] == pytest.approx((west, south), abs=1e-12)
 
 
@@ -113,8 +113,8 @@ def test_bad_bboxes_are_rejected_with_the_fix(text, message):
 
 
 def test_parse_helpers():
-    assert parse_bbox("24.93,60.16,24.96,60.18") == Bounds(24.93, 60.16, 24.96, 60.18)
+    assert parse_bbox("24.93,60.16,24.96,60.18") == LonLatBounds(24.93, 60.16, 24.96, 60.18)
     assert parse_latlon("60.17,24.94") == (24.94, 60.17)
     with pytest.raises(LocgenError, match="latitude 91"):
         parse_latlon("91,24")
-    assert check_bbox((1, 2, 3, 4)) == Bounds(1, 2, 3, 4)
+    assert check_bbox((1, 2, 3, 4)) == LonLatBounds(1, 2, 3, 4)

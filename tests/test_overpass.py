@@ -22,12 +22,12 @@ from overpass_server import (
 from s3server import refusing_port
 
 from components.core.errors import LocgenError
-from components.core.geo import Bounds
+from components.core.geo import LonLatBounds
 from components.sources.overpass import fetch_overpass, overpass_query
 
 # Two neighbouring areas inside the Helsinki sample extract (around Kluuvi and Kruununhaka).
-KLUUVI = Bounds(24.940, 60.166, 24.946, 60.170)
-KRUUNUNHAKA = Bounds(24.946, 60.170, 24.952, 60.174)
+KLUUVI = LonLatBounds(24.940, 60.166, 24.946, 60.170)
+KRUUNUNHAKA = LonLatBounds(24.946, 60.170, 24.952, 60.174)
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def load_extract() -> tuple[dict, dict, dict]:
     return nodes, ways, relations
 
 
-def expected_ids(bbox: Bounds) -> tuple[set, set, set]:
+def expected_ids(bbox: LonLatBounds) -> tuple[set, set, set]:
     """Node, way and relation ids that the query selects from the extract, in plain Python.
 
     Written apart from the server's libosmium IdTracker on purpose: both must agree.
@@ -100,7 +100,7 @@ def test_query_has_bbox_in_overpass_order_and_recurses_down():
 
 def test_query_rejects_an_inverted_bbox():
     with pytest.raises(LocgenError, match="inverted"):
-        overpass_query(Bounds(24.95, 60.17, 24.94, 60.16))
+        overpass_query(LonLatBounds(24.95, 60.17, 24.94, 60.16))
 
 
 def test_fetch_returns_the_extract_cut_to_the_bbox(server, cache_dir):

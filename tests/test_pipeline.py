@@ -238,3 +238,15 @@ def test_compile_for_another_registry_and_a_cluster_without_gpus(tmp_path):
         assert "tolerations" not in path.read_text()
     again = compile_all(tmp_path / "default")  # the settings do not leak into the next compile
     assert all(path.read_text() == (PIPELINE_DIR / path.name).read_text() for path in again)
+
+
+def test_the_pipelines_are_built_from_their_arguments_not_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCGEN_IMAGE_REGISTRY", "elsewhere.example/team")
+    monkeypatch.setenv("LOCGEN_PIPELINE_GPUS", "0")
+    written = compile_all(tmp_path)
+    assert all(path.read_text() == (PIPELINE_DIR / path.name).read_text() for path in written)
+    cpu_only = build_pipelines(gpus=False)["train"]
+    with_gpus = build_pipelines()["train"]  # a second build leaves the first as it was
+    assert "nvidia.com/gpu" not in str(cpu_only.pipeline_spec) and "nvidia.com/gpu" in str(with_gpus.pipeline_spec)
+    main(["compile", "--out-dir", str(tmp_path / "cli")])  # the command reads the registry variable, when it runs
+    assert "elsewhere.example/team/render:" in (tmp_path / "cli" / "train.yaml").read_text()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from components.core.errors import LocgenError
-from components.core.geo import Bounds, bounds_lonlat_to_m, contains, intersects, lonlat_to_m, tile_at
+from components.core.geo import LonLatBounds, bounds_to_3857, contains, intersects, lonlat_to_3857, tile_at
 from components.render.plan import PairSettings, bbox_plan, grid_plan, pairs_plan
 
 
@@ -13,7 +13,7 @@ def test_a_15_by_15_grid_reproduces_the_original_city_grid_and_abuts_exactly():
     assert len(plan) == 225 and len({p.tile_id for p in plan}) == 225
     by_id = {p.tile_id: p.tile for p in plan}
     middle = by_id["r007c007"]
-    assert (middle.centre_x_m, middle.centre_y_m) == pytest.approx(lonlat_to_m(24.94, 60.17), abs=1e-6)
+    assert (middle.centre_x_3857, middle.centre_y_3857) == pytest.approx(lonlat_to_3857(24.94, 60.17), abs=1e-6)
     assert middle.m_per_px == pytest.approx(2.0, rel=1e-12)
     for row in range(15):
         for col in range(14):
@@ -29,16 +29,16 @@ def test_grid_overlap_is_exact_in_pixels():
 
 
 def test_bbox_plan_covers_the_bbox_with_the_fewest_tiles():
-    bbox = Bounds(24.93, 60.16, 24.96, 60.18)
+    bbox = LonLatBounds(24.93, 60.16, 24.96, 60.18)
     plan = bbox_plan(bbox)
-    bbox_m = bounds_lonlat_to_m(bbox)
+    bbox_3857 = bounds_to_3857(bbox)
     union = np.array([p.tile.bounds_3857 for p in plan])
-    assert union[:, 0].min() <= bbox_m.west and union[:, 2].max() >= bbox_m.east
-    assert union[:, 1].min() <= bbox_m.south and union[:, 3].max() >= bbox_m.north
-    tile_m = plan[0].tile.size_px * plan[0].tile.mpp_3857
+    assert union[:, 0].min() <= bbox_3857.west and union[:, 2].max() >= bbox_3857.east
+    assert union[:, 1].min() <= bbox_3857.south and union[:, 3].max() >= bbox_3857.north
+    tile_3857 = plan[0].tile.size_px * plan[0].tile.mpp_3857
     cols, rows = len({p.tile_id[4:] for p in plan}), len({p.tile_id[:4] for p in plan})
-    assert (cols - 1) * tile_m < bbox_m.east - bbox_m.west <= cols * tile_m
-    assert (rows - 1) * tile_m < bbox_m.north - bbox_m.south <= rows * tile_m
+    assert (cols - 1) * tile_3857 < bbox_3857.east - bbox_3857.west <= cols * tile_3857
+    assert (rows - 1) * tile_3857 < bbox_3857.north - bbox_3857.south <= rows * tile_3857
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -54,43 +54,43 @@ def test_bad_grids(kwargs, message):
 def city_points():
     rng = np.random.default_rng(1)
     lon, lat = rng.uniform(24.93, 24.96, 60), rng.uniform(60.16, 60.18, 60)
-    return np.stack(lonlat_to_m(lon, lat), axis=1)
+    return np.stack(lonlat_to_3857(lon, lat), axis=1)
 
 
 def test_training_pairs_around_locations_with_empty_share_and_holdout(city_points):
-    area_m = bounds_lonlat_to_m(Bounds(24.90, 60.14, 25.00, 60.20))
-    holdout_m = bounds_lonlat_to_m(Bounds(24.95, 60.17, 24.96, 60.18))
+    area_3857 = bounds_to_3857(LonLatBounds(24.90, 60.14, 25.00, 60.20))
+    holdout_3857 = bounds_to_3857(LonLatBounds(24.95, 60.17, 24.96, 60.18))
     settings = PairSettings(pairs=50, empty_share=0.2, seed=4)
-    plan = pairs_plan(city_points, np.ones(len(city_points)), area_m, settings, holdout_m)
+    plan = pairs_plan(city_points, np.ones(len(city_points)), area_3857, settings, holdout_3857)
     assert [p.tile_id for p in plan] == [f"p{i:05d}" for i in range(50)]
     holding = [contains(p.tile.bounds_3857, city_points[:, 0], city_points[:, 1]).any() for p in plan]
     assert holding == [True] * 40 + [False] * 10
-    assert not any(intersects(p.tile.bounds_3857, holdout_m) for p in plan)
+    assert not any(intersects(p.tile.bounds_3857, holdout_3857) for p in plan)
     for p in plan:  # each tile's ground resolution is exact at its own centre
         assert p.tile.m_per_px == pytest.approx(2.0, rel=1e-12)
-    again = pairs_plan(city_points, np.ones(len(city_points)), area_m, settings, holdout_m)
+    again = pairs_plan(city_points, np.ones(len(city_points)), area_3857, settings, holdout_3857)
     assert [tuple(p.tile) for p in again] == [tuple(p.tile) for p in plan]  # the seed fixes the plan
 
 
 def test_pairs_follow_the_weights(city_points):
     weights = np.zeros(len(city_points))
     weights[5] = 3.0  # a station with 3 bikes; every other station is empty
-    area_m = bounds_lonlat_to_m(Bounds(24.90, 60.14, 25.00, 60.20))
-    plan = pairs_plan(city_points, weights, area_m, PairSettings(pairs=10, empty_share=0))
+    area_3857 = bounds_to_3857(LonLatBounds(24.90, 60.14, 25.00, 60.20))
+    plan = pairs_plan(city_points, weights, area_3857, PairSettings(pairs=10, empty_share=0))
     assert all(contains(p.tile.bounds_3857, *city_points[5]) for p in plan)
 
 
 def test_pairs_that_cannot_avoid_the_holdout_fail_clearly(city_points):
-    area_m = bounds_lonlat_to_m(Bounds(24.90, 60.14, 25.00, 60.20))
+    area_3857 = bounds_to_3857(LonLatBounds(24.90, 60.14, 25.00, 60.20))
     with pytest.raises(LocgenError, match="held-out region"):
-        pairs_plan(city_points, np.ones(len(city_points)), area_m, PairSettings(pairs=3), area_m)
+        pairs_plan(city_points, np.ones(len(city_points)), area_3857, PairSettings(pairs=3), area_3857)
 
 
 def test_empty_tiles_that_do_not_fit_fail_clearly():
-    area_m = tile_at(24.945, 60.17).bounds_3857
+    area_3857 = tile_at(24.945, 60.17).bounds_3857
     # A location every 100 m: no 512 m tile anywhere near the area is free of them.
-    xs_m, ys_m = np.meshgrid(np.arange(area_m.west - 2000, area_m.east + 2000, 100),
-                             np.arange(area_m.south - 2000, area_m.north + 2000, 100))
-    dense_m = np.stack([xs_m.ravel(), ys_m.ravel()], axis=1)
+    xs_3857, ys_3857 = np.meshgrid(np.arange(area_3857.west - 2000, area_3857.east + 2000, 100),
+                             np.arange(area_3857.south - 2000, area_3857.north + 2000, 100))
+    dense_3857 = np.stack([xs_3857.ravel(), ys_3857.ravel()], axis=1)
     with pytest.raises(LocgenError, match="lower --empty-share"):
-        pairs_plan(dense_m, np.ones(len(dense_m)), area_m, PairSettings(pairs=4, empty_share=0.5))
+        pairs_plan(dense_3857, np.ones(len(dense_3857)), area_3857, PairSettings(pairs=4, empty_share=0.5))

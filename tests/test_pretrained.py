@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import HELSINKI_PBF, KOTKA_PBF
 
-from components.core.geo import Bounds
+from components.core.geo import LonLatBounds
 from components.core.storage import open_store
 from components.core.style import STYLE_VERSION, style_sha256
 from components.core.tileset import decode_tile, fetch_all, read_manifest
@@ -17,7 +17,7 @@ from components.train.train import markers_per_tile, translate
 # The tile set it was trained on (`make pretrained`), by the sha256 of its manifest.
 TRAINING_MANIFEST_SHA256 = "a707133489429d247e47ed5e6ef1da2f05a26e98c31a3b213715afbdb4401490"
 # No training pair touched this box (render --holdout): Helsinki streets the model never saw.
-HOLDOUT = Bounds(24.9351, 60.1641, 24.9535, 60.1680)
+HOLDOUT = LonLatBounds(24.9351, 60.1641, 24.9535, 60.1680)
 MARKER_RADIUS_PX = 5.0
 
 

@@ -9,7 +9,7 @@ import pytest
 import shapely
 from conftest import HELSINKI_PBF, KOTKA_PBF
 
-from components.core.geo import Bounds, lonlat_to_m, tile_at
+from components.core.geo import LonLatBounds, lonlat_to_3857, tile_at
 from components.core.markers import MARKER_RGB, marker_mask
 from components.core.pngmeta import decode_png, read_png_text
 from components.core.storage import open_store
@@ -19,8 +19,8 @@ from components.render.raster import draw_markers, render_map
 from components.sources.osm import read_osm
 from locgen.cli import main
 
-HELSINKI_EXTENT = Bounds(24.9351762, 60.1641550, 24.9534145, 60.1791130)
-KOTKA_EXTENT = Bounds(26.93, 60.52, 26.97, 60.54)
+HELSINKI_EXTENT = LonLatBounds(24.9351762, 60.1641550, 24.9534145, 60.1791130)
+KOTKA_EXTENT = LonLatBounds(26.93, 60.52, 26.97, 60.54)
 BICYCLE_POINTS = "osm:amenity=bicycle_rental,amenity=bicycle_parking"
 
 
@@ -70,7 +70,7 @@ def test_a_point_comes_back_from_its_marker_within_a_quarter_pixel():
         tile = tile_at(lon, lat, 256, 2.0)
         target_col, target_row = rng.uniform(20, 236, 2)
         point_lonlat = tile.px_to_lonlat(target_col, target_row)
-        marked = draw_markers(blank, tile, np.array([lonlat_to_m(*point_lonlat)]), radius_px=4)
+        marked = draw_markers(blank, tile, np.array([lonlat_to_3857(*point_lonlat)]), radius_px=4)
         rows_px, cols_px = np.nonzero(np.all(marked == MARKER_RGB, axis=-1))
         found_lon, found_lat = tile.px_to_lonlat(cols_px.mean() + 0.5, rows_px.mean() + 0.5)
         error_col, error_row = np.subtract(tile.lonlat_to_px(found_lon, found_lat), (target_col, target_row))
@@ -80,7 +80,7 @@ def test_a_point_comes_back_from_its_marker_within_a_quarter_pixel():
 def test_markers_are_pure_discs_of_the_set_radius():
     tile = tile_at(24.94, 60.17, 64, 2.0)
     blank = np.zeros((64, 64, 3), dtype=np.uint8)
-    marked = draw_markers(blank, tile, np.array([tile.px_to_m(32.0, 32.0)]), radius_px=5)
+    marked = draw_markers(blank, tile, np.array([tile.px_to_3857(32.0, 32.0)]), radius_px=5)
     magenta = np.all(marked == MARKER_RGB, axis=-1)
     assert np.all(magenta | np.all(marked == 0, axis=-1))  # one pure colour, no blended edge
     assert magenta.sum() == pytest.approx(np.pi * 5 ** 2, rel=0.1)
@@ -172,11 +172,11 @@ def test_xml_extracts_give_the_same_map_as_the_pbf(tmp_path, helsinki_map, suffi
 
 
 def test_simplification_moves_no_line_by_more_than_its_tolerance(helsinki_map):
-    simple = read_osm([HELSINKI_PBF], HELSINKI_EXTENT, simplify_m=1.0)  # 1 EPSG:3857 m: 0.25 px here
+    simple = read_osm([HELSINKI_PBF], HELSINKI_EXTENT, simplify_3857=1.0)  # 1 EPSG:3857 m: 0.25 px here
     plain_f, simple_f = helsinki_map.features, simple.features
-    assert len(simple_f.coords_m) < 0.8 * len(plain_f.coords_m)
+    assert len(simple_f.coords_3857) < 0.8 * len(plain_f.coords_3857)
     assert np.array_equal(plain_f.feature_rings, simple_f.feature_rings)
     for ring in range(len(plain_f.ring_offsets) - 1):
-        before = plain_f.coords_m[plain_f.ring_offsets[ring]:plain_f.ring_offsets[ring + 1]]
-        after = simple_f.coords_m[simple_f.ring_offsets[ring]:simple_f.ring_offsets[ring + 1]]
+        before = plain_f.coords_3857[plain_f.ring_offsets[ring]:plain_f.ring_offsets[ring + 1]]
+        after = simple_f.coords_3857[simple_f.ring_offsets[ring]:simple_f.ring_offsets[ring + 1]]
         assert shapely.hausdorff_distance(shapely.LineString(before), shapely.LineString(after)) <= 1.0 + 1e-9

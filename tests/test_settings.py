@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from components.core.errors import LocgenError
-from components.core.geo import Bounds
+from components.core.geo import LonLatBounds
 from components.core.settings import declared, from_parameters, is_list, output_identity, unset
 from components.export.settings import ExportSettings
 from components.extract.evaluate import EvaluateSettings
@@ -112,7 +112,7 @@ def test_pipeline_parameters_become_settings_by_the_one_rule_for_not_given():
                                                 "seed": 0, "city": ""})
     assert settings.osm == ["city.osm.pbf"] and settings.pairs is None and settings.grid is None
     assert settings.bbox is None and settings.city is None and settings.seed == 0  # 0 is a seed, not "not given"
-    assert settings.center == (26.95, 60.53) and settings.holdout == Bounds(24.9, 60.1, 25.0, 60.2)
+    assert settings.center == (26.95, 60.53) and settings.holdout == LonLatBounds(24.9, 60.1, 25.0, 60.2)
     assert (unset(0), unset(""), unset(3), unset(False)) == (None, None, 3, False)
     with pytest.raises(LocgenError, match="holdout: '1,2' is not WEST,SOUTH,EAST,NORTH"):
         from_parameters(RenderSettings, {"osm": "x", "out": "", "holdout": "1,2"})

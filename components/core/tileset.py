@@ -20,7 +20,7 @@ import numpy as np
 
 from components import __version__
 from components.core.errors import LocgenError
-from components.core.geo import Bounds, Tile, tile_from_bounds_3857
+from components.core.geo import Bounds3857, Tile, tile_from_bounds_3857
 from components.core.pngmeta import decode_png
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import Store
@@ -74,7 +74,7 @@ def png_text(row: dict) -> dict[str, str]:
 
 def tile_of_row(row: dict) -> Tile:
     """The exact tile geometry of a manifest row or PNG georeference."""
-    return tile_from_bounds_3857(Bounds(*row["bounds_3857"]), row["size_px"])
+    return tile_from_bounds_3857(Bounds3857(*row["bounds_3857"]), row["size_px"])
 
 
 def read_manifest(store: Store) -> list[dict]:

@@ -52,12 +52,12 @@ from tqdm import tqdm
 from components import __version__
 from components.core.errors import LocgenError
 from components.core.geo import (
-    Bounds,
-    bounds_lonlat_to_m,
+    LonLatBounds,
+    bounds_to_3857,
     check_bbox,
     contains,
-    lonlat_to_m,
-    m_to_lonlat,
+    lonlat_from_3857,
+    lonlat_to_3857,
     mercator_scale,
     parse_bbox,
 )
@@ -99,7 +99,7 @@ class EvaluateSettings:
 
     generated: str = setting(help="the points to score (CSV or GeoJSON)", metavar="FILE")
     truth: list[str] = setting(help="real positions: any location source (repeatable)", metavar="SRC")
-    bbox: Bounds = setting(help="the area scored", parse=parse_bbox, metavar="W,S,E,N")  # lon/lat
+    bbox: LonLatBounds = setting(help="the area scored", parse=parse_bbox, metavar="W,S,E,N")  # lon/lat
     out: str = setting(help="report (the Markdown goes beside it)", metavar="FILE.json", output=False)
     osm: list[str] = setting(help="OSM file for the roads baseline and osm: sources (repeatable)", metavar="FILE",
                              default_factory=list)
@@ -117,17 +117,17 @@ class EvaluateSettings:
 class Grid(NamedTuple):
     """The cells of the rank correlation: squares in EPSG:3857, `grid_m` ground metres wide at mid-latitude.
 
-    Cell (col, row) covers x in [west_m + col * cell_3857_m, west_m + (col + 1) * cell_3857_m) and y
-    likewise from south_m (rows grow northwards). The cell size is grid_m * sec(mid-latitude) EPSG:3857
+    Cell (col, row) covers x in [west_3857 + col * cell_3857, west_3857 + (col + 1) * cell_3857) and y
+    likewise from south_3857 (rows grow northwards). The cell size is grid_m * sec(mid-latitude) EPSG:3857
     metres, the mid-latitude being (south + north) / 2 of the bbox in degrees: the tiles' convention
     (ground size at the centre). The grid starts at the bbox's south-west corner and has
     ceil(width / cell) columns and ceil(height / cell) rows: the last column and row may reach past
     the bbox (only points inside the bbox are counted).
     """
 
-    west_m: float
-    south_m: float
-    cell_3857_m: float
+    west_3857: float
+    south_3857: float
+    cell_3857: float
     columns: int
     rows: int
 
@@ -194,24 +194,24 @@ def nearest_m(from_lonlat: np.ndarray, to_lonlat: np.ndarray, *, progress: bool 
 
 # --- the grid -----------------------------------------------------------------------------------
 
-def make_grid(bbox: Bounds, grid_m: float) -> Grid:
+def make_grid(bbox: LonLatBounds, grid_m: float) -> Grid:
     """The grid of `grid_m` ground-metre cells over the bbox (see `Grid`)."""
-    area_m = bounds_lonlat_to_m(bbox)
-    cell_3857_m = grid_m * mercator_scale((bbox.south + bbox.north) / 2)
-    columns = math.ceil((area_m.east - area_m.west) / cell_3857_m)
-    rows = math.ceil((area_m.north - area_m.south) / cell_3857_m)
+    area_3857 = bounds_to_3857(bbox)
+    cell_3857 = grid_m * mercator_scale((bbox.south + bbox.north) / 2)
+    columns = math.ceil((area_3857.east - area_3857.west) / cell_3857)
+    rows = math.ceil((area_3857.north - area_3857.south) / cell_3857)
     if columns * rows > MAX_GRID_CELLS:
         raise LocgenError(f"a {grid_m:g} m grid over bbox {_bbox_text(bbox)} has {columns * rows:,} cells (at most "
                           f"{MAX_GRID_CELLS:,}); give a coarser grid or a smaller area")
-    return Grid(area_m.west, area_m.south, cell_3857_m, columns, rows)
+    return Grid(area_3857.west, area_3857.south, cell_3857, columns, rows)
 
 
 def cell_counts(lonlat: np.ndarray, grid: Grid) -> np.ndarray:
     """Points per cell (points inside the bbox), as a flat array of rows * columns, row-major from the south."""
-    x_m, y_m = lonlat_to_m(lonlat[:, 0], lonlat[:, 1])
+    x_3857, y_3857 = lonlat_to_3857(lonlat[:, 0], lonlat[:, 1])
     # Clipped because a point just inside the east or north edge may round onto the next cell's edge.
-    col = np.clip(np.floor((x_m - grid.west_m) / grid.cell_3857_m).astype(np.int64), 0, grid.columns - 1)
-    row = np.clip(np.floor((y_m - grid.south_m) / grid.cell_3857_m).astype(np.int64), 0, grid.rows - 1)
+    col = np.clip(np.floor((x_3857 - grid.west_3857) / grid.cell_3857).astype(np.int64), 0, grid.columns - 1)
+    row = np.clip(np.floor((y_3857 - grid.south_3857) / grid.cell_3857).astype(np.int64), 0, grid.rows - 1)
     return np.bincount(row * grid.columns + col, minlength=grid.rows * grid.columns)
 
 
@@ -228,7 +228,7 @@ def grid_spearman(generated_counts: np.ndarray, truth_counts: np.ndarray) -> tup
 
 # --- scoring ------------------------------------------------------------------------------------
 
-def score_points(generated_lonlat: np.ndarray, truth_lonlat: np.ndarray, bbox: Bounds, *,
+def score_points(generated_lonlat: np.ndarray, truth_lonlat: np.ndarray, bbox: LonLatBounds, *,
                  radii_m: tuple[float, ...] = DEFAULT_RADII_M, grid_m: float = 100.0,
                  train_lonlat: np.ndarray | None = None, memorisation_m: float = 5.0,
                  progress: bool = False) -> dict:
@@ -299,18 +299,18 @@ def _lonlat_array(points) -> np.ndarray:
     return np.asarray(points, dtype=np.float64).reshape(-1, 2)
 
 
-def _in_area(lonlat: np.ndarray, bbox: Bounds) -> np.ndarray:
+def _in_area(lonlat: np.ndarray, bbox: LonLatBounds) -> np.ndarray:
     return contains(bbox, lonlat[:, 0], lonlat[:, 1])
 
 
-def _bbox_text(bbox: Bounds) -> str:
+def _bbox_text(bbox: LonLatBounds) -> str:
     """'WEST,SOUTH,EAST,NORTH', as --bbox takes it."""
     return ",".join(f"{value:g}" for value in bbox)
 
 
 # --- baselines ----------------------------------------------------------------------------------
 
-def uniform_baseline(count: int, bbox: Bounds, seed: int) -> np.ndarray:
+def uniform_baseline(count: int, bbox: LonLatBounds, seed: int) -> np.ndarray:
     """(count, 2) lon/lat uniform in ground area over the bbox, reproducible with the seed.
 
     Longitude is uniform; sin(latitude) is uniform, which makes the density uniform in area on a
@@ -327,7 +327,7 @@ def uniform_baseline(count: int, bbox: Bounds, seed: int) -> np.ndarray:
     return _into_area(lon, lat, bbox)
 
 
-def roads_baseline(count: int, bbox: Bounds, map_data: MapData, seed: int) -> np.ndarray:
+def roads_baseline(count: int, bbox: LonLatBounds, map_data: MapData, seed: int) -> np.ndarray:
     """(count, 2) lon/lat uniform by ground length along the roads and paths (ROAD_LAYERS) in the bbox.
 
     Lines are cut to the bbox; a segment is picked with a probability proportional to its ground
@@ -335,20 +335,20 @@ def roads_baseline(count: int, bbox: Bounds, map_data: MapData, seed: int) -> np
     (within a segment the scale is constant to 1e-7, so uniform in EPSG:3857 is uniform on the ground).
     """
     bbox = check_bbox(bbox, "bbox")
-    start_m, end_m = road_segments_m(map_data.features, bbox)
-    _, middle_lat = m_to_lonlat((start_m[:, 0] + end_m[:, 0]) / 2, (start_m[:, 1] + end_m[:, 1]) / 2)
-    ground_m = np.hypot(*(end_m - start_m).T) * np.cos(np.radians(middle_lat))
+    start_3857, end_3857 = road_segments_3857(map_data.features, bbox)
+    _, middle_lat = lonlat_from_3857((start_3857[:, 0] + end_3857[:, 0]) / 2, (start_3857[:, 1] + end_3857[:, 1]) / 2)
+    ground_m = np.hypot(*(end_3857 - start_3857).T) * np.cos(np.radians(middle_lat))
     if not ground_m.sum() > 0:
         raise LocgenError(f"no road or path ({', '.join(ROAD_LAYERS)}) inside bbox {_bbox_text(bbox)} in the OSM data; "
                           "give --osm data that covers the area, or leave --osm out to skip the roads baseline")
     rng = np.random.default_rng(seed)
     segment = rng.choice(len(ground_m), size=count, p=ground_m / ground_m.sum())
     along = rng.random(count)[:, None]
-    points_m = start_m[segment] + along * (end_m[segment] - start_m[segment])
-    return _into_area(*m_to_lonlat(points_m[:, 0], points_m[:, 1]), bbox)
+    points_3857 = start_3857[segment] + along * (end_3857[segment] - start_3857[segment])
+    return _into_area(*lonlat_from_3857(points_3857[:, 0], points_3857[:, 1]), bbox)
 
 
-def road_segments_m(features: FeatureArrays, bbox: Bounds) -> tuple[np.ndarray, np.ndarray]:
+def road_segments_3857(features: FeatureArrays, bbox: LonLatBounds) -> tuple[np.ndarray, np.ndarray]:
     """Start and end (EPSG:3857 metres, (K, 2) each) of the ROAD_LAYERS line segments cut to the bbox."""
     road_layers = [index for index, layer in enumerate(LAYERS) if layer.name in ROAD_LAYERS]
     ring_feature = np.repeat(np.arange(len(features.layer)), np.diff(features.feature_rings))
@@ -356,15 +356,15 @@ def road_segments_m(features: FeatureArrays, bbox: Bounds) -> tuple[np.ndarray, 
     on_road = np.isin(features.layer[ring_feature[vertex_ring]], road_layers)
     # shapely numbers the lines it builds 0, 1, ... with no gap: renumber the road rings so.
     _, line_index = np.unique(vertex_ring[on_road], return_inverse=True)
-    lines = shapely.linestrings(features.coords_m[on_road], indices=line_index)
+    lines = shapely.linestrings(features.coords_3857[on_road], indices=line_index)
     # Each piece of a line the bbox cuts into is its own part: no segment may join two pieces.
-    parts = shapely.get_parts(shapely.clip_by_rect(lines, *bounds_lonlat_to_m(bbox)))
-    coords_m, part = shapely.get_coordinates(parts, return_index=True)
+    parts = shapely.get_parts(shapely.clip_by_rect(lines, *bounds_to_3857(bbox)))
+    coords_3857, part = shapely.get_coordinates(parts, return_index=True)
     same_part = part[1:] == part[:-1]
-    return coords_m[:-1][same_part], coords_m[1:][same_part]
+    return coords_3857[:-1][same_part], coords_3857[1:][same_part]
 
 
-def _into_area(lon, lat, bbox: Bounds) -> np.ndarray:
+def _into_area(lon, lat, bbox: LonLatBounds) -> np.ndarray:
     """lon/lat as (N, 2), nudged inside the half-open bbox where rounding put a point on its east/north edge."""
     lon = np.clip(lon, bbox.west, np.nextafter(bbox.east, -math.inf))
     lat = np.clip(lat, bbox.south, np.nextafter(bbox.north, -math.inf))
@@ -398,7 +398,7 @@ def evaluate(settings: EvaluateSettings) -> dict:
     model = score(positions_lonlat(generated))
     count = model["points"]["generated"]
     baselines = {"uniform": score(uniform_baseline(count, bbox, settings.seed))}
-    map_data = read_osm([Path(path) for path in osm_files], bbox, margin_m=0.0) if osm_files else None
+    map_data = read_osm([Path(path) for path in osm_files], bbox, margin_3857=0.0) if osm_files else None
     if map_data is not None:
         baselines["roads"] = score(roads_baseline(count, bbox, map_data, settings.seed))
     report = _report(settings, bbox, generated, truth, train, map_data, model, baselines)
@@ -437,7 +437,7 @@ def _local_osm_files(specs: list[str]) -> list[str]:
     return list(specs)
 
 
-def _require_points_in_area(source: LocationSource, bbox: Bounds) -> None:
+def _require_points_in_area(source: LocationSource, bbox: LonLatBounds) -> None:
     """A truth source must place something in the area: else the bbox or the source is wrong."""
     lonlat = positions_lonlat(source)
     if not _in_area(lonlat, bbox).any():
@@ -446,7 +446,7 @@ def _require_points_in_area(source: LocationSource, bbox: Bounds) -> None:
                           "for this area")
 
 
-def _source_record(source: LocationSource, bbox: Bounds) -> dict:
+def _source_record(source: LocationSource, bbox: LonLatBounds) -> dict:
     """A source's provenance and how many of its points were scored."""
     lonlat = positions_lonlat(source)
     inside = int(_in_area(lonlat, bbox).sum())
@@ -482,7 +482,7 @@ METHOD = {
 }
 
 
-def _report(settings: EvaluateSettings, bbox: Bounds, generated: LocationSource, truth: list[LocationSource],
+def _report(settings: EvaluateSettings, bbox: LonLatBounds, generated: LocationSource, truth: list[LocationSource],
             train: list[LocationSource], map_data: MapData | None, model: dict, baselines: dict[str, dict]) -> dict:
     """The report document: inputs with their hashes, the method, the scores and the verdicts."""
     inputs = {"generated": _source_record(generated, bbox), "truth": [_source_record(s, bbox) for s in truth],
@@ -548,7 +548,7 @@ def markdown_report(report: dict) -> str:
     sources = ", ".join(f"`{source['uri']}`" for source in inputs["truth"])
     training = ", ".join(f"`{source['uri']}`" for source in inputs["train_points"]) or "none given"
     lines = ["# Evaluation of generated locations", "",
-             f"Area: bbox {_bbox_text(Bounds(*inputs['bbox']))} (lon/lat). Points outside it are dropped: "
+             f"Area: bbox {_bbox_text(LonLatBounds(*inputs['bbox']))} (lon/lat). Points outside it are dropped: "
              f"{points['generated']} generated points scored ({points['generated_outside_area']} outside), "
              f"{points['truth']} real ({points['truth_outside_area']} outside).", "",
              f"Generated: `{inputs['generated']['uri']}`. Real: {sources}. Training points: {training}.", "",

@@ -21,7 +21,7 @@ from components.core.detect import (
     typical_dot_core_px,
 )
 from components.core.errors import LocgenError
-from components.core.geo import m_to_lonlat
+from components.core.geo import lonlat_from_3857
 from components.core.markers import MarkerRange
 from components.core.pngmeta import read_png_text
 from components.core.points import points_file, write_points
@@ -101,7 +101,7 @@ def extract(settings: ExtractSettings) -> dict:
                 mosaic.paste(tiles[index], rgb)
             bar.update()
     _split_crowded_blobs(store, rows, detections, settings.detect)
-    points = [TilePoint(*(float(v) for v in tiles[index].px_to_m(d.col, d.row)), index, d.area_px, d.score,
+    points = [TilePoint(*(float(v) for v in tiles[index].px_to_3857(d.col, d.row)), index, d.area_px, d.score,
                         d.touches_edge)
               for index, tile_detections in enumerate(detections) for d in tile_detections]
     clusters = merge_duplicates(points, [tile.bounds_3857 for tile in tiles], settings.dedupe_m)
@@ -112,8 +112,8 @@ def extract(settings: ExtractSettings) -> dict:
         write_points(out, CSV_COLUMNS, table, attribution=OSM_ATTRIBUTION)
     if mosaic is not None:
         preview_store, preview_key = open_file_uri(settings.preview)
-        positions_m = np.array([record["xy_m"] for record in records]).reshape(-1, 2)
-        preview_store.put_bytes(preview_key, mosaic.png(positions_m), "image/png")
+        positions_3857 = np.array([record["xy_3857"] for record in records]).reshape(-1, 2)
+        preview_store.put_bytes(preview_key, mosaic.png(positions_3857), "image/png")
     return {"tiles": len(rows), "detections": len(points), "points": len(records), "out": settings.out,
             "preview": settings.preview}
 
@@ -169,9 +169,9 @@ def _row_from_png(store: Store, key: str, png: bytes) -> dict:
 
 def _record(points: list[TilePoint], cluster: list[int], rows: list[dict]) -> dict:
     """One output point: the merged position, and the tile, score and city of its largest detection."""
-    x_m, y_m = merged_position(points, cluster)
-    lon, lat = m_to_lonlat(x_m, y_m)
+    x_3857, y_3857 = merged_position(points, cluster)
+    lon, lat = lonlat_from_3857(x_3857, y_3857)
     largest = max(cluster, key=lambda index: points[index].area_px)
     row = rows[points[largest].tile_index]
     return {"latitude": lat, "longitude": lon, "tile_id": row["id"], "score": points[largest].score,
-            "city": row["city"], "xy_m": (x_m, y_m)}
+            "city": row["city"], "xy_3857": (x_3857, y_3857)}

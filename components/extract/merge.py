@@ -17,7 +17,7 @@ import numpy as np
 from geopy.distance import geodesic
 from scipy.spatial import cKDTree
 
-from components.core.geo import Bounds, m_to_lonlat
+from components.core.geo import Bounds3857, lonlat_from_3857
 
 # Candidates are searched in EPSG:3857 with the largest scale of the points and 10 % to spare;
 # a candidate's ground distance (EPSG:3857 over its local scale) is exact to far better than that,
@@ -28,20 +28,20 @@ SEARCH_MARGIN = 1.1
 class TilePoint(NamedTuple):
     """A detection placed on Earth: EPSG:3857 metres, and what the merge needs to know."""
 
-    x_m: float
-    y_m: float
+    x_3857: float
+    y_3857: float
     tile_index: int  # position of its tile in the extraction's tile list
     area_px: int
     score: float
     touches_edge: bool
 
 
-def merge_duplicates(points: list[TilePoint], tile_bounds_m: list[Bounds], dedupe_m: float) -> list[list[int]]:
+def merge_duplicates(points: list[TilePoint], tile_bounds_3857: list[Bounds3857], dedupe_m: float) -> list[list[int]]:
     """Clusters of point indices, one per real dot (singletons included), in first-seen order."""
     cluster_of = list(range(len(points)))
     members = {index: [index] for index in range(len(points))}
     tiles_of = {index: {point.tile_index} for index, point in enumerate(points)}
-    for first, second in _duplicate_pairs(points, tile_bounds_m, dedupe_m):
+    for first, second in _duplicate_pairs(points, tile_bounds_3857, dedupe_m):
         a, b = cluster_of[first], cluster_of[second]
         if a == b or tiles_of[a] & tiles_of[b]:
             continue  # already one, or it would hold two dots of one tile
@@ -54,27 +54,29 @@ def merge_duplicates(points: list[TilePoint], tile_bounds_m: list[Bounds], dedup
     return sorted(members.values(), key=min)
 
 
-def _duplicate_pairs(points: list[TilePoint], tile_bounds_m: list[Bounds], dedupe_m: float) -> list[tuple[int, int]]:
+def _duplicate_pairs(points: list[TilePoint], tile_bounds_3857: list[Bounds3857],
+                     dedupe_m: float) -> list[tuple[int, int]]:
     """Pairs of detections in different tiles that may be one dot, nearest first."""
     if len(points) < 2 or dedupe_m <= 0:
         return []
-    xy_m = np.array([(point.x_m, point.y_m) for point in points])
+    xy_3857 = np.array([(point.x_3857, point.y_3857) for point in points])
     tile = np.array([point.tile_index for point in points])
     touches = np.array([point.touches_edge for point in points])
-    _, lat = m_to_lonlat(xy_m[:, 0], xy_m[:, 1])
+    _, lat = lonlat_from_3857(xy_3857[:, 0], xy_3857[:, 1])
     scale = 1.0 / np.cos(np.radians(lat))  # EPSG:3857 metres per ground metre at each point
     # In EPSG:3857 a ground distance grows by the scale: search with the largest one.
-    pairs = cKDTree(xy_m).query_pairs(dedupe_m * scale.max() * SEARCH_MARGIN, output_type="ndarray")
+    pairs = cKDTree(xy_3857).query_pairs(dedupe_m * scale.max() * SEARCH_MARGIN, output_type="ndarray")
     first, second = pairs[:, 0], pairs[:, 1]
-    bounds = np.array(tile_bounds_m)
-    margin_m = dedupe_m * scale[first]
+    bounds = np.array(tile_bounds_3857)
+    margin_3857 = dedupe_m * scale[first]
     maybe = (tile[first] != tile[second]) & (
         (touches[first] & touches[second])
-        | (_inside(xy_m[first], bounds[tile[second]], margin_m) & _inside(xy_m[second], bounds[tile[first]], margin_m)))
+        | (_inside(xy_3857[first], bounds[tile[second]], margin_3857)
+           & _inside(xy_3857[second], bounds[tile[first]], margin_3857)))
     first, second = first[maybe], second[maybe]
     # Over a few metres the local scale makes this the ground distance to well under 0.1 %: only
     # pairs that close to the radius need the geodesic to decide.
-    distance_m = np.hypot(*(xy_m[first] - xy_m[second]).T) / ((scale[first] + scale[second]) / 2)
+    distance_m = np.hypot(*(xy_3857[first] - xy_3857[second]).T) / ((scale[first] + scale[second]) / 2)
     borderline = np.flatnonzero(np.abs(distance_m - dedupe_m) < dedupe_m * (SEARCH_MARGIN - 1))
     distance_m[borderline] = [_geodesic_m(points[first[k]], points[second[k]]) for k in borderline]
     keep = distance_m <= dedupe_m
@@ -82,15 +84,15 @@ def _duplicate_pairs(points: list[TilePoint], tile_bounds_m: list[Bounds], dedup
     return list(zip(first[keep][order].tolist(), second[keep][order].tolist()))
 
 
-def _inside(xy_m: np.ndarray, bounds: np.ndarray, margin_m: np.ndarray) -> np.ndarray:
-    """Whether each point lies in its tile's bounds grown by margin_m (EPSG:3857)."""
-    return (bounds[:, 0] - margin_m <= xy_m[:, 0]) & (xy_m[:, 0] < bounds[:, 2] + margin_m) \
-        & (bounds[:, 1] - margin_m <= xy_m[:, 1]) & (xy_m[:, 1] < bounds[:, 3] + margin_m)
+def _inside(xy_3857: np.ndarray, bounds: np.ndarray, margin_3857: np.ndarray) -> np.ndarray:
+    """Whether each point lies in its tile's bounds grown by margin_3857 (EPSG:3857)."""
+    return (bounds[:, 0] - margin_3857 <= xy_3857[:, 0]) & (xy_3857[:, 0] < bounds[:, 2] + margin_3857) \
+        & (bounds[:, 1] - margin_3857 <= xy_3857[:, 1]) & (xy_3857[:, 1] < bounds[:, 3] + margin_3857)
 
 
 def _geodesic_m(a: TilePoint, b: TilePoint) -> float:
-    lon_a, lat_a = m_to_lonlat(a.x_m, a.y_m)
-    lon_b, lat_b = m_to_lonlat(b.x_m, b.y_m)
+    lon_a, lat_a = lonlat_from_3857(a.x_3857, a.y_3857)
+    lon_b, lat_b = lonlat_from_3857(b.x_3857, b.y_3857)
     return geodesic((lat_a, lon_a), (lat_b, lon_b)).meters
 
 
@@ -98,6 +100,6 @@ def merged_position(points: list[TilePoint], cluster: list[int]) -> tuple[float,
     """EPSG:3857 metres of one dot from its detections (see the module docstring)."""
     whole = [index for index in cluster if not points[index].touches_edge] or cluster
     weights = np.array([points[index].area_px for index in whole], dtype=np.float64)
-    xy_m = np.array([(points[index].x_m, points[index].y_m) for index in whole])
-    x_m, y_m = np.average(xy_m, axis=0, weights=weights)
-    return float(x_m), float(y_m)
+    xy_3857 = np.array([(points[index].x_3857, points[index].y_3857) for index in whole])
+    x_3857, y_3857 = np.average(xy_3857, axis=0, weights=weights)
+    return float(x_3857), float(y_3857)

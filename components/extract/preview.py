@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from components.core.geo import Bounds, Tile
+from components.core.geo import Bounds3857, Tile
 from components.core.pngmeta import encode_png
 from components.core.provenance import OSM_ATTRIBUTION
 
@@ -23,17 +23,19 @@ class Mosaic:
 
     def __init__(self, tiles: list[Tile]):
         bounds = np.array([tile.bounds_3857 for tile in tiles])
-        self.bounds_m = Bounds(bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max())
-        width_m, height_m = self.bounds_m.east - self.bounds_m.west, self.bounds_m.north - self.bounds_m.south
-        self.mpp_3857 = max(min(tile.mpp_3857 for tile in tiles), max(width_m, height_m) / MAX_SIDE_PX)
+        self.bounds_3857 = Bounds3857(bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max())
+        width_3857 = self.bounds_3857.east - self.bounds_3857.west
+        height_3857 = self.bounds_3857.north - self.bounds_3857.south
+        self.mpp_3857 = max(min(tile.mpp_3857 for tile in tiles), max(width_3857, height_3857) / MAX_SIDE_PX)
         # The extent is a whole number of tile pixels: float noise must not add a row.
-        height_px, width_px = (math.ceil(extent_m / self.mpp_3857 - 1e-6) for extent_m in (height_m, width_m))
+        height_px, width_px = (math.ceil(extent_3857 / self.mpp_3857 - 1e-6)
+                               for extent_3857 in (height_3857, width_3857))
         self.canvas = np.full((height_px, width_px, 3), 255, dtype=np.uint8)
 
-    def _px(self, x_m, y_m):
+    def _px(self, x_3857, y_3857):
         """EPSG:3857 metres -> continuous canvas pixel coordinates (col, row)."""
-        col = (np.asarray(x_m) - self.bounds_m.west) / self.mpp_3857
-        return col, (self.bounds_m.north - np.asarray(y_m)) / self.mpp_3857
+        col = (np.asarray(x_3857) - self.bounds_3857.west) / self.mpp_3857
+        return col, (self.bounds_3857.north - np.asarray(y_3857)) / self.mpp_3857
 
     def paste(self, tile: Tile, rgb: np.ndarray) -> None:
         """Place a tile at its position, resampled to the canvas scale (to the nearest canvas pixel)."""
@@ -48,10 +50,10 @@ class Mosaic:
         self.canvas[top + clip_top:top + clip_bottom, left + clip_left:left + clip_right] = \
             resized[clip_top:clip_bottom, clip_left:clip_right]
 
-    def png(self, points_m: np.ndarray) -> bytes:
+    def png(self, points_3857: np.ndarray) -> bytes:
         """The preview with the points (EPSG:3857 metres) drawn and the attribution, as PNG bytes."""
         image = self.canvas.copy()
-        cols, rows = self._px(points_m[:, 0], points_m[:, 1]) if len(points_m) else ([], [])
+        cols, rows = self._px(points_3857[:, 0], points_3857[:, 1]) if len(points_3857) else ([], [])
         for col, row in zip(cols, rows):
             cv2.circle(image, (round(col * 16), round(row * 16)), RING_RADIUS_PX * 16, RING_RGB, 2, cv2.LINE_AA, 4)
         return encode_png(_with_attribution(image), {"Copyright": OSM_ATTRIBUTION, "Source": "locgen extract"})

@@ -22,14 +22,15 @@ from tqdm import tqdm
 from components import __version__
 from components.core.errors import LocgenError
 from components.core.geo import (
-    Bounds,
+    Bounds3857,
+    LonLatBounds,
     Tile,
-    bounds_lonlat_to_m,
-    bounds_m_to_lonlat,
+    bounds_to_3857,
+    bounds_to_lonlat,
     check_bbox,
     contains,
     expand,
-    lonlat_to_m,
+    lonlat_to_3857,
     mercator_scale,
     parse_bbox,
     parse_latlon,
@@ -46,7 +47,9 @@ from components.sources.osm import MapData, header_bounds, read_osm
 from components.sources.overpass import DEFAULT_OVERPASS_URL, fetch_overpass
 
 OVERPASS = "overpass"
-OSM_MARGIN_M = 200.0  # map data kept around the tiles, so features that only cross an edge are drawn
+# Map data kept around the tiles, so features that only cross an edge are drawn: EPSG:3857 metres,
+# 100 ground metres at 60 degrees north.
+OSM_MARGIN_3857 = 200.0
 CHUNK_TILES = 16  # tiles a worker renders before it waits for their uploads
 SIMPLIFY_PX = 0.25  # map lines lose the vertices that move them by less than this: invisible, and faster
 UPLOAD_THREADS = 8  # concurrent uploads per process: enough to hide an object store's round trips
@@ -59,7 +62,7 @@ class RenderSettings:
     osm: list[str] = setting(help="OSM data: .osm.pbf/.osm/.osm.bz2 path, s3:// URI, or 'overpass' (repeatable)",
                              metavar="SRC")
     out: str = setting(help="tile set: local path or s3://bucket/prefix", metavar="URI", output=False)
-    bbox: Bounds | None = setting(None, help="cover this area (degrees)", parse=parse_bbox, metavar="W,S,E,N",
+    bbox: LonLatBounds | None = setting(None, help="cover this area (degrees)", parse=parse_bbox, metavar="W,S,E,N",
                                   group="area")
     center: tuple[float, float] | None = setting(None, help="centre of an N x N grid", parse=parse_latlon,
                                                  metavar="LAT,LON", group="area")  # lon, lat
@@ -74,7 +77,7 @@ class RenderSettings:
     overlap_px: int = setting(0, help="overlap of neighbouring area tiles in pixels (%(default)s)")
     marker_radius_px: float = setting(3.0, help="marker disc radius (%(default)s)")
     empty_share: float = setting(0.1, help="share of pairs with no location (%(default)s)")
-    holdout: Bounds | None = setting(None, help="held-out region for evaluation: no training pair touches it",
+    holdout: LonLatBounds | None = setting(None, help="held-out region for evaluation: no training pair touches it",
                                      parse=parse_bbox, metavar="W,S,E,N")
     seed: int = setting(0, help="random seed of the pair placement")
     workers: int = setting(1, help="processes, 0: all cores (%(default)s)", output=False)
@@ -101,7 +104,7 @@ class _Job:
     osm_sources: list[dict]
     location_sources: list[dict]
     points_lonlat: np.ndarray  # (N, 2) locations with a positive weight
-    points_m: np.ndarray  # (N, 2) the same in EPSG:3857 metres
+    points_3857: np.ndarray  # (N, 2) the same in EPSG:3857 metres
     marker_radius_px: float
     existing_keys: set[str]
 
@@ -128,7 +131,7 @@ def render(settings: RenderSettings) -> dict:
     job = _Job(map_data, store, settings.city or _default_city(settings),
                [source._asdict() for source in map_data.sources],
                [{"uri": s.uri, "kind": s.kind, "sha256": s.sha256} for s in sources],
-               points_lonlat[drawn], _to_m(points_lonlat[drawn]), settings.marker_radius_px, store.list_keys())
+               points_lonlat[drawn], _to_3857(points_lonlat[drawn]), settings.marker_radius_px, store.list_keys())
     started_s = time.perf_counter()
     rows, rendered = _render_all(job, plan, settings.workers, settings.progress)
     render_s = time.perf_counter() - started_s
@@ -174,19 +177,19 @@ def _osm_files(settings: RenderSettings) -> list[Path]:
     return files
 
 
-def _read_map(settings: RenderSettings, osm_files: list[Path], area: Bounds) -> MapData:
+def _read_map(settings: RenderSettings, osm_files: list[Path], area: LonLatBounds) -> MapData:
     """The map of the planned area, from the OSM files and, when asked, Overpass (fetched now that
     the area is known)."""
     osm_uris = [spec for spec in settings.osm if spec != OVERPASS]
     if OVERPASS in settings.osm:
-        overpass_bbox = check_bbox(bounds_m_to_lonlat(expand(bounds_lonlat_to_m(area), OSM_MARGIN_M)))
+        overpass_bbox = check_bbox(bounds_to_lonlat(expand(bounds_to_3857(area), OSM_MARGIN_3857)))
         osm_files = osm_files + [fetch_overpass(overpass_bbox, url=settings.overpass_url,
                                                 cache_dir=settings.cache_dir / "overpass")]
         osm_uris.append(f"{settings.overpass_url}?bbox={','.join(f'{v:.7f}' for v in overpass_bbox)}")
     # The scale at the whole degree of latitude: the same tolerance (and so the same pixels) for any
     # plan in a city, so a re-run with more training pairs reuses the tiles it shares with the last.
-    simplify_m = SIMPLIFY_PX * settings.m_per_px * mercator_scale(round((area.south + area.north) / 2))
-    return read_osm(osm_files, area, OSM_MARGIN_M, osm_uris, simplify_m)
+    simplify_3857 = SIMPLIFY_PX * settings.m_per_px * mercator_scale(round((area.south + area.north) / 2))
+    return read_osm(osm_files, area, OSM_MARGIN_3857, osm_uris, simplify_3857)
 
 
 def _positions(sources: list[LocationSource]) -> tuple[np.ndarray, np.ndarray]:
@@ -195,8 +198,8 @@ def _positions(sources: list[LocationSource]) -> tuple[np.ndarray, np.ndarray]:
     return lonlat, np.array([p.weight for p in points], dtype=np.float64)
 
 
-def _to_m(points_lonlat: np.ndarray) -> np.ndarray:
-    return np.stack(lonlat_to_m(points_lonlat[:, 0], points_lonlat[:, 1]), axis=1).reshape(-1, 2)
+def _to_3857(points_lonlat: np.ndarray) -> np.ndarray:
+    return np.stack(lonlat_to_3857(points_lonlat[:, 0], points_lonlat[:, 1]), axis=1).reshape(-1, 2)
 
 
 def _plan(settings: RenderSettings, osm_files: list[Path], points_lonlat: np.ndarray,
@@ -206,30 +209,30 @@ def _plan(settings: RenderSettings, osm_files: list[Path], points_lonlat: np.nda
             return bbox_plan(settings.bbox, settings.size_px, settings.m_per_px, settings.overlap_px)
         return grid_plan(settings.center, settings.grid, settings.size_px, settings.m_per_px, settings.overlap_px)
     area = settings.bbox or _osm_extent(osm_files, settings)
-    points_m = _to_m(points_lonlat)
-    area_m = bounds_lonlat_to_m(area)
-    inside = contains(area_m, points_m[:, 0], points_m[:, 1])
+    points_3857 = _to_3857(points_lonlat)
+    area_3857 = bounds_to_3857(area)
+    inside = contains(area_3857, points_3857[:, 0], points_3857[:, 1])
     if not inside.any():
-        raise LocgenError(f"none of the {len(points_m)} locations lies in the area {tuple(area)}; "
+        raise LocgenError(f"none of the {len(points_3857)} locations lies in the area {tuple(area)}; "
                           "give --locations for the city of the OSM data, or a --bbox around them")
-    holdout_m = bounds_lonlat_to_m(settings.holdout) if settings.holdout else None
+    holdout_3857 = bounds_to_3857(settings.holdout) if settings.holdout else None
     pair_settings = PairSettings(settings.pairs, settings.empty_share, seed=settings.seed,
                                  size_px=settings.size_px, m_per_px=settings.m_per_px)
-    return pairs_plan(points_m[inside], weights[inside], area_m, pair_settings, holdout_m)
+    return pairs_plan(points_3857[inside], weights[inside], area_3857, pair_settings, holdout_3857)
 
 
-def _osm_extent(osm_files: list[Path], settings: RenderSettings) -> Bounds:
+def _osm_extent(osm_files: list[Path], settings: RenderSettings) -> LonLatBounds:
     """The area the OSM files say they cover (their header bbox), for placing training pairs."""
     boxes = [header_bounds(path) for path in osm_files]
     if not boxes or None in boxes or len(boxes) != len(settings.osm):
         raise LocgenError("--pairs: the OSM data states no extent; give the training area with --bbox W,S,E,N")
-    return check_bbox(Bounds(min(b.west for b in boxes), min(b.south for b in boxes),
+    return check_bbox(LonLatBounds(min(b.west for b in boxes), min(b.south for b in boxes),
                              max(b.east for b in boxes), max(b.north for b in boxes)), "OSM data extent")
 
 
-def _plan_bounds_lonlat(plan: list[PlannedTile]) -> Bounds:
+def _plan_bounds_lonlat(plan: list[PlannedTile]) -> LonLatBounds:
     bounds = np.array([planned.tile.bounds_3857 for planned in plan])
-    return bounds_m_to_lonlat(Bounds(bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max()))
+    return bounds_to_lonlat(Bounds3857(bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max()))
 
 
 def _default_city(settings: RenderSettings) -> str:
@@ -299,17 +302,17 @@ def _render_tile(planned: PlannedTile) -> list[tuple[dict, bytes | None]]:
     job = _JOB
     tile = planned.tile
     bounds = tile.bounds_3857
-    inside = contains(bounds, job.points_m[:, 0], job.points_m[:, 1])
-    radius_m = job.marker_radius_px * tile.mpp_3857
-    near = contains(expand(bounds, radius_m), job.points_m[:, 0], job.points_m[:, 1])  # discs that spill in
+    inside = contains(bounds, job.points_3857[:, 0], job.points_3857[:, 1])
+    radius_3857 = job.marker_radius_px * tile.mpp_3857
+    near = contains(expand(bounds, radius_3857), job.points_3857[:, 0], job.points_3857[:, 1])  # discs that spill in
     osm_hashes = [source["sha256"] for source in job.osm_sources]
     variants = [("b", job.osm_sources, None, None)]
     if job.location_sources:
-        variants.append(("a", job.osm_sources + job.location_sources, job.points_m[near],
+        variants.append(("a", job.osm_sources + job.location_sources, job.points_3857[near],
                          job.points_lonlat[inside].tolist()))
     results, base = [], None
-    for domain, sources, points_m, points_lonlat in variants:
-        inputs_hash = inputs_sha256(tile, domain, osm_hashes, job.map_data.simplify_m, points_m,
+    for domain, sources, points_3857, points_lonlat in variants:
+        inputs_hash = inputs_sha256(tile, domain, osm_hashes, job.map_data.simplify_3857, points_3857,
                                     job.marker_radius_px)
         row = manifest_row(planned.tile_id, tile, domain, job.city, inputs_hash, sources, points_lonlat,
                            job.marker_radius_px)
@@ -318,19 +321,19 @@ def _render_tile(planned: PlannedTile) -> list[tuple[dict, bytes | None]]:
             continue
         if base is None:
             base = render_map(job.map_data, tile)
-        image = base if points_m is None else draw_markers(base, tile, points_m, job.marker_radius_px)
+        image = base if points_3857 is None else draw_markers(base, tile, points_3857, job.marker_radius_px)
         results.append((row, encode_png(image, png_text(row))))
     return results
 
 
-def inputs_sha256(tile: Tile, domain: str, source_hashes: list[str], simplify_m: float,
-                  points_m: np.ndarray | None, marker_radius_px: float) -> str:
+def inputs_sha256(tile: Tile, domain: str, source_hashes: list[str], simplify_3857: float,
+                  points_3857: np.ndarray | None, marker_radius_px: float) -> str:
     """Hash of everything that decides a tile's pixels."""
     document = {
         "locgen": __version__,  # the renderer's code shapes the pixels as much as the style does
         "tile": list(tile), "domain": domain, "style": style_sha256(), "sources": sorted(source_hashes),
-        "simplify_m": simplify_m,
-        "points_m": None if points_m is None else np.round(points_m, 4).tolist(),
+        "simplify_m": simplify_3857,  # the key of a stored hash: the tiles keep their names
+        "points_3857": None if points_3857 is None else np.round(points_3857, 4).tolist(),
         "marker_radius_px": marker_radius_px if domain == "a" else None,
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()

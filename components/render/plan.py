@@ -18,12 +18,13 @@ import numpy as np
 
 from components.core.errors import LocgenError
 from components.core.geo import (
-    Bounds,
+    Bounds3857,
+    LonLatBounds,
     Tile,
-    bounds_lonlat_to_m,
+    bounds_to_3857,
     contains,
     intersects,
-    m_to_lonlat,
+    lonlat_from_3857,
     mercator_scale,
     tile_at,
 )
@@ -36,8 +37,8 @@ class PlannedTile(NamedTuple):
     tile: Tile
 
 
-def _area_tile(tile_id: str, centre_x_m: float, centre_y_m: float, size_px: int, mpp_3857: float) -> PlannedTile:
-    return PlannedTile(tile_id, Tile(centre_x_m, centre_y_m, size_px, mpp_3857))
+def _area_tile(tile_id: str, centre_x_3857: float, centre_y_3857: float, size_px: int, mpp_3857: float) -> PlannedTile:
+    return PlannedTile(tile_id, Tile(centre_x_3857, centre_y_3857, size_px, mpp_3857))
 
 
 def _area_scale(lat: float, m_per_px: float) -> float:
@@ -57,26 +58,27 @@ def grid_plan(centre_lonlat: tuple[float, float], grid: int, size_px: int = 256,
         raise LocgenError(f"--grid {grid}: give at least 1 (tiles per side)")
     step_px = _check_step(size_px, overlap_px)
     centre = tile_at(*centre_lonlat, size_px=size_px, m_per_px=m_per_px)
-    step_m = step_px * centre.mpp_3857
+    step_3857 = step_px * centre.mpp_3857
     half = (grid - 1) / 2
-    return [_area_tile(f"r{row:03d}c{col:03d}", centre.centre_x_m + (col - half) * step_m,
-                       centre.centre_y_m - (row - half) * step_m, size_px, centre.mpp_3857)
+    return [_area_tile(f"r{row:03d}c{col:03d}", centre.centre_x_3857 + (col - half) * step_3857,
+                       centre.centre_y_3857 - (row - half) * step_3857, size_px, centre.mpp_3857)
             for row in range(grid) for col in range(grid)]
 
 
-def bbox_plan(bbox_lonlat: Bounds, size_px: int = 256, m_per_px: float = 2.0, overlap_px: int = 0) -> list[PlannedTile]:
+def bbox_plan(bbox_lonlat: LonLatBounds, size_px: int = 256, m_per_px: float = 2.0,
+              overlap_px: int = 0) -> list[PlannedTile]:
     """The fewest tiles, centred on the bbox, whose union covers it."""
     step_px = _check_step(size_px, overlap_px)
-    bbox_m = bounds_lonlat_to_m(bbox_lonlat)
-    _, centre_lat = m_to_lonlat((bbox_m.west + bbox_m.east) / 2, (bbox_m.south + bbox_m.north) / 2)
+    bbox_3857 = bounds_to_3857(bbox_lonlat)
+    _, centre_lat = lonlat_from_3857((bbox_3857.west + bbox_3857.east) / 2, (bbox_3857.south + bbox_3857.north) / 2)
     mpp_3857 = _area_scale(centre_lat, m_per_px)
-    step_m = step_px * mpp_3857
-    overlap_m = overlap_px * mpp_3857
-    cols = max(1, math.ceil((bbox_m.east - bbox_m.west - overlap_m) / step_m))
-    rows = max(1, math.ceil((bbox_m.north - bbox_m.south - overlap_m) / step_m))
-    centre_x_m, centre_y_m = (bbox_m.west + bbox_m.east) / 2, (bbox_m.south + bbox_m.north) / 2
-    return [_area_tile(f"r{row:03d}c{col:03d}", centre_x_m + (col - (cols - 1) / 2) * step_m,
-                       centre_y_m - (row - (rows - 1) / 2) * step_m, size_px, mpp_3857)
+    step_3857 = step_px * mpp_3857
+    overlap_3857 = overlap_px * mpp_3857
+    cols = max(1, math.ceil((bbox_3857.east - bbox_3857.west - overlap_3857) / step_3857))
+    rows = max(1, math.ceil((bbox_3857.north - bbox_3857.south - overlap_3857) / step_3857))
+    centre_x_3857, centre_y_3857 = (bbox_3857.west + bbox_3857.east) / 2, (bbox_3857.south + bbox_3857.north) / 2
+    return [_area_tile(f"r{row:03d}c{col:03d}", centre_x_3857 + (col - (cols - 1) / 2) * step_3857,
+                       centre_y_3857 - (row - (rows - 1) / 2) * step_3857, size_px, mpp_3857)
             for row in range(rows) for col in range(cols)]
 
 
@@ -89,8 +91,8 @@ class PairSettings(NamedTuple):
     m_per_px: float = 2.0
 
 
-def pairs_plan(points_m: np.ndarray, weights: np.ndarray, area_m: Bounds, settings: PairSettings,
-               holdout_m: Bounds | None = None) -> list[PlannedTile]:
+def pairs_plan(points_3857: np.ndarray, weights: np.ndarray, area_3857: Bounds3857, settings: PairSettings,
+               holdout_3857: Bounds3857 | None = None) -> list[PlannedTile]:
     """Training tiles: around weighted locations (EPSG:3857 metres) and on empty ground, ids p00000..."""
     if settings.pairs < 1:
         raise LocgenError(f"--pairs {settings.pairs}: give at least 1")
@@ -98,21 +100,21 @@ def pairs_plan(points_m: np.ndarray, weights: np.ndarray, area_m: Bounds, settin
         raise LocgenError(f"--empty-share {settings.empty_share}: give a share between 0 and 1")
     rng = np.random.default_rng(settings.seed)
     empty_count = round(settings.pairs * settings.empty_share)
-    located = _located_tiles(points_m, weights, settings, holdout_m, rng, settings.pairs - empty_count)
-    empty = _empty_tiles(points_m, area_m, settings, holdout_m, rng, empty_count)
+    located = _located_tiles(points_3857, weights, settings, holdout_3857, rng, settings.pairs - empty_count)
+    empty = _empty_tiles(points_3857, area_3857, settings, holdout_3857, rng, empty_count)
     return [PlannedTile(f"p{index:05d}", tile) for index, tile in enumerate(located + empty)]
 
 
-def _outside_holdout(tile: Tile, holdout_m: Bounds | None) -> bool:
-    return holdout_m is None or not intersects(tile.bounds_3857, holdout_m)
+def _outside_holdout(tile: Tile, holdout_3857: Bounds3857 | None) -> bool:
+    return holdout_3857 is None or not intersects(tile.bounds_3857, holdout_3857)
 
 
-def _tile_at_m(x_m: float, y_m: float, settings: PairSettings) -> Tile:
-    lon, lat = m_to_lonlat(x_m, y_m)
+def _tile_at_3857(x_3857: float, y_3857: float, settings: PairSettings) -> Tile:
+    lon, lat = lonlat_from_3857(x_3857, y_3857)
     return tile_at(lon, lat, settings.size_px, settings.m_per_px)
 
 
-def _located_tiles(points_m, weights, settings, holdout_m, rng, count) -> list[Tile]:
+def _located_tiles(points_3857, weights, settings, holdout_3857, rng, count) -> list[Tile]:
     usable = weights > 0
     if count and not usable.any():
         raise LocgenError("no locations with a positive weight in the area; give --locations inside the OSM data")
@@ -120,11 +122,11 @@ def _located_tiles(points_m, weights, settings, holdout_m, rng, count) -> list[T
     tiles = []
     while len(tiles) < count:
         for _ in range(MAX_TRIES_PER_TILE):
-            x_m, y_m = points_m[rng.choice(len(points_m), p=probability)]
-            half_m = settings.size_px * settings.m_per_px * mercator_scale(m_to_lonlat(x_m, y_m)[1]) / 2
-            dx_m, dy_m = rng.uniform(-1, 1, size=2) * settings.jitter * half_m
-            tile = _tile_at_m(x_m + dx_m, y_m + dy_m, settings)
-            if _outside_holdout(tile, holdout_m):
+            x_3857, y_3857 = points_3857[rng.choice(len(points_3857), p=probability)]
+            half_3857 = settings.size_px * settings.m_per_px * mercator_scale(lonlat_from_3857(x_3857, y_3857)[1]) / 2
+            dx_3857, dy_3857 = rng.uniform(-1, 1, size=2) * settings.jitter * half_3857
+            tile = _tile_at_3857(x_3857 + dx_3857, y_3857 + dy_3857, settings)
+            if _outside_holdout(tile, holdout_3857):
                 tiles.append(tile)
                 break
         else:
@@ -132,14 +134,15 @@ def _located_tiles(points_m, weights, settings, holdout_m, rng, count) -> list[T
     return tiles
 
 
-def _empty_tiles(points_m, area_m, settings, holdout_m, rng, count) -> list[Tile]:
+def _empty_tiles(points_3857, area_3857, settings, holdout_3857, rng, count) -> list[Tile]:
     tiles = []
     while len(tiles) < count:
         for _ in range(MAX_TRIES_PER_TILE):
-            tile = _tile_at_m(rng.uniform(area_m.west, area_m.east), rng.uniform(area_m.south, area_m.north),
-                              settings)
+            tile = _tile_at_3857(rng.uniform(area_3857.west, area_3857.east),
+                                 rng.uniform(area_3857.south, area_3857.north), settings)
             bounds = tile.bounds_3857
-            if _outside_holdout(tile, holdout_m) and not contains(bounds, points_m[:, 0], points_m[:, 1]).any():
+            inside = contains(bounds, points_3857[:, 0], points_3857[:, 1])
+            if _outside_holdout(tile, holdout_3857) and not inside.any():
                 tiles.append(tile)
                 break
         else:

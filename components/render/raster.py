@@ -21,25 +21,25 @@ SHIFT_BITS = 4
 FIXED_ONE = 1 << SHIFT_BITS
 
 
-def _to_fixed(tile: Tile, coords_m: np.ndarray) -> np.ndarray:
+def _to_fixed(tile: Tile, coords_3857: np.ndarray) -> np.ndarray:
     """EPSG:3857 metres -> OpenCV fixed-point pixel coordinates (int32)."""
     bounds = tile.bounds_3857
-    col = (coords_m[:, 0] - bounds.west) / tile.mpp_3857 - 0.5
-    row = (bounds.north - coords_m[:, 1]) / tile.mpp_3857 - 0.5
+    col = (coords_3857[:, 0] - bounds.west) / tile.mpp_3857 - 0.5
+    row = (bounds.north - coords_3857[:, 1]) / tile.mpp_3857 - 0.5
     return np.rint(np.stack([col, row], axis=1) * FIXED_ONE).astype(np.int32)
 
 
 def _visible_rings(features: FeatureArrays, tile: Tile) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """The features whose bbox touches the tile: their indices, their ring counts, their fixed-point rings."""
     bounds = tile.bounds_3857
-    bbox_m = features.bbox_m
-    visible = np.flatnonzero((bbox_m[:, 0] < bounds.east) & (bbox_m[:, 2] > bounds.west)
-                             & (bbox_m[:, 1] < bounds.north) & (bbox_m[:, 3] > bounds.south))
+    bbox_3857 = features.bbox_3857
+    visible = np.flatnonzero((bbox_3857[:, 0] < bounds.east) & (bbox_3857[:, 2] > bounds.west)
+                             & (bbox_3857[:, 1] < bounds.north) & (bbox_3857[:, 3] > bounds.south))
     ring_counts = features.feature_rings[visible + 1] - features.feature_rings[visible]
     rings = _ranges(features.feature_rings[visible], ring_counts)
     vertex_counts = features.ring_offsets[rings + 1] - features.ring_offsets[rings]
     vertices = _ranges(features.ring_offsets[rings], vertex_counts)
-    fixed = _to_fixed(tile, features.coords_m[vertices])
+    fixed = _to_fixed(tile, features.coords_3857[vertices])
     ends = np.cumsum(vertex_counts).tolist()
     return visible, ring_counts, [fixed[start:end] for start, end in zip([0] + ends[:-1], ends)]
 
@@ -83,7 +83,7 @@ def render_map(map_data: MapData, tile: Tile) -> np.ndarray:
     return image
 
 
-def draw_markers(image: np.ndarray, tile: Tile, points_m: np.ndarray, radius_px: float) -> np.ndarray:
+def draw_markers(image: np.ndarray, tile: Tile, points_3857: np.ndarray, radius_px: float) -> np.ndarray:
     """A copy of the image with a filled disc of pure MARKER_RGB at each point (EPSG:3857 metres).
 
     A pixel belongs to a disc when its centre lies within radius_px of the point: exact to the
@@ -91,7 +91,7 @@ def draw_markers(image: np.ndarray, tile: Tile, points_m: np.ndarray, radius_px:
     """
     marked = image.copy()
     height_px, width_px = image.shape[:2]
-    cols, rows = tile.m_to_px(points_m.reshape(-1, 2)[:, 0], points_m.reshape(-1, 2)[:, 1])
+    cols, rows = tile.px_from_3857(points_3857.reshape(-1, 2)[:, 0], points_3857.reshape(-1, 2)[:, 1])
     for col, row in zip(np.atleast_1d(cols), np.atleast_1d(rows)):
         top, bottom = max(0, int(np.floor(row - radius_px))), min(height_px, int(np.ceil(row + radius_px)) + 1)
         left, right = max(0, int(np.floor(col - radius_px))), min(width_px, int(np.ceil(col + radius_px)) + 1)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from components import __version__
 from components.core.errors import LocgenError, one_line
-from components.core.geo import Bounds, check_bbox
+from components.core.geo import LonLatBounds, check_bbox
 from components.sources.web import REQUEST_ERRORS, failure_reason, timed_out
 
 DEFAULT_OVERPASS_URL = "https://overpass-api.de/api/interpreter"
@@ -37,7 +37,7 @@ REMARK = re.compile(rb"<remark>(.*?)</remark>", re.S)
 FIX_BUSY = "retry in a few minutes or pass a local .osm.pbf instead"
 
 
-def overpass_query(bbox: Bounds) -> str:
+def overpass_query(bbox: LonLatBounds) -> str:
     """Overpass QL for everything in a lon/lat bbox, with the full geometry of its ways and multipolygons.
 
     Selects the nodes, ways and relations in the bbox, then recurses down (`>`) from the ways and from
@@ -60,7 +60,7 @@ def overpass_query(bbox: Bounds) -> str:
     )
 
 
-def fetch_overpass(bbox: Bounds, *, url: str = DEFAULT_OVERPASS_URL, cache_dir: Path,
+def fetch_overpass(bbox: LonLatBounds, *, url: str = DEFAULT_OVERPASS_URL, cache_dir: Path,
                    timeout_s: float = 180) -> Path:
     """Path of a cached .osm (XML) file with the OSM data in `bbox`; asks `url` only on a cache miss.
 
@@ -141,7 +141,7 @@ def _http_error(url: str, error: urllib.error.HTTPError) -> LocgenError:
                        f"the URL is an Overpass interpreter endpoint such as {DEFAULT_OVERPASS_URL}")
 
 
-def _check_osm_xml(part: Path, url: str, bbox: Bounds) -> None:
+def _check_osm_xml(part: Path, url: str, bbox: LonLatBounds) -> None:
     """Raise a LocgenError unless `part` is a complete OSM XML answer with at least one node.
 
     Scans the raw bytes instead of parsing: a city's answer can be hundreds of MB, and in OSM XML a
