@@ -22,6 +22,8 @@ from typing import List, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Model, pipeline_channel
 
+from components.core.settings import declared
+from components.render.job import RenderSettings
 from pipeline.components import build_components
 from pipeline.images import DEFAULT_REGISTRY
 
@@ -36,11 +38,10 @@ SAMPLE_TARGET_OSM = "data/osm/kotka-karhula.osm.pbf"
 SAMPLE_LOCATIONS = ["osm:amenity=bicycle_rental,amenity=bicycle_parking"]
 SAMPLE_HOLDOUT = "24.9351,60.1641,24.9535,60.1680"  # central Helsinki kept out of training, to evaluate on
 SAMPLE_STORE = "out/pipeline"
-PLAIN_MARKER_RADIUS_PX = 3.0  # plain tiles draw no marker; a valid radius keeps their render settings valid
 INFER_BATCH_SIZE = 8  # tiles per inference run where a pipeline does not ask (GenerateSettings' default)
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 NO_AREA = {"bbox": "", "center": "", "grid": 0}
-NO_PAIRS = {"locations": [], "pairs": 0, "holdout": "", "marker_radius_px": PLAIN_MARKER_RADIUS_PX, "seed": 0}
+NOT_GIVEN = {"Integer": 0, "Float": 0.0, "String": "", "typing.List[str]": []}  # None, as pipeline values
 
 
 class _Tasks:
@@ -66,9 +67,10 @@ class _Tasks:
         return task
 
     def rendered(self, store: str, shards: int, **render) -> dsl.PipelineTask:
-        """Render a tile set (`render`: render_tiles' parameters) in `shards` parallel tasks and collect
-        it; returns the collect task."""
+        """Render a tile set (`render`: render_tiles' parameters; those left out at RenderSettings'
+        defaults) in `shards` parallel tasks and collect it; returns the collect task."""
         c = self.components
+        render = {**_render_defaults(c.render_tiles), **render}
         indices = self.on_cluster(c.shard_indices(shards=shards), cache=True)
         with dsl.ParallelFor(items=indices.output) as shard:
             part = self.on_cluster(c.render_tiles(store=store, shard=shard, shards=shards, **render), cache=True)
@@ -91,7 +93,7 @@ class _Tasks:
         """The generation tasks for one area (`area`: bbox, center, grid), rendered and translated in
         `shards` parallel tasks each; returns the extract task."""
         c = self.components
-        plain = self.rendered(store, shards, city=city, osm=osm, **area, **NO_PAIRS)
+        plain = self.rendered(store, shards, city=city, osm=osm, **area)
         artifact = {} if onnx_model is None else {"onnx_model": onnx_model}  # none: `model`, else the bundled one
         indices = self.on_cluster(c.shard_indices(shards=shards), cache=True)
         with dsl.ParallelFor(items=indices.output) as shard:
@@ -101,6 +103,14 @@ class _Tasks:
         generated = self.on_cluster(c.collect_tiles(parts=dsl.Collected(part.outputs["generated"])))
         return self.on_cluster(c.extract_points(truth=truth, truth_bbox=truth_bbox, osm=osm,
                                                 generated=generated.outputs["tiles"]))
+
+
+def _render_defaults(render_tiles) -> dict:
+    """render_tiles' settings at RenderSettings' defaults, as pipeline values: what a render that does
+    not name a setting (a plain render names no training pair setting) gives it."""
+    defaults = {item.name: item.default for item in declared(RenderSettings) if item.cli}
+    return {name: NOT_GIVEN[spec.type] if defaults[name] is None else defaults[name]
+            for name, spec in render_tiles.component_spec.inputs.items() if name in defaults}
 
 
 def _parameters(scope: dict) -> dict:
@@ -117,9 +127,10 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict
     @dsl.pipeline(name="locgen-train",
                   description="Render training pairs for a city, train FastCUT, export to ONNX.")
     def training_pipeline(city: str = "helsinki", osm: str = SAMPLE_OSM, locations: List[str] = SAMPLE_LOCATIONS,
-                          pairs: int = 400, holdout: str = SAMPLE_HOLDOUT, marker_radius_px: float = 5.0,
-                          seed: int = 0, preset: str = "tiny", steps: int = 0, train_batch_size: int = 0,
-                          train_gpus: int = 1, shards: int = 1, store: str = SAMPLE_STORE) -> Model:
+                          pairs: int = 400, empty_share: float = 0.1, holdout: str = SAMPLE_HOLDOUT,
+                          marker_radius_px: float = 5.0, seed: int = 0, preset: str = "tiny", steps: int = 0,
+                          train_batch_size: int = 0, train_gpus: int = 1, shards: int = 1,
+                          store: str = SAMPLE_STORE) -> Model:
         return tasks.train(**_parameters(locals())).outputs["onnx_model"]
 
     @dsl.pipeline(name="locgen-generate",
@@ -135,9 +146,10 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict
                   description="Train on one city, then generate for another and for the held-out part of the first, "
                               "scored against its real positions.")
     def end_to_end_pipeline(city: str = "helsinki", osm: str = SAMPLE_OSM, locations: List[str] = SAMPLE_LOCATIONS,
-                            pairs: int = 400, holdout: str = SAMPLE_HOLDOUT, marker_radius_px: float = 5.0,
-                            seed: int = 0, preset: str = "tiny", steps: int = 0, train_batch_size: int = 0,
-                            train_gpus: int = 1, target_city: str = "kotka", target_osm: str = SAMPLE_TARGET_OSM,
+                            pairs: int = 400, empty_share: float = 0.1, holdout: str = SAMPLE_HOLDOUT,
+                            marker_radius_px: float = 5.0, seed: int = 0, preset: str = "tiny", steps: int = 0,
+                            train_batch_size: int = 0, train_gpus: int = 1, target_city: str = "kotka",
+                            target_osm: str = SAMPLE_TARGET_OSM,
                             target_center: str = "60.53,26.95", target_grid: int = 5, target_bbox: str = "",
                             provider: str = "auto", shards: int = 1,
                             store: str = SAMPLE_STORE) -> NamedTuple("Outputs", target_points=Dataset,
