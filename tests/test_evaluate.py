@@ -136,10 +136,10 @@ def grid_cell_centres(bbox: LonLatBounds, grid_m: float) -> list[tuple[float, fl
     """Lon/lat of the centres of the evaluation grid's cells, row by row from the south-west (computed here
     from the grid's definition, independently of the module)."""
     area_3857 = bounds_to_3857(bbox)
-    cell_m = grid_m * mercator_scale((bbox.south + bbox.north) / 2)
-    columns = math.ceil((area_3857.east - area_3857.west) / cell_m)
-    rows = math.ceil((area_3857.north - area_3857.south) / cell_m)
-    return [lonlat_from_3857(area_3857.west + (col + 0.5) * cell_m, area_3857.south + (row + 0.5) * cell_m)
+    cell_3857 = grid_m * mercator_scale((bbox.south + bbox.north) / 2)
+    columns = math.ceil((area_3857.east - area_3857.west) / cell_3857)
+    rows = math.ceil((area_3857.north - area_3857.south) / cell_3857)
+    return [lonlat_from_3857(area_3857.west + (col + 0.5) * cell_3857, area_3857.south + (row + 0.5) * cell_3857)
             for row in range(rows) for col in range(columns)]
 
 
@@ -208,8 +208,8 @@ def test_roads_baseline_points_lie_on_roads_of_the_helsinki_sample(helsinki_map)
                   for ring in range(features.feature_rings[feature], features.feature_rings[feature + 1])]
     tree = shapely.STRtree(road_lines)
     points_3857 = shapely.points(np.column_stack(lonlat_to_3857(points[:, 0], points[:, 1])))
-    _, distance_3857_m = tree.query_nearest(points_3857, return_distance=True, all_matches=False)
-    ground_m = distance_3857_m / mercator_scale(HELSINKI_DATA.north)  # the largest scale in the area
+    _, distance_3857 = tree.query_nearest(points_3857, return_distance=True, all_matches=False)
+    ground_m = distance_3857 / mercator_scale(HELSINKI_DATA.north)  # the largest scale in the area
     assert ground_m.max() < 1.0
     assert {"footway", "cycleway", "road_minor"} <= set(ROAD_LAYERS) and "railway" not in ROAD_LAYERS
 
