@@ -21,6 +21,7 @@ from kfp import compiler, local
 from components.core.errors import LocgenError
 from components.core.settings import Declared, declared, parse_text
 from components.extract.evaluate import EvaluateSettings
+from components.extract.job import ExtractSettings
 from components.infer.settings import GenerateSettings
 from components.render.job import RenderSettings
 from components.train.config import PRESETS
@@ -31,7 +32,7 @@ PIPELINE_DIR = Path(__file__).resolve().parent
 # A parameter feeds the stage setting of its name, or of its name less one of these: target_ (the end-to-end
 # pipeline's target town), truth_ (the area scored), train_ and infer_ (what a batch size sizes).
 PARAMETER_PREFIXES = ("target_", "truth_", "train_", "infer_")
-STAGE_SETTINGS = (RenderSettings, EvaluateSettings, GenerateSettings)  # what the pipelines' parameters feed
+STAGE_SETTINGS = (RenderSettings, EvaluateSettings, GenerateSettings, ExtractSettings)  # what parameters feed
 TYPE_NAMES = {int: "a whole number", float: "a number", str: "a text", list: "a JSON list", bool: "true or false"}
 PROJECT_ROOT = PIPELINE_DIR.parent
 

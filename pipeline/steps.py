@@ -100,6 +100,7 @@ def render_step(store: str, shard: int, shards: int, tiles, metrics, **render) -
     publish_pointer(tiles, settings.out, lineage(city, [], render=identity, shard=shard, shards=shards))
     metrics.log_metric("tiles", summary["tiles"])
     metrics.log_metric("tiles_rendered", summary["rendered"])
+    metrics.log_metric("data_share", summary["data_share"])  # of the area, inside the OSM data's extent
 
 
 @timed
@@ -226,19 +227,23 @@ def generate_step(store: str, run_id: str, model: str, provider: str, batch_size
         model_sha256=summary["model_sha256"], shard=shard, shards=shards))
     metrics.log_metric("tiles", summary["tiles"])
     metrics.log_metric("tiles_generated", summary["generated"])
+    if summary["colour_cast_mean"] is not None:  # a health signal: how much the model recolours the map
+        metrics.log_metric("colour_cast_mean", summary["colour_cast_mean"])
 
 
 @timed
-def extract_step(truth: list[str], truth_bbox: str, osm: str, generated, points, preview, summary, metrics) -> None:
-    """Extract the points (CSV, GeoJSON, preview) beside the generated tile set; with `truth`, score
-    them in `truth_bbox` against it."""
+def extract_step(count: int, truth: list[str], truth_bbox: str, osm: str, generated, points, preview, summary,
+                 metrics) -> None:
+    """Extract the points (CSV, GeoJSON, preview) beside the generated tile set (with `count`, the best
+    that many; 0: every dot); with `truth`, score them in `truth_bbox` against it."""
     from components.extract.job import ExtractSettings, extract
 
     city = generated.metadata["city"]
     tiles_uri = pointed_uri(generated)
     folder = tiles_uri.rstrip("/").rsplit("/", 1)[0]
     csv_uri, geojson_uri, preview_uri = (f"{folder}/{name}" for name in ("points.csv", "points.geojson", "preview.png"))
-    result = extract(ExtractSettings(tiles=tiles_uri, out=[csv_uri, geojson_uri], preview=preview_uri, progress=False))
+    result = extract(ExtractSettings(tiles=tiles_uri, out=[csv_uri, geojson_uri], preview=preview_uri,
+                                     count=unset(count), progress=False))
     rows = [("city", city), ("tiles", result["tiles"]), ("points", result["points"]), ("points (CSV)", csv_uri),
             ("points (GeoJSON)", geojson_uri)]
     report = _evaluate(csv_uri, list(truth), truth_bbox, osm, metrics) if truth else None
@@ -250,6 +255,7 @@ def extract_step(truth: list[str], truth_bbox: str, osm: str, generated, points,
         points=result["points"], evaluation=report["uri"] if report else None, attribution=OSM_ATTRIBUTION))
     metrics.log_metric("tiles", result["tiles"])
     metrics.log_metric("points", result["points"])
+    metrics.log_metric("points_outside", result["outside"])  # dots in a border band or beyond the data
     preview_store, preview_key = open_file_uri(preview_uri)
     title = f"locgen: predicted positions in {city}"
     Path(preview.path).write_text(_html_page(title, preview_store.get_bytes(preview_key), rows))

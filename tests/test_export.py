@@ -74,6 +74,20 @@ def test_parity_report_covers_random_and_real_tiles_and_the_fp16_dots(exported, 
     assert report["fp32"]["dots"]["f1"] == 1.0
 
 
+def test_parity_report_has_the_colour_cast_of_the_real_tiles(exported):
+    summary, folder = exported
+    cast = json.loads((folder / "model.parity.json").read_text())["colour_cast"]
+    assert set(cast) == {"pytorch", "fp16"}
+    for precision in cast.values():
+        values = [precision[key] for key in ("r", "g", "b", "mean", "used_share")] + list(precision["signed"].values())
+        assert all(np.isfinite(values)) and 0.9 < precision["used_share"] < 1.0  # the dots are left out
+        assert precision["pixels"] / (6 * 256 * 256) == pytest.approx(precision["used_share"], abs=1e-4)
+    assert summary["colour_cast_mean"] == cast["pytorch"]["mean"]
+    # The bundled model on these six Helsinki tiles: 13.2 (r 12.9, g 13.3, b 13.5; signed +0.4, +2.6, +2.6),
+    # and the fp16 variant 0.001 from it. A loose bound: a model that washes the map in a colour is far above.
+    assert 0 < cast["pytorch"]["mean"] < 25 and abs(cast["fp16"]["mean"] - cast["pytorch"]["mean"]) < 0.1
+
+
 def test_metadata_round_trips(exported):
     _, folder = exported
     _, trained = load_generator()

@@ -10,6 +10,7 @@ import torch
 from conftest import KOTKA_PBF
 from s3server import unique_prefix
 
+from components.core.colour import colour_cast
 from components.core.errors import LocgenError
 from components.core.matching import dot_agreement
 from components.core.pngmeta import read_png_text
@@ -76,6 +77,19 @@ def test_onnx_runtime_paints_the_dots_pytorch_paints(kotka, generated):
     assert np.abs(onnx_tiles.astype(int) - pytorch_tiles).max() <= 1  # rounding of outputs 1e-4 apart
     agreement = dot_agreement(pytorch_tiles, onnx_tiles)
     assert agreement.dots >= 9 and agreement.f1 == 1.0
+
+
+def test_the_summary_has_the_colour_cast_of_the_tiles_translated(kotka, generated):
+    summary, out = generated
+    plain = _tiles(open_store(kotka), read_manifest(open_store(kotka)))
+    tiles = _tiles(open_store(out), read_manifest(open_store(out)))
+    cast = summary["colour_cast"]
+    assert cast == colour_cast(plain, tiles).as_dict()  # batch by batch, on the upload threads: the same sums
+    values = [cast[key] for key in ("r", "g", "b", "mean", "used_share")] + list(cast["signed"].values())
+    assert all(np.isfinite(values)) and 0.9 < cast["used_share"] < 1.0 and summary["colour_cast_mean"] == cast["mean"]
+    # The bundled model on these nine Kotka tiles (a town it never saw): 18.7, darker (signed r -15.5,
+    # g -12.8, b -13.8); on a 5 x 5 Helsinki grid 8.8. A loose bound: a colour wash is far above.
+    assert 0 < summary["colour_cast_mean"] < 25
 
 
 def test_points_extracted_from_generated_tiles_lie_in_their_tiles(generated, tmp_path):
@@ -152,6 +166,10 @@ def test_a_rerun_skips_the_tiles_already_generated(kotka, generated, tmp_path):
         (out / row["path"]).unlink()
     summary = generate(GenerateSettings(tiles=kotka, out=str(out), progress=False))
     assert (summary["generated"], summary["skipped"]) == (2, 7)
+    plain = _tiles(open_store(kotka), read_manifest(open_store(kotka))[:2])
+    assert summary["colour_cast"] == colour_cast(plain, _tiles(open_store(str(out)), rows[:2])).as_dict()
+    again = generate(GenerateSettings(tiles=kotka, out=str(out), progress=False))  # nothing left to translate
+    assert again["generated"] == 0 and again["colour_cast_mean"] is None and again["colour_cast"]["pixels"] == 0
     assert read_manifest(open_store(str(out))) == rows
     for row in rows:
         assert (out / row["path"]).read_bytes() == (open_store(first).get_bytes(row["path"]))

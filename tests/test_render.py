@@ -101,7 +101,8 @@ def test_the_style_never_paints_in_the_marker_range_on_any_sample_tile(tmp_path)
             image = _image(out, row)
             assert not marker_mask(image).any(), row["path"]
             tiles += 1
-    assert tiles == 8 + 25  # 2 x 4 tiles of 512 m cover central Helsinki, 5 x 5 cover Kotka
+    # Tiles of 512 m with cores of 384 m (the default 64 px overlap): 3 x 5 cover central Helsinki, 6 x 6 Kotka
+    assert tiles == 15 + 36
 
 
 def test_no_blend_of_two_style_colours_reaches_the_marker_range():

@@ -15,6 +15,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from components.core.errors import LocgenError
 from components.core.storage import Store, open_file_uri
 
@@ -63,3 +65,18 @@ def _geojson_text(columns: Sequence[str], rows: Sequence[Sequence], attribution:
     collection["features"] = features
     # allow_nan=False: NaN is not JSON, and a file other tools cannot parse is worse than an error here.
     return json.dumps(collection, ensure_ascii=False, allow_nan=False)
+
+
+def read_scored_points(uri: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) lon/lat and (N,) scores of a points file that locgen extract wrote (CSV or GeoJSON)."""
+    store, key = points_file(uri)
+    text = store.get_bytes(key).decode("utf-8-sig")
+    if Path(key).suffix.lower() == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+    else:
+        rows = [{**feature["properties"], "longitude": feature["geometry"]["coordinates"][0],
+                 "latitude": feature["geometry"]["coordinates"][1]} for feature in json.loads(text)["features"]]
+    if rows and "score" not in rows[0]:
+        raise LocgenError(f"{uri}: no score column; give the points file that locgen extract wrote")
+    lonlat = np.array([[float(row["longitude"]), float(row["latitude"])] for row in rows]).reshape(-1, 2)
+    return lonlat, np.array([float(row["score"]) for row in rows])

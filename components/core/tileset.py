@@ -5,6 +5,13 @@ city, size_px, m_per_px (ground resolution at the tile's centre), mpp_3857, exac
 (`bounds_3857`, `bounds_lonlat`: west, south, east, north), style version and hash, the sources
 with their sha256, `inputs_sha256`, and for domain `a` the exact `points` ([lon, lat]) drawn.
 
+Where the map is: `data_extent_lonlat`, the boxes the OSM data covers (each file's stated extent,
+else its features' extent, or the area fetched from Overpass); `data_share`, the share of the tile
+inside them (a tile with 0 is rendered as bare land: nothing is known there); `map_features`, how
+many map features touch the tile. An area tile rendered with an overlap records `core_inset_px`:
+it owns only the points at least that far inside its edges (`in_core`), so each point comes from
+one tile and none from a border band.
+
 Tile keys contain the first hex digits of `inputs_sha256`, the hash of everything that shapes the
 pixels: a re-run finds what is already there with one listing and renders only the rest, and a
 tile from other inputs never hides under the same name.
@@ -20,7 +27,7 @@ import numpy as np
 
 from components import __version__
 from components.core.errors import LocgenError
-from components.core.geo import Bounds3857, Tile, tile_from_bounds_3857
+from components.core.geo import Bounds3857, LonLatBounds, Tile, contains, tile_from_bounds_3857
 from components.core.pngmeta import decode_png
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import Store
@@ -39,7 +46,9 @@ def tile_key(domain: str, tile_id: str, inputs_hash: str) -> str:
 
 
 def manifest_row(tile_id: str, tile: Tile, domain: str, city: str, inputs_hash: str, sources: list[dict],
-                 points_lonlat: list[list[float]] | None, marker_radius_px: float) -> dict:
+                 points_lonlat: list[list[float]] | None, marker_radius_px: float, coverage: dict) -> dict:
+    """A tile's row; `coverage` holds data_share, map_features, data_extent_lonlat and, for an area
+    tile with an overlap, core_inset_px (see the module's docstring)."""
     row = {
         "id": tile_id,
         "path": tile_key(domain, tile_id, inputs_hash),
@@ -57,6 +66,7 @@ def manifest_row(tile_id: str, tile: Tile, domain: str, city: str, inputs_hash: 
         "sources": sources,
         "inputs_sha256": inputs_hash,
         "attribution": OSM_ATTRIBUTION,
+        **coverage,
     }
     if points_lonlat is not None:  # domain a: where the markers are, and how large they were drawn
         row["points"] = points_lonlat
@@ -70,6 +80,26 @@ def png_text(row: dict) -> dict[str, str]:
                                         "bounds_3857", "bounds_lonlat", "style_version", "style_sha256",
                                         "inputs_sha256")}
     return {GEOREF_TEXT_KEY: json.dumps(georef), "Copyright": OSM_ATTRIBUTION, "Source": "locgen"}
+
+
+def in_data_extent(row: dict, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Whether lon/lat points lie inside the data extent a tile's row records (everywhere, for a
+    row from before extents were recorded)."""
+    boxes = row.get("data_extent_lonlat")
+    lon, lat = np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
+    if boxes is None:
+        return np.ones(lon.shape, dtype=bool)
+    return np.any([contains(LonLatBounds(*box), lon, lat) for box in boxes], axis=0) if boxes else \
+        np.zeros(lon.shape, dtype=bool)
+
+
+def in_core(row: dict, col: np.ndarray, row_px: np.ndarray) -> np.ndarray:
+    """Whether pixel positions of a tile lie in the core it owns: at least `core_inset_px` inside
+    its edges (the whole tile when it records none)."""
+    inset_px = row.get("core_inset_px", 0.0)
+    size_px = row["size_px"]
+    col, row_px = np.asarray(col), np.asarray(row_px)
+    return (col >= inset_px) & (col < size_px - inset_px) & (row_px >= inset_px) & (row_px < size_px - inset_px)
 
 
 def tile_of_row(row: dict) -> Tile:
@@ -119,16 +149,21 @@ def _part(store: Store, shard: int, shards: int) -> bytes:
 
 
 def plain_rows(store: Store, option: str) -> list[dict]:
-    """The rows of the plain (domain b) tiles of a tile set: what a generator translates.
+    """The rows of the plain (domain b) tiles of a tile set that hold map data: what a generator
+    translates (a tile wholly outside the data's extent is bare land, which no generator has seen).
 
     `option` names the command-line option that gave the tile set, for the error messages.
     """
     if not store.exists(MANIFEST_KEY):
         raise LocgenError(f"{option} {store.uri}: no {MANIFEST_KEY}; give a tile set that locgen render wrote")
-    rows = [row for row in read_manifest(store) if row["domain"] == "b"]
-    if not rows:
+    plain = [row for row in read_manifest(store) if row["domain"] == "b"]
+    if not plain:
         raise LocgenError(f"{option} {store.uri}: no plain (domain b) tiles; render the area with locgen render "
                           "--bbox or --center/--grid")
+    rows = [row for row in plain if row.get("data_share", 1.0) > 0]
+    if not rows:
+        raise LocgenError(f"{option} {store.uri}: every plain tile lies outside the OSM data's extent; render an "
+                          "area the OSM data covers")
     return rows
 
 

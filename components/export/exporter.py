@@ -8,7 +8,9 @@
   metadata says what it was trained on (see `model_metadata`);
 - MODEL.fp16.onnx: the variant TensorRT runs, made by `to_fp16` (native InstanceNormalization in fp32);
 - MODEL.parity.json: how far ONNX Runtime's output is from PyTorch's, on random inputs and real
-  tiles at several sizes and batch sizes, and whether the fp16 variant paints the same dots.
+  tiles at several sizes and batch sizes, whether the fp16 variant paints the same dots, and the
+  colour cast of PyTorch's and the fp16 variant's tiles (a health signal: the map's colours away
+  from the dots should stay as they were; `components.core.colour`).
 
 The export fails, and publishes nothing, when fp32 differs from PyTorch by more than 1e-4 or the
 fp16 variant misses dots. The model is published last: where MODEL.onnx exists, the rest does too.
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from components import __version__
+from components.core.colour import colour_cast
 from components.core.errors import LocgenError
 from components.core.matching import dot_agreement
 from components.core.onnx_io import (
@@ -78,7 +81,8 @@ def export(settings: ExportSettings) -> dict:
     out_store.publish_bytes(model_key, _serialised(model))
     return {"model": settings.out, "fp16_model": out_store.url(stem + FP16_SUFFIX),
             "parity_report": out_store.url(stem + PARITY_SUFFIX), "opset": OPSET,
-            "fp32_max_abs_diff": report["fp32"]["max_abs_diff"], "fp16_dot_f1": report["fp16"]["dots"]["f1"]}
+            "fp32_max_abs_diff": report["fp32"]["max_abs_diff"], "fp16_dot_f1": report["fp16"]["dots"]["f1"],
+            "colour_cast_mean": report["colour_cast"]["pytorch"]["mean"]}
 
 
 def to_onnx(generator: Generator, metadata: dict) -> onnx.ModelProto:
@@ -176,7 +180,8 @@ def parity_report(generator: Generator, model: onnx.ModelProto, fp16_model: onnx
                   size_px: int, seed: int) -> dict:
     """Compare ONNX Runtime (fp32 and fp16, on the CPU) with PyTorch fp32 on random inputs and real tiles.
 
-    tiles: uint8 (N, H, W, 3) plain tiles; they run at full size and centre-cropped to half size.
+    tiles: uint8 (N, H, W, 3) plain tiles; they run at full size and centre-cropped to half size. The
+    full-size ones also give the colour cast of PyTorch's and the fp16 variant's tiles (`colour_cast`).
     """
     sessions = {precision: ort.InferenceSession(_serialised(proto), providers=[PROVIDERS["cpu"]])
                 for precision, proto in (("fp32", model), ("fp16", fp16_model))}
@@ -202,6 +207,9 @@ def parity_report(generator: Generator, model: onnx.ModelProto, fp16_model: onnx
             "mean_abs_diff": float(np.mean([case[precision]["mean_abs_diff"] for case in cases])),
             "dots": dot_agreement(outputs["pytorch"], outputs[precision]).as_dict(),
         }
+    # On the real tiles at full size, against their plain tiles (the order they ran in).
+    report["colour_cast"] = {precision: colour_cast(tiles, np.stack(outputs[precision])).as_dict()
+                             for precision in ("pytorch", "fp16")}
     report["cases"] = cases
     return report
 

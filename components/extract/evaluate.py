@@ -62,12 +62,13 @@ from components.core.geo import (
     parse_bbox,
 )
 from components.core.matching import matched_count
+from components.core.points import read_scored_points
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.settings import setting
 from components.core.storage import Store, open_file_uri
 from components.core.style import LAYERS
 from components.sources.locations import LocationSource, load_locations
-from components.sources.osm import FeatureArrays, MapData, read_osm
+from components.sources.osm import FeatureArrays, MapData, header_bounds, read_osm
 
 DEFAULT_RADII_M = (25.0, 50.0, 100.0)
 _A_KM, _, _FLATTENING = ELLIPSOIDS["WGS-84"]  # geopy's WGS84, so the chords and the geodesics share one ellipsoid
@@ -81,6 +82,19 @@ ROAD_LAYERS = tuple(layer.name for layer in LAYERS if layer.geometry == "line" a
 # One geopy calculator for every pair: a new geodesic() per pair rebuilds geographiclib's series
 # coefficients each time, which is 40 % of the cost of a distance.
 _GEODESIC = geodesic()
+
+
+def _count(text: str, what: str) -> str | int:
+    """'truth', or a number of points above 0."""
+    if text == "truth":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise LocgenError(f"{what} {text}: give a number of points above 0, or 'truth' (as many as the real points)")
+    return count
 
 
 def _radii_m(text: str, what: str) -> tuple[float, ...]:
@@ -111,6 +125,9 @@ class EvaluateSettings:
     grid_m: float = setting(100.0, help="ground size of the rank correlation's cells, in metres (%(default)s)")
     memorisation_m: float = setting(5.0, help="a generated point this close to a training point is memorised, in "
                                     "ground metres (%(default)s)")
+    count: str | int | None = setting(None, parse=_count, metavar="N|truth",
+                                      help="score only the N best-scoring generated points (their score column), or "
+                                           "with 'truth' as many as the real points in the area (default: all)")
     progress: bool = setting(True, help="progress bars on stderr", cli=False, output=False)
 
 
@@ -375,12 +392,13 @@ def _into_area(lon, lat, bbox: LonLatBounds) -> np.ndarray:
 
 def evaluate(settings: EvaluateSettings) -> dict:
     """Score the generated points and the baselines; write report.json and report.md; return the report."""
-    bbox = check_bbox(settings.bbox, "--bbox")
+    check_bbox(settings.bbox, "--bbox")
     check_scoring(settings.radii_m, settings.grid_m, settings.memorisation_m)
     store, json_key, markdown_key = _report_keys(settings.out)
     if not settings.truth:
         raise LocgenError("no truth source; give the real locations (a GBFS feed, CSV, GeoJSON or osm:KEY=VALUE)")
     osm_files = _local_osm_files(settings.osm)
+    bbox = scored_area(settings.bbox, osm_files)
     # A model that found nothing is scored as such, not refused.
     generated = load_locations(settings.generated, osm_files=osm_files, allow_empty=True)
     truth = [load_locations(spec, osm_files=osm_files) for spec in settings.truth]
@@ -395,7 +413,7 @@ def evaluate(settings: EvaluateSettings) -> dict:
                             train_lonlat=train_lonlat, memorisation_m=settings.memorisation_m,
                             progress=settings.progress)
 
-    model = score(positions_lonlat(generated))
+    model = score(_chosen(settings, generated, truth_lonlat, bbox))
     count = model["points"]["generated"]
     baselines = {"uniform": score(uniform_baseline(count, bbox, settings.seed))}
     map_data = read_osm([Path(path) for path in osm_files], bbox, margin_3857=0.0) if osm_files else None
@@ -407,6 +425,32 @@ def evaluate(settings: EvaluateSettings) -> dict:
     store.publish_bytes(json_key, json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False).encode("utf-8"),
                         "application/json")
     return report
+
+
+def scored_area(bbox: LonLatBounds, osm_files: list[str]) -> LonLatBounds:
+    """The bbox, less what lies outside the extent the OSM files state (nothing is known there: a
+    generator makes no point there, and real points there are no test of it)."""
+    extents = [header_bounds(Path(path)) for path in osm_files]
+    if not extents or None in extents:
+        return bbox
+    west, south = max(bbox.west, min(e.west for e in extents)), max(bbox.south, min(e.south for e in extents))
+    east, north = min(bbox.east, max(e.east for e in extents)), min(bbox.north, max(e.north for e in extents))
+    if west >= east or south >= north:
+        raise LocgenError(f"--bbox {_bbox_text(bbox)} lies outside the extent of the --osm data; give a bbox the "
+                          "data covers")
+    return LonLatBounds(west, south, east, north)
+
+
+def _chosen(settings: EvaluateSettings, generated: LocationSource, truth_lonlat: np.ndarray,
+            bbox: LonLatBounds) -> np.ndarray:
+    """The generated points to score: all, or with a count the best-scoring ones in the area."""
+    if settings.count is None:
+        return positions_lonlat(generated)
+    lonlat, scores = read_scored_points(settings.generated)
+    inside = _in_area(lonlat, bbox)
+    lonlat, scores = lonlat[inside], scores[inside]
+    keep = int(_in_area(truth_lonlat, bbox).sum()) if settings.count == "truth" else settings.count
+    return lonlat[np.argsort(-scores, kind="stable")[:keep]]
 
 
 def positions_lonlat(source: LocationSource) -> np.ndarray:
@@ -488,7 +532,8 @@ def _report(settings: EvaluateSettings, bbox: LonLatBounds, generated: LocationS
     inputs = {"generated": _source_record(generated, bbox), "truth": [_source_record(s, bbox) for s in truth],
               "train_points": [_source_record(s, bbox) for s in train],
               "osm": [source._asdict() for source in map_data.sources] if map_data else [],
-              "bbox": list(bbox), "seed": settings.seed, "radii_m": list(settings.radii_m),
+              "bbox": list(settings.bbox), "area": list(bbox), "count": settings.count, "seed": settings.seed,
+              "radii_m": list(settings.radii_m),
               "grid_m": settings.grid_m, "memorisation_m": settings.memorisation_m}
     verdicts = compare(model["metrics"], {name: score["metrics"] for name, score in baselines.items()})
     report = {"locgen_version": __version__, "inputs": inputs, "method": METHOD, "model": model,
@@ -548,7 +593,8 @@ def markdown_report(report: dict) -> str:
     sources = ", ".join(f"`{source['uri']}`" for source in inputs["truth"])
     training = ", ".join(f"`{source['uri']}`" for source in inputs["train_points"]) or "none given"
     lines = ["# Evaluation of generated locations", "",
-             f"Area: bbox {_bbox_text(LonLatBounds(*inputs['bbox']))} (lon/lat). Points outside it are dropped: "
+             f"Area: bbox {_bbox_text(LonLatBounds(*inputs['area']))} (lon/lat){_clipped(inputs)}. Points outside "
+             "it are dropped: "
              f"{points['generated']} generated points scored ({points['generated_outside_area']} outside), "
              f"{points['truth']} real ({points['truth_outside_area']} outside).", "",
              f"Generated: `{inputs['generated']['uri']}`. Real: {sources}. Training points: {training}.", "",
@@ -568,6 +614,17 @@ def markdown_report(report: dict) -> str:
     if "attribution" in report:
         lines += ["", f"Map data {report['attribution']} (https://www.openstreetmap.org/copyright)."]
     return "\n".join(lines) + "\n"
+
+
+def _clipped(inputs: dict) -> str:
+    """What the scored area and count were made of, when not simply the bbox and every point."""
+    notes = []
+    if inputs["area"] != inputs["bbox"]:
+        notes.append(f"the part of {_bbox_text(LonLatBounds(*inputs['bbox']))} inside the OSM data's extent")
+    if inputs.get("count") is not None:
+        count = "as many as the real ones" if inputs["count"] == "truth" else inputs["count"]
+        notes.append(f"the best-scoring generated points, {count}")
+    return f", {'; '.join(notes)}" if notes else ""
 
 
 def _metric_label(metric: str) -> str:

@@ -21,7 +21,7 @@ from components.core.detect import (
     typical_dot_core_px,
 )
 from components.core.errors import LocgenError
-from components.core.geo import lonlat_from_3857
+from components.core.geo import Tile, lonlat_from_3857
 from components.core.markers import MarkerRange
 from components.core.pngmeta import read_png_text
 from components.core.points import points_file, write_points
@@ -33,6 +33,8 @@ from components.core.tileset import (
     MANIFEST_KEY,
     decode_tile,
     fetch_all,
+    in_core,
+    in_data_extent,
     read_manifest,
     tile_of_row,
 )
@@ -72,6 +74,11 @@ class ExtractSettings:
     min_value: float = setting(_DETECT.marker_range.min_value,
                                help="least brightness of a marker pixel, 0-1 (%(default)s)")
     min_area_px: int = setting(_DETECT.min_area_px, help="smallest dot in pixels (%(default)s)")
+    count: int | None = setting(None, metavar="N", group="count",
+                                help="keep the N best-scoring points (how marker-like and how magenta), e.g. the "
+                                     "fleet's size (default: one point per dot)")
+    per_km2: float | None = setting(None, metavar="D", group="count",
+                                    help="keep the best-scoring points at D per km2 of the area with map data")
     progress: bool = setting(True, help="a progress bar on stderr", cli=False, output=False)
 
     @property
@@ -85,6 +92,7 @@ def extract(settings: ExtractSettings) -> dict:
     """Extract the points of a tile set once, write them to every file of `settings.out` (and the
     preview); returns a summary."""
     _check_out(settings.out)
+    _check_count(settings)
     store = open_store(settings.tiles)
     rows = [row for row in _tile_rows(store) if settings.domain in (None, row.get("domain"))]
     if not rows:
@@ -101,11 +109,12 @@ def extract(settings: ExtractSettings) -> dict:
                 mosaic.paste(tiles[index], rgb)
             bar.update()
     _split_crowded_blobs(store, rows, detections, settings.detect)
+    owned = [_owned(row, tile, tile_detections) for row, tile, tile_detections in zip(rows, tiles, detections)]
     points = [TilePoint(*(float(v) for v in tiles[index].px_to_3857(d.col, d.row)), index, d.area_px, d.score,
                         d.touches_edge)
-              for index, tile_detections in enumerate(detections) for d in tile_detections]
+              for index, tile_detections in enumerate(owned) for d in tile_detections]
     clusters = merge_duplicates(points, [tile.bounds_3857 for tile in tiles], settings.dedupe_m)
-    records = [_record(points, cluster, rows) for cluster in clusters]
+    records = _best(settings, [_record(points, cluster, rows) for cluster in clusters], rows)
     table = [(record["latitude"], record["longitude"], record["tile_id"], round(record["score"], 4), record["city"])
              for record in records]
     for out in settings.out:  # the points come from OSM-based tiles, so they carry its attribution
@@ -114,8 +123,21 @@ def extract(settings: ExtractSettings) -> dict:
         preview_store, preview_key = open_file_uri(settings.preview)
         positions_3857 = np.array([record["xy_3857"] for record in records]).reshape(-1, 2)
         preview_store.put_bytes(preview_key, mosaic.png(positions_3857), "image/png")
-    return {"tiles": len(rows), "detections": len(points), "points": len(records), "out": settings.out,
-            "preview": settings.preview}
+    found = sum(map(len, detections))
+    return {"tiles": len(rows), "detections": found, "outside": found - len(points), "points": len(records),
+            "out": settings.out, "preview": settings.preview}
+
+
+def _owned(row: dict, tile: Tile, detections: list[Detection]) -> list[Detection]:
+    """The detections a tile owns: in its core (not its border band, which a neighbour's core covers)
+    and inside the OSM data's extent (nothing is known beyond it)."""
+    if not detections:
+        return detections
+    col = np.array([d.col for d in detections])
+    row_px = np.array([d.row for d in detections])
+    lon, lat = tile.px_to_lonlat(col, row_px)
+    keep = in_core(row, col, row_px) & in_data_extent(row, lon, lat)
+    return [d for d, kept in zip(detections, keep) if kept]
 
 
 def _split_crowded_blobs(store: Store, rows: list[dict], detections: list[list[Detection]],
@@ -129,6 +151,37 @@ def _split_crowded_blobs(store: Store, rows: list[dict], detections: list[list[D
                if any(holds_more_dots(d, dot_core_px) for d in tile_detections)]
     for index, png in zip(crowded, fetch_all(store, [rows[index]["path"] for index in crowded])):
         detections[index] = detect_markers(decode_tile(png, store.url(rows[index]["path"])), settings, dot_core_px)
+
+
+def _check_count(settings: ExtractSettings) -> None:
+    if settings.count is not None and settings.count < 1:
+        raise LocgenError(f"--count {settings.count}: give 1 or more points, or leave --count out for one point per "
+                          "dot")
+    if settings.per_km2 is not None and not settings.per_km2 > 0:
+        raise LocgenError(f"--per-km2 {settings.per_km2}: give a density above 0, or leave it out for one point per "
+                          "dot")
+
+
+def _best(settings: ExtractSettings, records: list[dict], rows: list[dict]) -> list[dict]:
+    """The records to write: with a count (or a density over the area with map data), the best-scoring
+    ones, in their order; else all."""
+    if settings.count is not None:
+        keep = settings.count
+    elif settings.per_km2 is not None:
+        keep = round(settings.per_km2 * mapped_km2(rows))
+    else:
+        return records
+    ranked = sorted(range(len(records)), key=lambda index: (-records[index]["score"], index))
+    chosen = set(ranked[:keep])
+    return [record for index, record in enumerate(records) if index in chosen]
+
+
+def mapped_km2(rows: list[dict]) -> float:
+    """The ground area, in km2, of the tiles' cores that lies inside the OSM data's extent (a tile
+    drawn in two domains counts once)."""
+    by_id = {row["id"]: row for row in rows}
+    return sum(((row["size_px"] - 2 * row.get("core_inset_px", 0.0)) * row["m_per_px"]) ** 2
+               * row.get("data_share", 1.0) for row in by_id.values()) / 1e6
 
 
 def _check_out(out: list[str]) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from components.core.colour import ColourCastMeter
 from components.core.errors import LocgenError
 from components.core.onnx_io import check_tile_size, fp16_path
 from components.core.pngmeta import encode_png
@@ -62,12 +63,15 @@ def generate(settings: GenerateSettings) -> dict:
     out_rows = [_generated_row(row, model_uri, translator.model_sha256) for row in rows]
     existing = out_store.list_keys()
     todo = [(row, out_row) for row, out_row in zip(rows, out_rows) if out_row["path"] not in existing]
-    _translate_all(store, out_store, todo, translator, settings, total=len(rows))
+    cast = ColourCastMeter()  # of the tiles translated in this run (not of those skipped)
+    _translate_all(store, out_store, todo, translator, settings, total=len(rows), cast=cast)
     out_store.publish_bytes(published, manifest_bytes(out_rows), "application/jsonl")
+    colour = cast.result().as_dict()  # its means are None when no tile was translated
     return {"tileset": out_store.uri, "manifest": out_store.url(published), "tiles": len(out_rows),
             "generated": len(todo), "skipped": len(out_rows) - len(todo), "model": model_uri,
             "model_file_run": translator.model_path.name, "model_sha256": translator.model_sha256,
-            "provider": translator.session.get_providers()[0]}
+            "provider": translator.session.get_providers()[0],
+            "colour_cast": colour, "colour_cast_mean": colour["mean"]}
 
 
 def _local_model(uri: str, cache_dir: Path) -> Path:
@@ -116,23 +120,28 @@ def _generated_row(row: dict, model_uri: str, model_sha256: str) -> dict:
 
 
 def _translate_all(store: Store, out_store: Store, todo: list[tuple[dict, dict]], translator: Translator,
-                   settings: GenerateSettings, total: int) -> None:
-    """Translate in batches; each batch is read and run while the one before it uploads."""
+                   settings: GenerateSettings, total: int, cast: ColourCastMeter) -> None:
+    """Translate in batches; each batch is read and run while the one before it uploads (and its colour
+    cast is added to `cast`, on the upload threads too)."""
     keys = [row["path"] for row, _ in todo]
     pngs = fetch_all(store, keys)
     with (tqdm(total=total, initial=total - len(todo), unit="tile", desc="generate",
                disable=not settings.progress) as bar,
           ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as uploads):
         uploading: list[Future] = []
+        measuring: list[Future] = []
         for start in range(0, len(todo), settings.batch_size):
             chunk = todo[start:start + settings.batch_size]
             tiles = np.stack([decode_tile(next(pngs), store.url(row["path"])) for row, _ in chunk])
             generated = translator.translate(tiles)
+            measuring.append(uploads.submit(cast.add, tiles, generated))
             _wait(uploading, bar)
             uploading = [uploads.submit(out_store.put_bytes, out_row["path"], encode_png(image, png_text(out_row)),
                                         "image/png")
                          for (_, out_row), image in zip(chunk, generated)]
         _wait(uploading, bar)
+        for measured in measuring:
+            measured.result()  # raises a failed measurement's error
 
 
 def _wait(uploads: list[Future], bar: tqdm) -> None:

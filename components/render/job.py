@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import time
@@ -53,6 +54,7 @@ OSM_MARGIN_3857 = 200.0
 CHUNK_TILES = 16  # tiles a worker renders before it waits for their uploads
 SIMPLIFY_PX = 0.25  # map lines lose the vertices that move them by less than this: invisible, and faster
 UPLOAD_THREADS = 8  # concurrent uploads per process: enough to hide an object store's round trips
+COVERAGE_SAMPLES = 64  # per side: a tile's data share to 1/4096
 
 
 @dataclass
@@ -74,7 +76,10 @@ class RenderSettings:
     city: str | None = setting(None, help="city name recorded with every tile (default: the OSM file's name)")
     size_px: int = setting(256, help="tile size in pixels (%(default)s)")
     m_per_px: float = setting(2.0, help="ground metres per pixel at the tile centre (%(default)s)")
-    overlap_px: int = setting(0, help="overlap of neighbouring area tiles in pixels (%(default)s)")
+    # 64: the bundled generator paints 18-37 % fewer dots within 32 px of a tile's edge than deeper in
+    # (benchmarks/bench_seams.py); each tile owns the points of its core, half the overlap inside its edges.
+    overlap_px: int = setting(64, help="overlap of neighbouring area tiles in pixels; each tile keeps the points "
+                                       "at least half of it inside its edges (%(default)s; 0: abutting tiles)")
     marker_radius_px: float = setting(3.0, help="marker disc radius (%(default)s)")
     empty_share: float = setting(0.1, help="share of pairs with no location (%(default)s)")
     holdout: LonLatBounds | None = setting(None, help="held-out region for evaluation: no training pair touches it",
@@ -99,6 +104,8 @@ class _Job:
     """What every worker needs to render and store its tiles (inherited by forked workers)."""
 
     map_data: MapData
+    extent_lonlat: list[LonLatBounds]  # where the OSM data has anything to say
+    extent_3857: list[Bounds3857]  # the same boxes in EPSG:3857
     store: Store
     city: str
     osm_sources: list[dict]
@@ -109,6 +116,7 @@ class _Job:
     existing_keys: set[str]
 
 
+log = logging.getLogger(__name__)
 _JOB: _Job | None = None
 
 
@@ -125,20 +133,35 @@ def render(settings: RenderSettings) -> dict:
     if not plan:  # more shards than tiles
         store.publish_bytes(published, b"", "application/jsonl")
         return {"tileset": store.uri, "manifest": store.url(published), "city": settings.city, "tiles": 0,
-                "rendered": 0, "skipped": 0, "domains": [], "render_s": 0.0}
-    map_data = _read_map(settings, osm_files, _plan_bounds_lonlat(plan))
+                "rendered": 0, "skipped": 0, "domains": [], "render_s": 0.0, "data_share": 1.0}
+    map_data, extent_lonlat = _read_map(settings, osm_files, _plan_bounds_lonlat(plan))
+    extent_3857 = [bounds_to_3857(box) for box in extent_lonlat]
     drawn = weights > 0  # a station with no bike available has nothing standing there
-    job = _Job(map_data, store, settings.city or _default_city(settings),
+    job = _Job(map_data, extent_lonlat, extent_3857, store, settings.city or _default_city(settings),
                [source._asdict() for source in map_data.sources],
                [{"uri": s.uri, "kind": s.kind, "sha256": s.sha256} for s in sources],
                points_lonlat[drawn], _to_3857(points_lonlat[drawn]), settings.marker_radius_px, store.list_keys())
     started_s = time.perf_counter()
     rows, rendered = _render_all(job, plan, settings.workers, settings.progress)
     render_s = time.perf_counter() - started_s
+    covered = _area_share(settings, plan, extent_3857) if settings.pairs is None else 1.0
+    if covered < 1.0:
+        log.warning("only %.0f %% of the area lies inside the OSM data's extent (%s); nothing is generated or "
+                    "extracted outside it: give OSM data that covers the area, or a smaller area", 100 * covered,
+                    "; ".join(",".join(f"{v:.5f}" for v in box) for box in rows[0]["data_extent_lonlat"]))
     store.publish_bytes(published, manifest_bytes(rows), "application/jsonl")
     return {"tileset": store.uri, "manifest": store.url(published), "city": job.city, "tiles": len(rows),
             "rendered": rendered, "skipped": len(rows) - rendered,
-            "domains": sorted({row["domain"] for row in rows}), "render_s": round(render_s, 3)}
+            "domains": sorted({row["domain"] for row in rows}), "render_s": round(render_s, 3),
+            "data_share": round(covered, 4)}
+
+
+def _area_share(settings: RenderSettings, plan: list[PlannedTile], extent_3857: list[Bounds3857]) -> float:
+    """The share of the area asked for (the bbox, or the cores of a grid's tiles) inside the data extent."""
+    if settings.bbox is not None:
+        return _share_inside(bounds_to_3857(settings.bbox), extent_3857)
+    cores = [expand(planned.tile.bounds_3857, -planned.core_inset_px * planned.tile.mpp_3857) for planned in plan]
+    return float(np.mean([_share_inside(core, extent_3857) for core in cores]))
 
 
 def _check_mode(settings: RenderSettings) -> None:
@@ -177,19 +200,34 @@ def _osm_files(settings: RenderSettings) -> list[Path]:
     return files
 
 
-def _read_map(settings: RenderSettings, osm_files: list[Path], area: LonLatBounds) -> MapData:
+def _read_map(settings: RenderSettings, osm_files: list[Path],
+              area: LonLatBounds) -> tuple[MapData, list[LonLatBounds]]:
     """The map of the planned area, from the OSM files and, when asked, Overpass (fetched now that
-    the area is known)."""
+    the area is known), and the extent of that data."""
     osm_uris = [spec for spec in settings.osm if spec != OVERPASS]
+    extents = [header_bounds(path) for path in osm_files]
     if OVERPASS in settings.osm:
         overpass_bbox = check_bbox(bounds_to_lonlat(expand(bounds_to_3857(area), OSM_MARGIN_3857)))
         osm_files = osm_files + [fetch_overpass(overpass_bbox, url=settings.overpass_url,
                                                 cache_dir=settings.cache_dir / "overpass")]
         osm_uris.append(f"{settings.overpass_url}?bbox={','.join(f'{v:.7f}' for v in overpass_bbox)}")
+        extents.append(overpass_bbox)
     # The scale at the whole degree of latitude: the same tolerance (and so the same pixels) for any
     # plan in a city, so a re-run with more training pairs reuses the tiles it shares with the last.
     simplify_3857 = SIMPLIFY_PX * settings.m_per_px * mercator_scale(round((area.south + area.north) / 2))
-    return read_osm(osm_files, area, OSM_MARGIN_3857, osm_uris, simplify_3857)
+    map_data = read_osm(osm_files, area, OSM_MARGIN_3857, osm_uris, simplify_3857)
+    return map_data, _extent(extents, map_data)
+
+
+def _extent(stated: list[LonLatBounds | None], map_data: MapData) -> list[LonLatBounds]:
+    """Where the data has anything to say: each source's stated extent; where one states none, the
+    extent of the features read (a file without a header box)."""
+    boxes = [box for box in stated if box is not None]
+    if None in stated:
+        features = map_data.features.bbox_3857
+        boxes.append(bounds_to_lonlat(Bounds3857(features[:, 0].min(), features[:, 1].min(), features[:, 2].max(),
+                                                 features[:, 3].max())))
+    return boxes
 
 
 def _positions(sources: list[LocationSource]) -> tuple[np.ndarray, np.ndarray]:
@@ -310,12 +348,13 @@ def _render_tile(planned: PlannedTile) -> list[tuple[dict, bytes | None]]:
     if job.location_sources:
         variants.append(("a", job.osm_sources + job.location_sources, job.points_3857[near],
                          job.points_lonlat[inside].tolist()))
+    coverage = _coverage(planned, job)
     results, base = [], None
     for domain, sources, points_3857, points_lonlat in variants:
         inputs_hash = inputs_sha256(tile, domain, osm_hashes, job.map_data.simplify_3857, points_3857,
                                     job.marker_radius_px)
         row = manifest_row(planned.tile_id, tile, domain, job.city, inputs_hash, sources, points_lonlat,
-                           job.marker_radius_px)
+                           job.marker_radius_px, coverage)
         if tile_key(domain, planned.tile_id, inputs_hash) in job.existing_keys:
             results.append((row, None))
             continue
@@ -337,3 +376,28 @@ def inputs_sha256(tile: Tile, domain: str, source_hashes: list[str], simplify_38
         "marker_radius_px": marker_radius_px if domain == "a" else None,
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def _coverage(planned: PlannedTile, job: _Job) -> dict:
+    """What a tile's row says of where the map is (components.core.tileset)."""
+    tile = planned.tile
+    bounds = tile.bounds_3857
+    features = job.map_data.features.bbox_3857
+    touching = (features[:, 0] < bounds.east) & (features[:, 2] > bounds.west) & (features[:, 1] < bounds.north) \
+        & (features[:, 3] > bounds.south)
+    coverage = {"data_share": round(_share_inside(bounds, job.extent_3857), 4), "map_features": int(touching.sum()),
+                "data_extent_lonlat": [list(box) for box in job.extent_lonlat]}
+    if planned.core_inset_px:
+        coverage["core_inset_px"] = planned.core_inset_px
+    return coverage
+
+
+def _share_inside(bounds: Bounds3857, extent_3857: list[Bounds3857]) -> float:
+    """The share of a box inside the extent boxes, on a grid of COVERAGE_SAMPLES x COVERAGE_SAMPLES points."""
+    steps = (np.arange(COVERAGE_SAMPLES) + 0.5) / COVERAGE_SAMPLES
+    x_3857, y_3857 = np.meshgrid(bounds.west + steps * (bounds.east - bounds.west),
+                                 bounds.south + steps * (bounds.north - bounds.south))
+    inside = np.zeros(x_3857.shape, dtype=bool)
+    for box in extent_3857:
+        inside |= contains(box, x_3857, y_3857)
+    return float(inside.mean())

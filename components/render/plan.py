@@ -2,7 +2,11 @@
 
 - A target area: the tiles that cover a bbox, or an N x N grid around a centre. All tiles of an
   area share one EPSG:3857 scale (the ground resolution at the area's centre), so neighbours
-  abut, or overlap by exactly `overlap_px`, pixel for pixel.
+  abut, or overlap by exactly `overlap_px`, pixel for pixel. Each area tile owns the points of its
+  core: the tile less half the overlap on every side (`core_inset_px`). The cores of a plan tile
+  it without gap or overlap and cover the bbox, so every point belongs to exactly one tile, never
+  to a tile's border band (where a generator, padding its input, is least reliable), and the
+  outer tiles reach half the overlap beyond the area.
 - Training pairs: tiles placed around the locations (jittered, so a location is not always in the
   middle) plus a share of tiles with no location, none touching the held-out region. Each tile
   has its own scale (ground resolution exact at its centre), and is drawn twice: with markers
@@ -35,10 +39,12 @@ MAX_TRIES_PER_TILE = 1000
 class PlannedTile(NamedTuple):
     tile_id: str
     tile: Tile
+    core_inset_px: float = 0.0  # the tile owns the points at least this far inside its edges
 
 
-def _area_tile(tile_id: str, centre_x_3857: float, centre_y_3857: float, size_px: int, mpp_3857: float) -> PlannedTile:
-    return PlannedTile(tile_id, Tile(centre_x_3857, centre_y_3857, size_px, mpp_3857))
+def _area_tile(tile_id: str, centre_x_3857: float, centre_y_3857: float, size_px: int, mpp_3857: float,
+               overlap_px: int) -> PlannedTile:
+    return PlannedTile(tile_id, Tile(centre_x_3857, centre_y_3857, size_px, mpp_3857), overlap_px / 2)
 
 
 def _area_scale(lat: float, m_per_px: float) -> float:
@@ -46,8 +52,9 @@ def _area_scale(lat: float, m_per_px: float) -> float:
 
 
 def _check_step(size_px: int, overlap_px: int) -> int:
-    if not 0 <= overlap_px < size_px:
-        raise LocgenError(f"--overlap-px {overlap_px}: must be at least 0 and less than the tile size {size_px}")
+    if not 0 <= overlap_px < size_px / 2:
+        raise LocgenError(f"--overlap-px {overlap_px}: give at least 0 and less than half the tile size "
+                          f"({size_px} px): each tile must keep a core of its own")
     return size_px - overlap_px
 
 
@@ -61,24 +68,23 @@ def grid_plan(centre_lonlat: tuple[float, float], grid: int, size_px: int = 256,
     step_3857 = step_px * centre.mpp_3857
     half = (grid - 1) / 2
     return [_area_tile(f"r{row:03d}c{col:03d}", centre.centre_x_3857 + (col - half) * step_3857,
-                       centre.centre_y_3857 - (row - half) * step_3857, size_px, centre.mpp_3857)
+                       centre.centre_y_3857 - (row - half) * step_3857, size_px, centre.mpp_3857, overlap_px)
             for row in range(grid) for col in range(grid)]
 
 
 def bbox_plan(bbox_lonlat: LonLatBounds, size_px: int = 256, m_per_px: float = 2.0,
               overlap_px: int = 0) -> list[PlannedTile]:
-    """The fewest tiles, centred on the bbox, whose union covers it."""
+    """The fewest tiles, centred on the bbox, whose cores cover it (with no overlap: whose union does)."""
     step_px = _check_step(size_px, overlap_px)
     bbox_3857 = bounds_to_3857(bbox_lonlat)
     _, centre_lat = lonlat_from_3857((bbox_3857.west + bbox_3857.east) / 2, (bbox_3857.south + bbox_3857.north) / 2)
     mpp_3857 = _area_scale(centre_lat, m_per_px)
     step_3857 = step_px * mpp_3857
-    overlap_3857 = overlap_px * mpp_3857
-    cols = max(1, math.ceil((bbox_3857.east - bbox_3857.west - overlap_3857) / step_3857))
-    rows = max(1, math.ceil((bbox_3857.north - bbox_3857.south - overlap_3857) / step_3857))
+    cols = max(1, math.ceil((bbox_3857.east - bbox_3857.west) / step_3857))
+    rows = max(1, math.ceil((bbox_3857.north - bbox_3857.south) / step_3857))
     centre_x_3857, centre_y_3857 = (bbox_3857.west + bbox_3857.east) / 2, (bbox_3857.south + bbox_3857.north) / 2
     return [_area_tile(f"r{row:03d}c{col:03d}", centre_x_3857 + (col - (cols - 1) / 2) * step_3857,
-                       centre_y_3857 - (row - (rows - 1) / 2) * step_3857, size_px, mpp_3857)
+                       centre_y_3857 - (row - (rows - 1) / 2) * step_3857, size_px, mpp_3857, overlap_px)
             for row in range(rows) for col in range(cols)]
 
 
