@@ -12,9 +12,13 @@ from conftest import KOTKA_PBF
 from scipy.spatial import cKDTree
 
 from components.core.geo import lonlat_to_3857
+from components.core.markers import marker_mask
+from components.core.pngmeta import decode_png, read_png_text
 from components.core.points import write_points
+from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import open_store
 from components.core.tileset import read_manifest, tile_of_row
+from components.extract.preview import RING_RGB
 from components.sources.osm import header_bounds
 from locgen.cli import main
 
@@ -153,3 +157,19 @@ def test_evaluation_scores_the_covered_area_and_the_best_points_at_the_real_coun
                           "26.93,60.52,26.99,60.54", "--count", "0", "--out", str(tmp_path / "again.json"))
     assert status == 2 and "--count 0: give a number of points above 0, or 'truth'" in err
     assert not (tmp_path / "again.json").exists()
+
+
+def test_the_preview_draws_the_points_over_the_plain_map_and_the_generated_tiles_beside_it(kotka_beyond, tmp_path,
+                                                                                           capsys):
+    _, generated, _ = kotka_beyond
+    plain_png, generated_png = tmp_path / "preview.png", tmp_path / "generated.png"
+    status, summary, _ = _run(capsys, "extract", "--tiles", str(generated), "--out", str(tmp_path / "p.csv"),
+                              "--preview", str(plain_png), "--preview-generated", str(generated_png))
+    assert status == 0 and summary["preview_generated"] == str(generated_png)
+    plain, painted = (decode_png(path.read_bytes()) for path in (plain_png, generated_png))
+    assert plain.shape == painted.shape
+    assert not marker_mask(plain).any()  # the plain map: no generator's magenta, only the rings
+    assert marker_mask(painted).sum() > 100
+    assert (plain == RING_RGB).all(axis=2).any()
+    for path in (plain_png, generated_png):
+        assert read_png_text(path.read_bytes())["Copyright"] == OSM_ATTRIBUTION

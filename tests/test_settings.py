@@ -25,9 +25,9 @@ from pipeline.local import setting_fed_by
 # Parameters the pipeline decides for a task, not settings of its stage.
 STEP_PARAMETERS = {"store", "run_id", "shard", "shards", "gpus"}
 # The component, the settings its parameters feed, and the command whose options are those settings.
-COMPONENTS = [("render_tiles", (RenderSettings,), "render"), ("generate_tiles", (GenerateSettings,), "generate"),
-              ("extract_points", (EvaluateSettings, ExtractSettings), "evaluate"),
-              ("extract_points", (ExtractSettings, EvaluateSettings), "extract")]
+# The component, and the settings its parameters feed (the first that has a name wins), each with its command.
+COMPONENTS = [("render_tiles", ((RenderSettings, "render"),)), ("generate_tiles", ((GenerateSettings, "generate"),)),
+              ("extract_points", ((ExtractSettings, "extract"), (EvaluateSettings, "evaluate")))]
 COMMANDS = [("render", RenderSettings), ("generate", GenerateSettings), ("evaluate", EvaluateSettings),
             ("export", ExportSettings), ("train", TrainSettings), ("extract", ExtractSettings)]
 # The training values come from a preset (TrainConfig), changed by these options, not from TrainSettings.
@@ -58,24 +58,20 @@ def test_every_option_of_a_command_is_a_setting_declared_once(command, cls):
             assert action.default == ([] if is_list(item.kind) else item.default), name
 
 
-@pytest.mark.parametrize(("component", "classes", "command"), COMPONENTS)
-def test_every_component_parameter_is_a_setting_of_its_stage_of_the_same_type(component, classes, command):
+@pytest.mark.parametrize(("component", "fed"), COMPONENTS)
+def test_every_component_parameter_is_a_setting_of_its_stage_of_the_same_type(component, fed):
     spec = getattr(build_components(DEFAULT_REGISTRY), component).component_spec
     parameters = {name: spec_input.type for name, spec_input in spec.inputs.items()
                   if spec_input.type in KFP_TYPES and name not in STEP_PARAMETERS}
     assert parameters
-    options = _options(command)
+    classes = tuple(cls for cls, _ in fed)
     for name, kfp_type in parameters.items():
         item = setting_fed_by(name, classes)
         assert item is not None and item.cli, f"{component}({name}): no setting of {classes} by that name"
         text_given = kfp_type == "String" and (item.parse is not None or item.kind in (str, Path) or is_list(item.kind))
         assert text_given or item.kind in KFP_TYPES[kfp_type], f"{component}({name}): {kfp_type} for {item.kind}"
-        if item.name in declared_names(classes[0]):  # the settings of this command: it has the option
-            assert item.name in options, f"{component}({name}): locgen {command} has no option for it"
-
-
-def declared_names(cls) -> set[str]:
-    return {item.name for item in declared(cls)}
+        command = next(command for cls, command in fed if item in declared(cls))
+        assert item.name in _options(command), f"{component}({name}): locgen {command} has no option for it"
 
 
 def test_the_train_component_takes_the_presets_values_by_their_names():

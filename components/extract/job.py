@@ -63,8 +63,10 @@ class ExtractSettings:
     # a dot cut by a tile border comes back as two parts up to ~one dot radius apart
     dedupe_m: float = setting(6.0, help="merge a dot seen in two tiles within this geodesic distance "
                               "(%(default)s m)")
-    preview: str | None = setting(None, help="also write a preview of the area with the points",
-                                  metavar="FILE.png", output=False)
+    preview: str | None = setting(None, help="also write a preview: the points over the plain map (the tiles a "
+                                             "generator translated, else these)", metavar="FILE.png", output=False)
+    preview_generated: str | None = setting(None, help="also write the points over these tiles themselves (what "
+                                                       "a generator painted)", metavar="FILE.png", output=False)
     # a rendered set holds a and b
     domain: str | None = setting(None, help="only the tiles of this domain, e.g. a (default: every tile)")
     hue_deg: tuple[float, float] = setting(_DETECT.marker_range.hue_deg, parse=_hue_deg, metavar="LOW,HIGH",
@@ -99,14 +101,14 @@ def extract(settings: ExtractSettings) -> dict:
         raise LocgenError(f"--domain {settings.domain}: no tile of {store.uri} is of that domain; "
                           "leave --domain out to read every tile")
     tiles = [tile_of_row(row) for row in rows]
-    mosaic = Mosaic(tiles) if settings.preview else None
+    mosaic = Mosaic(tiles) if settings.preview_generated else None
     detections = []
     with tqdm(total=len(rows), unit="tile", desc="extract", disable=not settings.progress) as bar:
         for index, (row, png) in enumerate(zip(rows, fetch_all(store, [row["path"] for row in rows]))):
             rgb = decode_tile(png, store.url(row["path"]))
             detections.append(detect_markers(rgb, settings.detect))
             if mosaic is not None:
-                mosaic.paste(tiles[index], rgb)
+                mosaic.paste(tiles[index], rgb, row.get("core_inset_px", 0.0))
             bar.update()
     _split_crowded_blobs(store, rows, detections, settings.detect)
     owned = [_owned(row, tile, tile_detections) for row, tile, tile_detections in zip(rows, tiles, detections)]
@@ -119,13 +121,37 @@ def extract(settings: ExtractSettings) -> dict:
              for record in records]
     for out in settings.out:  # the points come from OSM-based tiles, so they carry its attribution
         write_points(out, CSV_COLUMNS, table, attribution=OSM_ATTRIBUTION)
+    positions_3857 = np.array([record["xy_3857"] for record in records]).reshape(-1, 2)
+    if settings.preview:
+        _publish_png(settings.preview, _plain_mosaic(store, rows, tiles).png(positions_3857))
     if mosaic is not None:
-        preview_store, preview_key = open_file_uri(settings.preview)
-        positions_3857 = np.array([record["xy_3857"] for record in records]).reshape(-1, 2)
-        preview_store.put_bytes(preview_key, mosaic.png(positions_3857), "image/png")
+        _publish_png(settings.preview_generated, mosaic.png(positions_3857))
     found = sum(map(len, detections))
     return {"tiles": len(rows), "detections": found, "outside": found - len(points), "points": len(records),
-            "out": settings.out, "preview": settings.preview}
+            "out": settings.out, "preview": settings.preview, "preview_generated": settings.preview_generated}
+
+
+def _plain_mosaic(store: Store, rows: list[dict], tiles: list[Tile]) -> Mosaic:
+    """The plain map under the tiles: for generated tiles the plain ones they were made from, else the
+    tiles themselves; each tile's core."""
+    mosaic = Mosaic(tiles)
+    plain: dict[str, list[tuple[int, str]]] = {}  # by tile set: (tile index, key)
+    for index, row in enumerate(rows):
+        if "generated_from_tiles" in row:
+            plain.setdefault(row["generated_from_tiles"], []).append((index, row["generated_from"]))
+        else:
+            plain.setdefault(store.uri, []).append((index, row["path"]))
+    for uri, tiles_keys in plain.items():
+        source = store if uri == store.uri else open_store(uri)
+        indices, keys = zip(*tiles_keys)
+        for index, key, png in zip(indices, keys, fetch_all(source, list(keys))):
+            mosaic.paste(tiles[index], decode_tile(png, source.url(key)), rows[index].get("core_inset_px", 0.0))
+    return mosaic
+
+
+def _publish_png(uri: str, png: bytes) -> None:
+    preview_store, preview_key = open_file_uri(uri)
+    preview_store.put_bytes(preview_key, png, "image/png")
 
 
 def _owned(row: dict, tile: Tile, detections: list[Detection]) -> list[Detection]:

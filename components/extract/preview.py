@@ -37,8 +37,13 @@ class Mosaic:
         col = (np.asarray(x_3857) - self.bounds_3857.west) / self.mpp_3857
         return col, (self.bounds_3857.north - np.asarray(y_3857)) / self.mpp_3857
 
-    def paste(self, tile: Tile, rgb: np.ndarray) -> None:
-        """Place a tile at its position, resampled to the canvas scale (to the nearest canvas pixel)."""
+    def paste(self, tile: Tile, rgb: np.ndarray, inset_px: float = 0.0) -> None:
+        """Place a tile at its position, resampled to the canvas scale (to the nearest canvas pixel);
+        with `inset_px`, only its core (the part it owns when tiles overlap: no seams of border bands)."""
+        inset = int(round(inset_px))
+        if inset:
+            rgb = rgb[inset:rgb.shape[0] - inset, inset:rgb.shape[1] - inset]
+            tile = tile._replace(size_px=tile.size_px - 2 * inset)
         west, south, east, north = tile.bounds_3857
         (left, right), (top, bottom) = (np.rint(v).astype(int) for v in self._px([west, east], [north, south]))
         height, width = self.canvas.shape[:2]

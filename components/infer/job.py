@@ -60,7 +60,7 @@ def generate(settings: GenerateSettings) -> dict:
     tile_px = _check_tiles(all_rows, metadata, settings.tiles)  # a shard with no tile still checks the set
     translator = open_translator(model_path, settings.provider, tile_px, settings.batch_size, settings.cache_dir)
     out_store = open_store(settings.out)
-    out_rows = [_generated_row(row, model_uri, translator.model_sha256) for row in rows]
+    out_rows = [_generated_row(row, store.uri, model_uri, translator.model_sha256) for row in rows]
     existing = out_store.list_keys()
     todo = [(row, out_row) for row, out_row in zip(rows, out_rows) if out_row["path"] not in existing]
     cast = ColourCastMeter()  # of the tiles translated in this run (not of those skipped)
@@ -110,12 +110,13 @@ def _check_tiles(rows: list[dict], metadata: dict, uri: str) -> tuple[int, int]:
     return sizes[0], sizes[0]
 
 
-def _generated_row(row: dict, model_uri: str, model_sha256: str) -> dict:
-    """The manifest row of a generated tile: the plain tile's georeference, domain a, the model's lineage."""
+def _generated_row(row: dict, plain_tiles: str, model_uri: str, model_sha256: str) -> dict:
+    """The manifest row of a generated tile: the plain tile's georeference, domain a, where the plain
+    tile is (its key in `generated_from`, its tile set in `generated_from_tiles`), the model's lineage."""
     inputs_hash = hashlib.sha256(json.dumps({"plain_tile": row["inputs_sha256"], "model": model_sha256},
                                             sort_keys=True).encode()).hexdigest()
     return {**row, "domain": "a", "path": tile_key("a", row["id"], inputs_hash), "inputs_sha256": inputs_hash,
-            "generated_from": row["path"],
+            "generated_from": row["path"], "generated_from_tiles": plain_tiles,
             "sources": [*row["sources"], {"uri": model_uri, "kind": "onnx-model", "sha256": model_sha256}]}
 
 
