@@ -81,21 +81,9 @@ def seams(tiles_uri: str, points_csv: str) -> dict:
     tiles = [tile_of_row(row) for row in rows]
     lines = Path(points_csv).read_text().splitlines()[1:]
     lonlat = np.array([[float(line.split(",")[1]), float(line.split(",")[0])] for line in lines]).reshape(-1, 2)
-    near = np.zeros(len(lonlat), dtype=bool)
-    for tile in tiles:
-        col, row = tile.lonlat_to_px(lonlat[:, 0], lonlat[:, 1])
-        inside = (col >= 0) & (col < tile.size_px) & (row >= 0) & (row < tile.size_px)
-        to_edge = np.minimum.reduce([col, row, tile.size_px - col, tile.size_px - row])
-        near |= inside & (to_edge < NEAR_EDGE_PX)
+    near = _near_any_edge(tiles, lonlat)
     # The share of the area within NEAR_EDGE_PX of a tile edge, by sampling the union of the tiles' cores.
-    samples = _core_samples(rows, tiles)
-    sample_near = np.zeros(len(samples), dtype=bool)
-    for tile in tiles:
-        col, row = tile.lonlat_to_px(samples[:, 0], samples[:, 1])
-        inside = (col >= 0) & (col < tile.size_px) & (row >= 0) & (row < tile.size_px)
-        to_edge = np.minimum.reduce([col, row, tile.size_px - col, tile.size_px - row])
-        sample_near |= inside & (to_edge < NEAR_EDGE_PX)
-    near_share = sample_near.mean()
+    near_share = _near_any_edge(tiles, _core_samples(rows, tiles)).mean()
     ratio = (near.mean() / near_share) / ((1 - near.mean()) / (1 - near_share)) if len(lonlat) else None
     xy = np.stack(lonlat_to_3857(lonlat[:, 0], lonlat[:, 1]), axis=1) if len(lonlat) else np.zeros((0, 2))
     scale = 1 / np.cos(np.radians(lonlat[:, 1].mean())) if len(lonlat) else 1.0
@@ -104,6 +92,17 @@ def seams(tiles_uri: str, points_csv: str) -> dict:
             "near_edge_share_of_area": round(float(near_share), 4),
             "near_edge_density_ratio": None if ratio is None else round(float(ratio), 2),
             "pairs_closer_than_6m": close_pairs}
+
+
+def _near_any_edge(tiles: list, lonlat: np.ndarray) -> np.ndarray:
+    """Whether each lon/lat point lies within NEAR_EDGE_PX of the edge of a tile that holds it."""
+    near = np.zeros(len(lonlat), dtype=bool)
+    for tile in tiles:
+        col, row = tile.lonlat_to_px(lonlat[:, 0], lonlat[:, 1])
+        inside = (col >= 0) & (col < tile.size_px) & (row >= 0) & (row < tile.size_px)
+        to_edge = np.minimum.reduce([col, row, tile.size_px - col, tile.size_px - row])
+        near |= inside & (to_edge < NEAR_EDGE_PX)
+    return near
 
 
 def _core_samples(rows: list[dict], tiles: list, per_side: int = 64) -> np.ndarray:

@@ -241,25 +241,34 @@ def extract_step(count: int, truth: list[str], truth_bbox: str, osm: str, genera
     city = generated.metadata["city"]
     tiles_uri = pointed_uri(generated)
     folder = tiles_uri.rstrip("/").rsplit("/", 1)[0]
-    csv_uri, geojson_uri, preview_uri = (f"{folder}/{name}" for name in ("points.csv", "points.geojson", "preview.png"))
+    csv_uri, geojson_uri, preview_uri, painted_uri = (
+        f"{folder}/{name}" for name in ("points.csv", "points.geojson", "preview.png", "preview-generated.png"))
     result = extract(ExtractSettings(tiles=tiles_uri, out=[csv_uri, geojson_uri], preview=preview_uri,
-                                     count=unset(count), progress=False))
+                                     preview_generated=painted_uri, count=unset(count), progress=False))
     rows = [("city", city), ("tiles", result["tiles"]), ("points", result["points"]), ("points (CSV)", csv_uri),
-            ("points (GeoJSON)", geojson_uri)]
+            ("points (GeoJSON)", geojson_uri), ("the generated tiles, with the points", painted_uri),
+            ("rejected blobs (not markers)", _rejected_text(result["rejected_blobs"]))]
     report = _evaluate(csv_uri, list(truth), truth_bbox, osm, metrics) if truth else None
     if report is not None:
         rows += [("evaluation", report["uri"]), ("verdict", report["verdict"])]
     publish_pointer(points, csv_uri, lineage(
         city, [tiles_uri], area=generated.metadata.get("area"), sources=generated.metadata.get("sources"),
-        geojson=geojson_uri, preview=preview_uri,
+        geojson=geojson_uri, preview=preview_uri, preview_generated=painted_uri,
         points=result["points"], evaluation=report["uri"] if report else None, attribution=OSM_ATTRIBUTION))
     metrics.log_metric("tiles", result["tiles"])
     metrics.log_metric("points", result["points"])
     metrics.log_metric("points_outside", result["outside"])  # dots in a border band or beyond the data
+    for reason, count in result["rejected_blobs"].items():  # magenta that no marker-sized discs explain
+        metrics.log_metric(f"rejected_blobs_{reason}", count)
     preview_store, preview_key = open_file_uri(preview_uri)
     title = f"locgen: predicted positions in {city}"
     Path(preview.path).write_text(_html_page(title, preview_store.get_bytes(preview_key), rows))
     Path(summary.path).write_text(_markdown(title, rows) + (f"\n{report['markdown']}" if report else ""))
+
+
+def _rejected_text(rejected: dict[str, int]) -> str:
+    """'frame 4, stripe 1', or 'none'."""
+    return ", ".join(f"{reason} {count}" for reason, count in rejected.items() if count) or "none"
 
 
 def _evaluate(points_uri: str, truth: list[str], bbox: str, osm: str, metrics) -> dict:

@@ -6,14 +6,15 @@ import csv
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 from conftest import KOTKA_PBF
 from scipy.spatial import cKDTree
 
 from components.core.geo import lonlat_to_3857
-from components.core.markers import marker_mask
-from components.core.pngmeta import decode_png, read_png_text
+from components.core.markers import MARKER_RGB, marker_mask
+from components.core.pngmeta import decode_png, encode_png, read_png_text
 from components.core.points import write_points
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import open_store
@@ -173,3 +174,19 @@ def test_the_preview_draws_the_points_over_the_plain_map_and_the_generated_tiles
     assert (plain == RING_RGB).all(axis=2).any()
     for path in (plain_png, generated_png):
         assert read_png_text(path.read_bytes())["Copyright"] == OSM_ATTRIBUTION
+
+
+def test_magenta_that_no_markers_explain_is_rejected_and_counted_by_reason(tmp_path, capsys):
+    tiles = tmp_path / "tiles"
+    assert main(["render", "--osm", str(KOTKA_PBF), "--city", "kotka", "--out", str(tiles), "--center",
+                 "60.53,26.95", "--grid", "1"]) == 0
+    capsys.readouterr()
+    row = read_manifest(open_store(str(tiles)))[0]
+    png = (tiles / row["path"]).read_bytes()
+    image = decode_png(png).copy()
+    cv2.rectangle(image, (40, 100), (239, 107), MARKER_RGB, -1)  # a stripe 8 px wide and 200 px long
+    cv2.circle(image, (128, 180), 3, MARKER_RGB, -1)  # and one marker
+    (tiles / row["path"]).write_bytes(encode_png(image, read_png_text(png)))
+    status, summary, _ = _run(capsys, "extract", "--tiles", str(tiles), "--out", str(tmp_path / "p.csv"))
+    assert status == 0 and summary["points"] == 1
+    assert summary["rejected_blobs"] == {"ring": 0, "frame": 0, "stripe": 1, "smear": 0, "not_discs": 0}

@@ -14,9 +14,11 @@ import numpy as np
 from tqdm import tqdm
 
 from components.core.detect import (
+    REJECTION_REASONS,
     Detection,
     DetectSettings,
-    detect_markers,
+    Found,
+    find_markers,
     holds_more_dots,
     typical_dot_core_px,
 )
@@ -102,18 +104,20 @@ def extract(settings: ExtractSettings) -> dict:
                           "leave --domain out to read every tile")
     tiles = [tile_of_row(row) for row in rows]
     mosaic = Mosaic(tiles) if settings.preview_generated else None
-    detections = []
+    found = []
     with tqdm(total=len(rows), unit="tile", desc="extract", disable=not settings.progress) as bar:
         for index, (row, png) in enumerate(zip(rows, fetch_all(store, [row["path"] for row in rows]))):
             rgb = decode_tile(png, store.url(row["path"]))
-            detections.append(detect_markers(rgb, settings.detect))
+            found.append(find_markers(rgb, settings.detect, marker_radius_px=row.get("marker_radius_px")))
             if mosaic is not None:
                 mosaic.paste(tiles[index], rgb, row.get("core_inset_px", 0.0))
             bar.update()
-    _split_crowded_blobs(store, rows, detections, settings.detect)
+    _split_crowded_blobs(store, rows, found, settings.detect)
+    detections = [tile_found.detections for tile_found in found]
     owned = [_owned(row, tile, tile_detections) for row, tile, tile_detections in zip(rows, tiles, detections)]
-    points = [TilePoint(*(float(v) for v in tiles[index].px_to_3857(d.col, d.row)), index, d.area_px, d.score,
-                        d.touches_edge)
+    # The score ranks points: how magenta a dot is, times how well a marker's disc explains it.
+    points = [TilePoint(*(float(v) for v in tiles[index].px_to_3857(d.col, d.row)), index, d.area_px,
+                        d.score * d.roundness, d.touches_edge)
               for index, tile_detections in enumerate(owned) for d in tile_detections]
     clusters = merge_duplicates(points, [tile.bounds_3857 for tile in tiles], settings.dedupe_m)
     records = _best(settings, [_record(points, cluster, rows) for cluster in clusters], rows)
@@ -126,9 +130,11 @@ def extract(settings: ExtractSettings) -> dict:
         _publish_png(settings.preview, _plain_mosaic(store, rows, tiles).png(positions_3857))
     if mosaic is not None:
         _publish_png(settings.preview_generated, mosaic.png(positions_3857))
-    found = sum(map(len, detections))
-    return {"tiles": len(rows), "detections": found, "outside": found - len(points), "points": len(records),
-            "out": settings.out, "preview": settings.preview, "preview_generated": settings.preview_generated}
+    detected = sum(map(len, detections))
+    rejected = {reason: sum(tile_found.rejected[reason] for tile_found in found) for reason in REJECTION_REASONS}
+    return {"tiles": len(rows), "detections": detected, "outside": detected - len(points), "points": len(records),
+            "rejected_blobs": rejected, "out": settings.out, "preview": settings.preview,
+            "preview_generated": settings.preview_generated}
 
 
 def _plain_mosaic(store: Store, rows: list[dict], tiles: list[Tile]) -> Mosaic:
@@ -166,17 +172,17 @@ def _owned(row: dict, tile: Tile, detections: list[Detection]) -> list[Detection
     return [d for d, kept in zip(detections, keep) if kept]
 
 
-def _split_crowded_blobs(store: Store, rows: list[dict], detections: list[list[Detection]],
-                         settings: DetectSettings) -> None:
+def _split_crowded_blobs(store: Store, rows: list[dict], found: list[Found], settings: DetectSettings) -> None:
     """Detect again, knowing the typical dot, in the tiles with a blob that holds more dots than
-    its peaks told apart (a second pass: the typical dot is known only once every tile was seen)."""
-    dot_core_px = typical_dot_core_px([d for tile_detections in detections for d in tile_detections])
+    its peaks told apart, or with a blob rejected before the dot's size was known (a second pass:
+    the typical dot is known only once every tile was seen)."""
+    dot_core_px = typical_dot_core_px([d for tile_found in found for d in tile_found.detections])
     if dot_core_px is None:
         return
-    crowded = [index for index, tile_detections in enumerate(detections)
-               if any(holds_more_dots(d, dot_core_px) for d in tile_detections)]
-    for index, png in zip(crowded, fetch_all(store, [rows[index]["path"] for index in crowded])):
-        detections[index] = detect_markers(decode_tile(png, store.url(rows[index]["path"])), settings, dot_core_px)
+    again = [index for index, tile_found in enumerate(found) if any(tile_found.rejected.values())
+             or any(holds_more_dots(d, dot_core_px) for d in tile_found.detections)]
+    for index, png in zip(again, fetch_all(store, [rows[index]["path"] for index in again])):
+        found[index] = find_markers(decode_tile(png, store.url(rows[index]["path"])), settings, dot_core_px)
 
 
 def _check_count(settings: ExtractSettings) -> None:
