@@ -25,9 +25,9 @@ def shard_indices(shards: int) -> List[int]:
     return list(range(shards))
 
 
-def render_tiles(store: str, city: str, osm: str, locations: List[str], pairs: int, empty_share: float, bbox: str,
-                 center: str, grid: int, holdout: str, marker_radius_px: float, seed: int, shard: int, shards: int,
-                 tiles: Output[Dataset], metrics: Output[Metrics]):
+def render_tiles(store: str, city: str, osm: str, locations: List[str], pairs: int, sampling: str, empty_share: float,
+                 bbox: str, center: str, grid: int, holdout: str, marker_radius_px: float, seed: int, shard: int,
+                 shards: int, tiles: Output[Dataset], metrics: Output[Metrics]):
     """Render one shard of a tile set: training pairs around the locations (pairs > 0), or the tiles of an area."""
     parameters = dict(locals())  # the parameters above, by name, before anything else is bound here
     from pipeline.steps import render_step

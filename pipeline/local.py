@@ -88,6 +88,8 @@ def check_parameters(pipeline, given: dict, local_files: bool = True) -> None:
         item = setting_fed_by(name)
         if isinstance(value, str) and value and item is not None and item.parse is not None:
             parse_text(item, value, name)
+        if item is not None and item.choices and value not in item.choices:
+            raise LocgenError(f"{name} {value!r}: give one of {', '.join(item.choices)}")
         if item is not None and item.name == "osm" and local_files and not value.startswith("s3://") \
                 and not Path(value).is_file():
             raise LocgenError(f"{name} {value}: no such file; give an .osm.pbf file or an s3:// URI")

@@ -127,7 +127,8 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict
     @dsl.pipeline(name="locgen-train",
                   description="Render training pairs for a city, train FastCUT, export to ONNX.")
     def training_pipeline(city: str = "helsinki", osm: str = SAMPLE_OSM, locations: List[str] = SAMPLE_LOCATIONS,
-                          pairs: int = 400, empty_share: float = 0.1, holdout: str = SAMPLE_HOLDOUT,
+                          pairs: int = 400, sampling: str = "points", empty_share: float = 0.1,
+                          holdout: str = SAMPLE_HOLDOUT,
                           marker_radius_px: float = 5.0, seed: int = 0, preset: str = "tiny", steps: int = 0,
                           train_batch_size: int = 0, train_gpus: int = 1, shards: int = 1,
                           store: str = SAMPLE_STORE) -> Model:
@@ -146,7 +147,8 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict
                   description="Train on one city, then generate for another and for the held-out part of the first, "
                               "scored against its real positions.")
     def end_to_end_pipeline(city: str = "helsinki", osm: str = SAMPLE_OSM, locations: List[str] = SAMPLE_LOCATIONS,
-                            pairs: int = 400, empty_share: float = 0.1, holdout: str = SAMPLE_HOLDOUT,
+                            pairs: int = 400, sampling: str = "points", empty_share: float = 0.1,
+                            holdout: str = SAMPLE_HOLDOUT,
                             marker_radius_px: float = 5.0, seed: int = 0, preset: str = "tiny", steps: int = 0,
                             train_batch_size: int = 0, train_gpus: int = 1, target_city: str = "kotka",
                             target_osm: str = SAMPLE_TARGET_OSM,

@@ -180,6 +180,7 @@ def test_pretrained_runs_generation_with_the_bundled_model(tmp_path):
     ({"osm": "/nowhere.osm.pbf"}, "osm /nowhere.osm.pbf: no such file"),
     ({"locations": []}, "locations: give one or more location sources"),
     ({"colour": "red"}, "unknown parameters ['colour']"),
+    ({"sampling": "everywhere"}, "sampling 'everywhere': give one of points, area"),
 ])
 def test_bad_parameters_fail_before_any_stage_runs(tmp_path, parameters, message):
     with pytest.raises(LocgenError, match=message.replace("(", r"\(").replace("[", r"\[")):

@@ -2,10 +2,16 @@
 
 import numpy as np
 import pytest
+from conftest import HELSINKI_PBF
 
 from components.core.errors import LocgenError
-from components.core.geo import LonLatBounds, bounds_to_3857, contains, intersects, lonlat_to_3857, tile_at
+from components.core.geo import Bounds3857, LonLatBounds, bounds_to_3857, contains, intersects, lonlat_to_3857, tile_at
+from components.core.storage import open_store
+from components.core.tileset import read_manifest
+from components.render.job import RenderSettings, render
 from components.render.plan import PairSettings, bbox_plan, grid_plan, pairs_plan
+from components.sources.locations import load_locations
+from components.sources.osm import header_bounds
 
 
 def test_a_15_by_15_grid_reproduces_the_original_city_grid_and_abuts_exactly():
@@ -94,3 +100,30 @@ def test_empty_tiles_that_do_not_fit_fail_clearly():
     dense_3857 = np.stack([xs_3857.ravel(), ys_3857.ravel()], axis=1)
     with pytest.raises(LocgenError, match="lower --empty-share"):
         pairs_plan(dense_3857, np.ones(len(dense_3857)), area_3857, PairSettings(pairs=4, empty_share=0.5))
+
+
+def test_area_sampling_gives_empty_tiles_as_often_as_the_area_has_empty_places(tmp_path):
+    holdout = LonLatBounds(24.9351, 60.1641, 24.9535, 60.1680)
+    out = str(tmp_path / "pairs")
+    render(RenderSettings(osm=[str(HELSINKI_PBF)], out=out, pairs=120, sampling="area", seed=1, city="helsinki",
+                          locations=["osm:amenity=bicycle_rental,amenity=bicycle_parking"], holdout=holdout,
+                          progress=False))
+    rows = [row for row in read_manifest(open_store(out)) if row["domain"] == "a"]
+    assert len(rows) == 120 and all(row["id"].startswith("g") for row in rows)
+    empty_tiles = np.mean([not row["points"] for row in rows])
+    # The same share, measured on the area: tile-sized windows at random places clear of the held-out box.
+    points = load_locations("osm:amenity=bicycle_rental,amenity=bicycle_parking", osm_files=[HELSINKI_PBF]).points
+    points_3857 = np.array([lonlat_to_3857(p.lon, p.lat) for p in points])
+    area_3857 = bounds_to_3857(header_bounds(HELSINKI_PBF))
+    holdout_3857 = bounds_to_3857(holdout)
+    side_3857 = rows[0]["bounds_3857"][2] - rows[0]["bounds_3857"][0]
+    rng = np.random.default_rng(0)
+    empty_windows = []
+    while len(empty_windows) < 4000:
+        west = rng.uniform(area_3857.west, area_3857.east - side_3857)
+        south = rng.uniform(area_3857.south, area_3857.north - side_3857)
+        window = Bounds3857(west, south, west + side_3857, south + side_3857)
+        if not intersects(window, holdout_3857):
+            empty_windows.append(not contains(window, points_3857[:, 0], points_3857[:, 1]).any())
+    assert abs(empty_tiles - np.mean(empty_windows)) < 0.1, (empty_tiles, np.mean(empty_windows))
+    assert all(not intersects(Bounds3857(*row["bounds_3857"]), holdout_3857) for row in rows)

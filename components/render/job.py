@@ -41,7 +41,7 @@ from components.core.settings import setting
 from components.core.storage import Store, default_cache_dir, local_file, open_store
 from components.core.style import style_sha256
 from components.core.tileset import manifest_bytes, manifest_key, manifest_row, png_text, tile_key
-from components.render.plan import PairSettings, PlannedTile, bbox_plan, grid_plan, pairs_plan
+from components.render.plan import SAMPLINGS, PairSettings, PlannedTile, bbox_plan, grid_plan, pairs_plan
 from components.render.raster import draw_markers, render_map
 from components.sources.locations import LocationSource, load_locations
 from components.sources.osm import MapData, header_bounds, read_osm
@@ -81,7 +81,10 @@ class RenderSettings:
     overlap_px: int = setting(64, help="overlap of neighbouring area tiles in pixels; each tile keeps the points "
                                        "at least half of it inside its edges (%(default)s; 0: abutting tiles)")
     marker_radius_px: float = setting(3.0, help="marker disc radius (%(default)s)")
-    empty_share: float = setting(0.1, help="share of pairs with no location (%(default)s)")
+    empty_share: float = setting(0.1, help="share of pairs with no location, with --sampling points (%(default)s)")
+    sampling: str = setting("points", choices=SAMPLINGS,
+                            help="how training pairs are placed: around the locations (points), or covering the "
+                                 "training area as it is, empty places as often as they occur (area) (%(default)s)")
     holdout: LonLatBounds | None = setting(None, help="held-out region for evaluation: no training pair touches it",
                                      parse=parse_bbox, metavar="W,S,E,N")
     seed: int = setting(0, help="random seed of the pair placement")
@@ -254,7 +257,7 @@ def _plan(settings: RenderSettings, osm_files: list[Path], points_lonlat: np.nda
         raise LocgenError(f"none of the {len(points_3857)} locations lies in the area {tuple(area)}; "
                           "give --locations for the city of the OSM data, or a --bbox around them")
     holdout_3857 = bounds_to_3857(settings.holdout) if settings.holdout else None
-    pair_settings = PairSettings(settings.pairs, settings.empty_share, seed=settings.seed,
+    pair_settings = PairSettings(settings.pairs, settings.empty_share, seed=settings.seed, sampling=settings.sampling,
                                  size_px=settings.size_px, m_per_px=settings.m_per_px)
     return pairs_plan(points_3857[inside], weights[inside], area_3857, pair_settings, holdout_3857)
 

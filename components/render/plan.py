@@ -7,10 +7,14 @@
   it without gap or overlap and cover the bbox, so every point belongs to exactly one tile, never
   to a tile's border band (where a generator, padding its input, is least reliable), and the
   outer tiles reach half the overlap beyond the area.
-- Training pairs: tiles placed around the locations (jittered, so a location is not always in the
-  middle) plus a share of tiles with no location, none touching the held-out region. Each tile
-  has its own scale (ground resolution exact at its centre), and is drawn twice: with markers
-  (domain a) and without (domain b).
+- Training pairs, sampled one of two ways, none touching the held-out region:
+  - `points`: tiles placed around the locations (jittered, so a location is not always in the
+    middle) plus a share of tiles with no location;
+  - `area`: tiles that cover the training area as it is, grid after grid at random offsets, each
+    grid's cells in random order: empty and sparse places appear as often as they do in the city,
+    so the generator learns where there is nothing as well as where there is something.
+  Each tile has its own scale (ground resolution exact at its centre), and is drawn twice: with
+  markers (domain a, every location inside it) and without (domain b).
 """
 
 from __future__ import annotations
@@ -88,13 +92,17 @@ def bbox_plan(bbox_lonlat: LonLatBounds, size_px: int = 256, m_per_px: float = 2
             for row in range(rows) for col in range(cols)]
 
 
+SAMPLINGS = ("points", "area")  # how training pairs are placed (the module's docstring)
+
+
 class PairSettings(NamedTuple):
     pairs: int
-    empty_share: float = 0.1  # share of tiles placed where there is no location
+    empty_share: float = 0.1  # share of tiles placed where there is no location (sampling "points")
     jitter: float = 0.8  # how far from the tile centre a location may fall, as a share of half a tile
     seed: int = 0
     size_px: int = 256
     m_per_px: float = 2.0
+    sampling: str = "points"
 
 
 def pairs_plan(points_3857: np.ndarray, weights: np.ndarray, area_3857: Bounds3857, settings: PairSettings,
@@ -104,7 +112,12 @@ def pairs_plan(points_3857: np.ndarray, weights: np.ndarray, area_3857: Bounds38
         raise LocgenError(f"--pairs {settings.pairs}: give at least 1")
     if not 0 <= settings.empty_share <= 1:
         raise LocgenError(f"--empty-share {settings.empty_share}: give a share between 0 and 1")
+    if settings.sampling not in SAMPLINGS:
+        raise LocgenError(f"--sampling {settings.sampling}: give one of {', '.join(SAMPLINGS)}")
     rng = np.random.default_rng(settings.seed)
+    if settings.sampling == "area":
+        tiles = _area_tiles(area_3857, settings, holdout_3857, rng)
+        return [PlannedTile(f"g{index:05d}", tile) for index, tile in enumerate(tiles)]
     empty_count = round(settings.pairs * settings.empty_share)
     located = _located_tiles(points_3857, weights, settings, holdout_3857, rng, settings.pairs - empty_count)
     empty = _empty_tiles(points_3857, area_3857, settings, holdout_3857, rng, empty_count)
@@ -155,3 +168,32 @@ def _empty_tiles(points_3857, area_3857, settings, holdout_3857, rng, count) -> 
             raise LocgenError(f"found no location-free place for {count} empty tiles in the area; "
                               "lower --empty-share or give a larger --bbox")
     return tiles
+
+
+def _area_tiles(area_3857: Bounds3857, settings: PairSettings, holdout_3857: Bounds3857 | None,
+                rng: np.random.Generator) -> list[Tile]:
+    """`settings.pairs` tiles covering the area as it is: the cells of grids at random offsets that
+    lie wholly inside the area and clear of the held-out region, one grid after another."""
+    _, middle_lat = lonlat_from_3857(0.0, (area_3857.south + area_3857.north) / 2)
+    step_3857 = settings.size_px * settings.m_per_px * mercator_scale(middle_lat)
+    width_3857, height_3857 = area_3857.east - area_3857.west, area_3857.north - area_3857.south
+    if width_3857 < step_3857 or height_3857 < step_3857:
+        raise LocgenError("--sampling area: the training area is smaller than one tile; give a larger --bbox or "
+                          "more OSM data")
+    tiles: list[Tile] = []
+    while len(tiles) < settings.pairs:
+        # Each grid starts up to a whole tile further east and north: its cells fall on other places.
+        offset_x, offset_y = rng.uniform(0, 1, size=2) * [min(step_3857, width_3857 - step_3857),
+                                                           min(step_3857, height_3857 - step_3857)]
+        columns = math.floor((width_3857 - offset_x) / step_3857)
+        rows = math.floor((height_3857 - offset_y) / step_3857)
+        cells = [(area_3857.west + offset_x + (col + 0.5) * step_3857,
+                  area_3857.south + offset_y + (row + 0.5) * step_3857)
+                 for row in range(rows) for col in range(columns)]
+        usable = [tile for tile in (_tile_at_3857(x, y, settings) for x, y in cells)
+                  if _outside_holdout(tile, holdout_3857)]
+        if not usable:
+            raise LocgenError("--sampling area: every tile of the training area touches the held-out region "
+                              "(--holdout); shrink it or give a larger area")
+        tiles += [usable[index] for index in rng.permutation(len(usable))]
+    return tiles[:settings.pairs]
