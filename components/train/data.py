@@ -65,6 +65,46 @@ def load_tiles(uri: str, validation_share: float, cache_dir: Path | None = None)
                     _read(store, held_out, cache), marker_area_px, rows, hashlib.sha256(manifest).hexdigest())
 
 
+def load_tile_sets(uris: list[str], validation_share: float, cache_dir: Path | None = None) -> TileData:
+    """The tiles of several tile sets (one a city, say) as one training set: each set's a and b tiles
+    and its held-out share, side by side. The sets must agree on what a model learns at: tile size,
+    ground resolution and marker size."""
+    if not uris:
+        raise LocgenError("no training data; give --data with a tile set that locgen render wrote with --pairs")
+    sets = [load_tiles(uri, validation_share, cache_dir) for uri in uris]
+    if len(sets) == 1:
+        return sets[0]
+    _check_alike(uris, sets)
+    joined = "\n".join(data.manifest_sha256 for data in sets).encode()
+    return TileData(_cat([data.a for data in sets]), _cat([data.b for data in sets]),
+                    _cat([data.held_out_b for data in sets]), sets[0].marker_area_px,
+                    [row for data in sets for row in data.rows], hashlib.sha256(joined).hexdigest())
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tiles of several sets as one tensor (an empty set, of shape (0, 3, 1, 1), adds nothing)."""
+    present = [tensor for tensor in tensors if len(tensor)]
+    return torch.cat(present) if present else tensors[0]
+
+
+def _check_alike(uris: list[str], sets: list[TileData]) -> None:
+    """One clear error where two training sets differ in what a model learns at."""
+    first = sets[0].rows[0]
+    for uri, data in zip(uris[1:], sets[1:]):
+        row = data.rows[0]
+        for name, what, fix in (("size_px", "tiles of", "--size-px"),
+                                ("m_per_px", "a ground resolution of", "--m-per-px")):
+            if abs(row[name] / first[name] - 1) > 0.01:
+                raise LocgenError(f"--data {uri}: {what} {row[name]:g}, but {uris[0]} has {first[name]:g}; render "
+                                  f"every training set with one {fix}")
+        if abs(data.marker_area_px / sets[0].marker_area_px - 1) > 0.01:
+            raise LocgenError(f"--data {uri}: markers of another size than in {uris[0]}; render every training set "
+                              "with one --marker-radius-px")
+        if row["style_sha256"] != first["style_sha256"]:
+            raise LocgenError(f"--data {uri}: another map style than {uris[0]}; render every training set with one "
+                              "locgen version")
+
+
 def tile_cache(store: Store, cache_dir: Path | None) -> LocalStore | None:
     """The local copy of a remote tile set's tiles (none for a local one).
 
