@@ -71,8 +71,9 @@ def generate_tiles(store: str, run_id: str, model: str, provider: str, batch_siz
     generate_step(**parameters)
 
 
-def extract_points(count: int, truth: List[str], truth_bbox: str, osm: str, generated: Input[Dataset],
-                   points: Output[Dataset], preview: Output[HTML], summary: Output[Markdown], metrics: Output[Metrics]):
+def extract_points(count: int, truth: List[str], truth_bbox: str, class_shares: str, osm: str,
+                   generated: Input[Dataset], points: Output[Dataset], preview: Output[HTML], summary: Output[Markdown],
+                   metrics: Output[Metrics]):
     """Turn the generated dots into points (CSV, GeoJSON, preview; with count, the best that many); with
     truth, evaluate them."""
     parameters = dict(locals())

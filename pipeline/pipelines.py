@@ -88,8 +88,8 @@ class _Tasks:
                                              training_tiles=pairs.outputs["tiles"]))
 
     def generate(self, store: str, shards: int, city: str, osm: str, model: str, provider: str,
-                 infer_batch_size: int, count: int, truth: List[str], truth_bbox: str, onnx_model=None,
-                 **area) -> dsl.PipelineTask:
+                 infer_batch_size: int, count: int, truth: List[str], truth_bbox: str, class_shares: str,
+                 onnx_model=None, **area) -> dsl.PipelineTask:
         """The generation tasks for one area (`area`: bbox, center, grid), rendered and translated in
         `shards` parallel tasks each; returns the extract task."""
         c = self.components
@@ -101,7 +101,8 @@ class _Tasks:
                                                     batch_size=infer_batch_size, shard=shard, shards=shards,
                                                     tiles=plain.outputs["tiles"], **artifact), gpus=1)
         generated = self.on_cluster(c.collect_tiles(parts=dsl.Collected(part.outputs["generated"])))
-        return self.on_cluster(c.extract_points(count=count, truth=truth, truth_bbox=truth_bbox, osm=osm,
+        return self.on_cluster(c.extract_points(count=count, truth=truth, truth_bbox=truth_bbox,
+                                                class_shares=class_shares, osm=osm,
                                                 generated=generated.outputs["tiles"]))
 
 
@@ -139,9 +140,10 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict
     def generation_pipeline(city: str = "kotka", osm: str = SAMPLE_TARGET_OSM, center: str = "60.53,26.95",
                             grid: int = 5, bbox: str = "", model_uri: str = "", provider: str = "auto",
                             infer_batch_size: int = INFER_BATCH_SIZE, count: int = 0, truth: List[str] = [],
-                            truth_bbox: str = "", shards: int = 1, store: str = SAMPLE_STORE) -> Dataset:
+                            truth_bbox: str = "", class_shares: str = "", shards: int = 1,
+                            store: str = SAMPLE_STORE) -> Dataset:
         return tasks.generate(store, shards, city, osm, model_uri, provider, infer_batch_size, count, truth,
-                              truth_bbox, bbox=bbox, center=center, grid=grid).outputs["points"]
+                              truth_bbox, class_shares, bbox=bbox, center=center, grid=grid).outputs["points"]
 
     @dsl.pipeline(name="locgen-end-to-end",
                   description="Train on one city, then generate for another and for the held-out part of the first, "
@@ -153,18 +155,18 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict
                             train_batch_size: int = 0, train_gpus: int = 1, target_city: str = "kotka",
                             target_osm: str = SAMPLE_TARGET_OSM,
                             target_center: str = "60.53,26.95", target_grid: int = 5, target_bbox: str = "",
-                            target_count: int = 0, provider: str = "auto", shards: int = 1,
+                            target_count: int = 0, class_shares: str = "", provider: str = "auto", shards: int = 1,
                             store: str = SAMPLE_STORE) -> NamedTuple("Outputs", target_points=Dataset,
                                                                      holdout_points=Dataset):
         training = {name: value for name, value in _parameters(locals()).items()
-                    if not name.startswith("target_") and name != "provider"}
+                    if not name.startswith("target_") and name not in ("provider", "class_shares")}
         model = tasks.train(**training).outputs["onnx_model"]
         target = tasks.generate(store, shards, target_city, target_osm, "", provider, INFER_BATCH_SIZE, target_count,
-                                [], "", onnx_model=model, bbox=target_bbox, center=target_center,
+                                [], "", "", onnx_model=model, bbox=target_bbox, center=target_center,
                                 grid=target_grid)
         # The held-out box of the training city: ground the model never saw, with its real positions.
         held_out = tasks.generate(store, shards, city, osm, "", provider, INFER_BATCH_SIZE, 0, locations, holdout,
-                                  onnx_model=model, **{**NO_AREA, "bbox": holdout})
+                                  class_shares, onnx_model=model, **{**NO_AREA, "bbox": holdout})
         outputs = NamedTuple("Outputs", target_points=Dataset, holdout_points=Dataset)
         return outputs(target_points=target.outputs["points"], holdout_points=held_out.outputs["points"])
 

@@ -232,10 +232,11 @@ def generate_step(store: str, run_id: str, model: str, provider: str, batch_size
 
 
 @timed
-def extract_step(count: int, truth: list[str], truth_bbox: str, osm: str, generated, points, preview, summary,
-                 metrics) -> None:
+def extract_step(count: int, truth: list[str], truth_bbox: str, class_shares: str, osm: str, generated, points,
+                 preview, summary, metrics) -> None:
     """Extract the points (CSV, GeoJSON, preview) beside the generated tile set (with `count`, the best
-    that many; 0: every dot); with `truth`, score them in `truth_bbox` against it."""
+    that many; 0: every dot); with `truth`, score them in `truth_bbox` against it (and, with
+    `class_shares`, against the baseline fitted on the training cities too)."""
     from components.extract.job import ExtractSettings, extract
 
     city = generated.metadata["city"]
@@ -248,7 +249,7 @@ def extract_step(count: int, truth: list[str], truth_bbox: str, osm: str, genera
     rows = [("city", city), ("tiles", result["tiles"]), ("points", result["points"]), ("points (CSV)", csv_uri),
             ("points (GeoJSON)", geojson_uri), ("the generated tiles, with the points", painted_uri),
             ("rejected blobs (not markers)", _rejected_text(result["rejected_blobs"]))]
-    report = _evaluate(csv_uri, list(truth), truth_bbox, osm, metrics) if truth else None
+    report = _evaluate(csv_uri, list(truth), truth_bbox, class_shares, osm, metrics) if truth else None
     if report is not None:
         rows += [("evaluation", report["uri"]), ("verdict", report["verdict"])]
     publish_pointer(points, csv_uri, lineage(
@@ -271,7 +272,7 @@ def _rejected_text(rejected: dict[str, int]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in rejected.items() if count) or "none"
 
 
-def _evaluate(points_uri: str, truth: list[str], bbox: str, osm: str, metrics) -> dict:
+def _evaluate(points_uri: str, truth: list[str], bbox: str, class_shares: str, osm: str, metrics) -> dict:
     """Score the points against the truth and the baselines; the model's numbers go to the metrics."""
     from components.extract.evaluate import EvaluateSettings, evaluate
 
@@ -280,7 +281,7 @@ def _evaluate(points_uri: str, truth: list[str], bbox: str, osm: str, metrics) -
     out = points_uri.rsplit("/", 1)[0] + "/report.json"
     osm_files = [str(local_file(osm, default_cache_dir() / "osm"))] if osm else []
     result = evaluate(EvaluateSettings(generated=points_uri, truth=truth, bbox=parse_bbox(bbox, "truth_bbox"),
-                                       out=out, osm=osm_files, progress=False))
+                                       out=out, osm=osm_files, class_shares=unset(class_shares), progress=False))
     for name, value in _flat_numbers(result["model"]).items():
         metrics.log_metric(f"evaluation_{name}", value)
     store, key = open_file_uri(out.removesuffix(".json") + ".md")
