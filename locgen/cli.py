@@ -18,7 +18,7 @@ from pathlib import Path
 from components.core.errors import LocgenError
 from components.core.settings import declared, is_list
 from components.export.settings import ExportSettings
-from components.extract.evaluate import EvaluateSettings, evaluate
+from components.extract.evaluate import EvaluateSettings, FitBaselineSettings, evaluate, fit_baseline
 from components.extract.job import ExtractSettings, extract
 from components.infer.settings import GenerateSettings
 from components.render.job import RenderSettings, render
@@ -72,9 +72,12 @@ SETTINGS_COMMANDS = (
      "Render exactly georeferenced OSM map tiles to a local path or s3://."),
     ("extract", ExtractSettings, extract, "turn the marker dots of a tile set into points",
      "Extract one point per marker dot, as CSV or GeoJSON."),
-    ("evaluate", EvaluateSettings, _evaluate, "score generated points against real ones and two baselines",
+    ("evaluate", EvaluateSettings, _evaluate, "score generated points against real ones and the baselines",
      "Precision/recall/F1 at 25, 50, 100 m, median distances, grid rank correlation and memorisation, beside "
-     "uniform and along-road baselines."),
+     "uniform and along-road baselines, and with --class-shares one fitted on training cities."),
+    ("fit-baseline", FitBaselineSettings, fit_baseline, "fit the map class shares of real points, for evaluate",
+     "Measure the shares of the map classes (roads, paths, building outlines, open land, water, none) among real "
+     "points of training cities, as JSON for evaluate --class-shares."),
     ("export", ExportSettings, _lazy("components.export.exporter:export"),
      "export a trained generator to ONNX, checked against PyTorch",
      "Write MODEL.onnx (fp32), MODEL.fp16.onnx (for TensorRT) and MODEL.parity.json; fail when ONNX and PyTorch "
@@ -127,7 +130,7 @@ def _train_parser(commands) -> None:
     parser.add_argument("--batch-size", type=int, help="tiles per step (default: the preset's)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override any setting of the preset, e.g. --set lr=1e-4 (repeatable)")
-    add_settings(parser, TrainSettings, only=("resume", "device", "cache_dir"))
+    add_settings(parser, TrainSettings, only=("resume", "init_from", "device", "cache_dir"))
     parser.set_defaults(run=_run_train)
 
 

@@ -3,12 +3,13 @@ and the report written end to end."""
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import shapely
-from conftest import HELSINKI_PBF
+from conftest import HELSINKI_PBF, KOTKA_PBF
 from geopy.distance import geodesic
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,14 +23,24 @@ from components.core.errors import LocgenError
 from components.core.geo import LonLatBounds, bounds_to_3857, contains, lonlat_from_3857, lonlat_to_3857, mercator_scale
 from components.core.provenance import OSM_ATTRIBUTION, file_sha256
 from components.core.style import LAYER_NAMES
+from components.extract.baseline import (
+    CLASS_LAYERS,
+    CLASSES,
+    class_baseline,
+    classify_points,
+    fit_class_shares,
+    map_margin_3857,
+)
 from components.extract.evaluate import (
     ROAD_LAYERS,
     WGS84_A_M,
     WGS84_E2,
     EvaluateSettings,
+    FitBaselineSettings,
     compare,
     ecef_m,
     evaluate,
+    fit_baseline,
     geodesic_m,
     markdown_report,
     matched_count,
@@ -40,7 +51,8 @@ from components.extract.evaluate import (
     uniform_baseline,
 )
 from components.sources.locations import load_locations
-from components.sources.osm import read_osm
+from components.sources.osm import FeatureArrays, MapData, header_bounds, read_osm
+from locgen.cli import build_parser
 
 AREA = LonLatBounds(24.90, 60.15, 25.00, 60.20)  # about 5.5 x 5.6 km of Helsinki
 HELSINKI_DATA = LonLatBounds(24.9380, 60.1660, 24.9520, 60.1780)  # where the sample extract has data on every side
@@ -221,6 +233,141 @@ def test_roads_baseline_without_a_road_in_the_area_is_one_clear_error(helsinki_m
     assert "\n" not in str(error.value)
 
 
+# --- the fitted baseline: map classes -------------------------------------------------------------
+
+HELSINKI_POINTS = "osm:amenity=bicycle_rental,amenity=bicycle_parking"
+ORIGIN = (25.0, 60.0)  # of the hand-made map: EPSG:3857 is 2 m per ground metre at 60° N
+
+
+def ground_to_lonlat(offsets_m) -> np.ndarray:
+    """(N, 2) lon/lat of points given in ground metres east and north of ORIGIN (exact to millimetres here)."""
+    x0, y0 = lonlat_to_3857(*ORIGIN)
+    scale = mercator_scale(ORIGIN[1])
+    offsets = np.asarray(offsets_m, np.float64).reshape(-1, 2)
+    return np.column_stack(lonlat_from_3857(x0 + offsets[:, 0] * scale, y0 + offsets[:, 1] * scale))
+
+
+def hand_made_map(features: list[tuple[str, list[list[tuple[float, float]]]]]) -> MapData:
+    """A map of (layer, rings in ground metres from ORIGIN) features, as read_osm gives it."""
+    features = sorted(features, key=lambda feature: LAYER_NAMES.index(feature[0]))
+    x0, y0 = lonlat_to_3857(*ORIGIN)
+    rings = [[(x0 + x * mercator_scale(ORIGIN[1]), y0 + y * mercator_scale(ORIGIN[1])) for x, y in ring]
+             for _, feature_rings in features for ring in feature_rings]
+    coords = np.array([vertex for ring in rings for vertex in ring])
+    ring_offsets = np.concatenate([[0], np.cumsum([len(ring) for ring in rings])])
+    feature_rings = np.concatenate([[0], np.cumsum([len(feature_rings) for _, feature_rings in features])])
+    bbox = np.array([[*np.min(coords[ring_offsets[feature_rings[f]]:ring_offsets[feature_rings[f + 1]]], axis=0),
+                      *np.max(coords[ring_offsets[feature_rings[f]]:ring_offsets[feature_rings[f + 1]]], axis=0)]
+                     for f in range(len(features))])
+    layer = np.array([LAYER_NAMES.index(name) for name, _ in features])
+    return MapData(FeatureArrays(coords, ring_offsets.astype(np.int64), feature_rings.astype(np.int64), bbox, layer),
+                   [], 0.0)
+
+
+def square(west: float, south: float, east: float, north: float) -> list[tuple[float, float]]:
+    return [(west, south), (east, south), (east, north), (west, north), (west, south)]
+
+
+# A residential road (7 m wide) along y = 0 crossed by a footway (2 m) along x = 0, a primary road
+# (13 m) along y = 150, a railway (3 m) along y = -150, a building, a park with a hole, a lake.
+HAND_MADE = [("road_minor", [[(-100, 0), (100, 0)]]), ("footway", [[(0, -100), (0, 100)]]),
+             ("road_primary", [[(-100, 150), (100, 150)]]), ("railway", [[(-100, -150), (100, -150)]]),
+             ("building", [square(30, 20, 70, 60)]), ("green", [square(-100, 20, -20, 100), square(-80, 40, -40, 80)]),
+             ("water", [square(-100, -100, -20, -20)])]
+
+
+def test_every_style_layer_is_in_exactly_one_map_class():
+    layers = [layer for layers in CLASS_LAYERS.values() for layer in layers]
+    assert sorted(layers) == sorted(LAYER_NAMES)
+    assert CLASSES[-1] == "none" and CLASS_LAYERS["none"] == ()
+
+
+@pytest.mark.parametrize(("offset_m", "expected"), [
+    ((50, 3), "minor_road"),  # on the drawn road (3.5 m from its centre line to its edge)
+    ((50, 8), "minor_road"),  # 4.5 m from its edge: within 5 m
+    ((50, 9.2), "none"),  # 5.7 m from the road's edge, 10.8 m from the building
+    ((50, 16), "building"),  # 4 m from the outline
+    ((50, 40), "none"),  # inside the building, 10 m from its outline: only the outline counts
+    ((0.5, 0.5), "minor_road"),  # on the road and the footway: the tie goes to the class listed first
+    ((0.5, 50), "path"),
+    ((50, 160), "major_road"),  # 10 m from the centre line, 3.5 m from the drawn edge
+    ((50, -146), "other"),  # the railway
+    ((-60, 30), "open_land"),  # in the park, 10 m from any line
+    ((-60, 60), "none"),  # in the park's hole
+    ((-19, 50), "none"),  # 1 m outside the park: areas count inside only
+    ((-60, -22), "water"),
+])
+def test_a_place_has_the_class_of_the_nearest_drawn_feature_within_5_m_else_of_its_area(offset_m, expected):
+    assert classify_points(ground_to_lonlat([offset_m]), hand_made_map(HAND_MADE)).tolist() == [expected]
+
+
+def test_the_fitted_baseline_places_points_only_where_their_class_is_on_a_hand_made_map():
+    scene = hand_made_map(HAND_MADE)
+    bbox = LonLatBounds(*ground_to_lonlat([(-100, -160)])[0], *ground_to_lonlat([(100, 170)])[0])
+    park = shapely.Polygon(square(-100, 20, -20, 100), [square(-80, 40, -40, 80)])
+    in_park = class_baseline(2000, bbox, scene, {"open_land": 1.0}, seed=1)
+    x0, y0 = lonlat_to_3857(*ORIGIN)
+    ground = np.column_stack(lonlat_to_3857(in_park[:, 0], in_park[:, 1])) - (x0, y0)
+    assert shapely.contains_xy(park, *(ground / mercator_scale(ORIGIN[1])).T).all()
+    on_footway = class_baseline(2000, bbox, scene, {"path": 1.0}, seed=1)
+    ground = (np.column_stack(lonlat_to_3857(on_footway[:, 0], on_footway[:, 1])) - (x0, y0)) / mercator_scale(60.0)
+    assert np.abs(ground[:, 0]).max() < 1e-6  # on the footway's centre line
+    assert np.abs(ground[:, 1]).min() >= 3.5 - 1e-6  # but not where it crosses the road: that place is the road's
+    # A class with no place in the area is left out: its share goes to the others.
+    only_roads = class_baseline(500, bbox, scene, {"minor_road": 0.5, "other": 0.0, "major_road": 0.5}, seed=2)
+    assert set(classify_points(only_roads, scene)) == {"minor_road", "major_road"}
+
+
+@pytest.fixture(scope="module")
+def helsinki_fit():
+    """Helsinki's map over the extract, its bike points (all inside) and the shares fitted on them."""
+    extent = header_bounds(HELSINKI_PBF)
+    map_data = read_osm([HELSINKI_PBF], extent, margin_3857=map_margin_3857(extent))
+    points = np.array([(point.lon, point.lat)
+                       for point in load_locations(HELSINKI_POINTS, osm_files=[HELSINKI_PBF]).points])
+    return extent, map_data, points, fit_class_shares(points, map_data)
+
+
+def test_class_shares_fitted_on_helsinkis_bike_points(helsinki_fit):
+    _, _, points, shares = helsinki_fit
+    assert len(points) == 68
+    # 14 by a major road, 18 a minor one, 21 a path, 8 a building, 7 nowhere near: none in parks or water.
+    assert shares == pytest.approx({"major_road": 14 / 68, "minor_road": 18 / 68, "path": 21 / 68,
+                                    "building": 8 / 68, "other": 0.0, "open_land": 0.0, "water": 0.0,
+                                    "none": 7 / 68})
+    assert math.fsum(shares.values()) == pytest.approx(1.0)
+
+
+def test_the_fitted_baseline_gives_its_shares_back_on_the_training_city(helsinki_fit):
+    extent, map_data, _, shares = helsinki_fit
+    points = class_baseline(20_000, extent, map_data, shares, seed=4)
+    assert points.shape == (20_000, 2) and contains(extent, points[:, 0], points[:, 1]).all()
+    refitted = fit_class_shares(points, map_data)
+    # A place is drawn only where it has its class, so the refit differs by sampling noise alone: a
+    # share of 0.3 from 20,000 draws has a standard error of 0.0032; 0.02 is six of them.
+    assert {name: abs(refitted[name] - shares[name]) for name in CLASSES} == pytest.approx(
+        dict.fromkeys(CLASSES, 0.0), abs=0.02)
+    assert {name for name in CLASSES if refitted[name] > 0} == {name for name in CLASSES if shares[name] > 0}
+    assert np.array_equal(points[:100], class_baseline(20_000, extent, map_data, shares, seed=4)[:100])
+    assert not np.array_equal(points, class_baseline(20_000, extent, map_data, shares, seed=5))
+
+
+def test_the_fitted_baseline_samples_another_city_by_the_training_citys_shares(helsinki_fit):
+    shares = helsinki_fit[3]
+    kotka = header_bounds(KOTKA_PBF)
+    kotka_map = read_osm([KOTKA_PBF], kotka, margin_3857=map_margin_3857(kotka))
+    points = class_baseline(5_000, kotka, kotka_map, shares, seed=0)
+    assert np.array_equal(points, class_baseline(5_000, kotka, kotka_map, shares, seed=0))
+    assert contains(kotka, points[:, 0], points[:, 1]).all()
+    refitted = fit_class_shares(points, kotka_map)
+    assert all(abs(refitted[name] - shares[name]) < 0.03 for name in CLASSES)  # 5,000 draws: 5 standard errors
+    # Kotka's sample has no lake: shares of water alone have no place there.
+    with pytest.raises(LocgenError, match=r"^none of the classes with a share \(water\) has a place inside bbox "
+                                          r"26.93,60.52,26.97,60.54") as error:
+        class_baseline(10, kotka, kotka_map, {"water": 1.0}, seed=0)
+    assert "\n" not in str(error.value)
+
+
 # --- the candidate search ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lat", [0.0, 30.0, 45.0, 60.0, 75.0, 85.0])
@@ -322,6 +469,104 @@ def test_evaluate_writes_a_json_and_a_markdown_report(tmp_path):
     assert "| precision within 25 m | 0.667 |" in markdown
     assert f"**Verdict:** {report['verdict']['line']}." in markdown and OSM_ATTRIBUTION in markdown
     assert sorted(path.name for path in out.parent.iterdir()) == ["report.json", "report.md"]
+
+
+def test_fit_baseline_writes_the_shares_of_the_training_cities_points(tmp_path, helsinki_fit):
+    kotka_point = np.array([[26.95, 60.53]])
+    kotka_csv = write_csv(tmp_path / "kotka.csv", kotka_point)
+    out = tmp_path / "shares.json"
+
+    def fit(*osm: Path) -> dict:
+        args = build_parser().parse_args(["fit-baseline", "--locations", HELSINKI_POINTS, "--locations", kotka_csv,
+                                          *(f"--osm={path}" for path in osm), "--out", str(out)])
+        summary = args.run(args)
+        document = json.loads(out.read_text())
+        assert summary == {"out": str(out), "points": document["points_fitted"], "shares": document["shares"]}
+        return document
+
+    # With Helsinki's map only, the Kotka point lies outside the data: it is left out.
+    document = fit(HELSINKI_PBF)
+    assert (document["points_fitted"], document["points_outside_osm"]) == (68, 1)
+    assert document["shares"] == pytest.approx(helsinki_fit[3]) and document["near_m"] == 5.0
+    assert document["points"] == {"major_road": 14, "minor_road": 18, "path": 21, "building": 8, "other": 0,
+                                  "open_land": 0, "water": 0, "none": 7}
+    assert document["classes"] == {name: list(layers) for name, layers in CLASS_LAYERS.items()}
+    assert [source["uri"] for source in document["locations"]] == [HELSINKI_POINTS, kotka_csv]
+    assert document["osm"] == [{"uri": str(HELSINKI_PBF), "kind": "osm", "sha256": file_sha256(HELSINKI_PBF)}]
+    assert document["attribution"] == OSM_ATTRIBUTION
+    # Two cities: their points pooled, each classed on its own map.
+    document = fit(HELSINKI_PBF, KOTKA_PBF)
+    assert (document["points_fitted"], document["points_outside_osm"]) == (69, 0)
+    kotka_class = classify_points(kotka_point, read_osm([KOTKA_PBF], header_bounds(KOTKA_PBF)))[0]
+    assert document["points"][kotka_class] == {"major_road": 14, "minor_road": 18, "path": 21, "building": 8,
+                                               "none": 7}.get(kotka_class, 0) + 1
+
+
+@pytest.fixture(scope="module")
+def helsinki_shares(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fit") / "shares.json"
+    fit_baseline(FitBaselineSettings(locations=[HELSINKI_POINTS], osm=[str(HELSINKI_PBF)], out=str(out)))
+    return out
+
+
+def test_evaluate_with_class_shares_reports_a_third_baseline_fitted(tmp_path, helsinki_shares, helsinki_fit):
+    real = parking_in_area()
+    generated = write_csv(tmp_path / "generated.csv", np.concatenate([moved(real[:20], 10.0, 90.0),
+                                                                      uniform_baseline(10, HELSINKI_DATA, seed=5)]))
+    report = evaluate(EvaluateSettings(generated=generated, truth=[PARKING], bbox=HELSINKI_DATA,
+                                       out=str(tmp_path / "report.json"), osm=[str(HELSINKI_PBF)],
+                                       class_shares=str(helsinki_shares), seed=11, progress=False))
+    assert list(report["baselines"]) == ["uniform", "roads", "fitted"]
+    assert report["baselines"]["fitted"]["points"]["generated"] == 30
+    assert report["inputs"]["class_shares"] == {"uri": str(helsinki_shares), "sha256": file_sha256(helsinki_shares),
+                                                "near_m": 5.0, "shares": pytest.approx(helsinki_fit[3])}
+    assert set(report["verdicts"]["precision@25m"]) == {"uniform", "roads", "fitted", "beats_baselines"}
+    assert "(uniform, roads, fitted)" in report["verdict"]["line"] and "fitted_baseline" in report["method"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| metric | model | uniform | roads | fitted | beats baselines |" in markdown
+    assert "|---|---:|---:|---:|---:|---|" in markdown
+
+
+def test_evaluate_reads_class_shares_from_s3(s3_env, tmp_path, helsinki_shares):
+    prefix = unique_prefix()
+    s3_env.client().fput_object(s3_env.bucket, f"{prefix}/shares.json", str(helsinki_shares))
+    report = evaluate(EvaluateSettings(generated=write_csv(tmp_path / "g.csv", parking_in_area()), truth=[PARKING],
+                                       bbox=HELSINKI_DATA, out=str(tmp_path / "report.json"), osm=[str(HELSINKI_PBF)],
+                                       class_shares=f"s3://{s3_env.bucket}/{prefix}/shares.json", progress=False))
+    assert report["inputs"]["class_shares"]["sha256"] == file_sha256(helsinki_shares)
+    assert "fitted" in report["baselines"]
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("major_road: 1\n", r"not JSON \(Expecting value"),
+    ("[0.5, 0.5]", r"not a JSON object with the shares"),
+    ('{"near_m": 5}', r"no shares: an object of classes \(major_road, .*, none\)"),
+    ('{"shares": {"major_road": 0.5, "path": 0.4}}', r"the shares sum to 0.9, not 1"),
+    ('{"shares": {"road": 1.0}}', r"unknown class 'road' \(the classes are major_road, minor_road, path, "),
+    ('{"shares": {"path": 1.5, "none": -0.5}}', r"the share of path, none is not a number from 0 to 1"),
+    ('{"shares": {"path": 1.0}, "near_m": -1}', r"near_m -1 is not a positive number of ground metres"),
+], ids=["not json", "not an object", "no shares", "sum 0.9", "unknown class", "out of range", "near_m"])
+def test_a_malformed_class_shares_file_is_one_clear_error_naming_it_and_the_fix(tmp_path, content, problem):
+    shares = tmp_path / "shares.json"
+    shares.write_text(content)
+    out = tmp_path / "report.json"
+    with pytest.raises(LocgenError) as error:
+        evaluate(EvaluateSettings(generated=write_csv(tmp_path / "g.csv", spaced_points()), truth=[PARKING],
+                                  bbox=HELSINKI_DATA, out=str(out), osm=[str(HELSINKI_PBF)], class_shares=str(shares),
+                                  progress=False))
+    message = str(error.value)
+    assert re.match(rf"^--class-shares {re.escape(str(shares))}: {problem}", message), message
+    assert message.endswith(f"; write it with locgen fit-baseline --locations SRC --osm FILE --out {shares}")
+    assert "\n" not in message and not out.exists()
+
+
+def test_class_shares_without_osm_data_is_one_clear_error(tmp_path, helsinki_shares):
+    with pytest.raises(LocgenError, match=r"^--class-shares .*shares.json: the fitted baseline places its points on "
+                                          r"the map of the area; give --osm data of the area too$"):
+        evaluate(EvaluateSettings(generated=write_csv(tmp_path / "g.csv", spaced_points()),
+                                  truth=[write_csv(tmp_path / "t.csv", spaced_points())], bbox=AREA,
+                                  out=str(tmp_path / "report.json"), class_shares=str(helsinki_shares),
+                                  progress=False))
 
 
 def test_evaluate_reads_and_writes_s3_and_reports_memorisation(s3_env, tmp_path):

@@ -1,4 +1,4 @@
-"""Stage 5, evaluation: how close generated locations come to real ones, beside two naive baselines.
+"""Stage 5, evaluation: how close generated locations come to real ones, beside baselines.
 
 What is scored (`score_points`), in an area (a lon/lat bbox, west/south inclusive, east/north exclusive):
 - Points outside the area are dropped first, generated and real alike; training points are not (a
@@ -26,15 +26,20 @@ with a (1 - e^2) = 6,335,439 m, and by Schur's comparison theorem a curve of len
 at most 1/rho has a chord of at least 2 rho sin(s / 2 rho), so s - chord <= s^3 / (24 rho^2): 1e-9 m
 at 100 m, 1e-3 m at 10 km. Candidate sets are thus barely larger than the pairs they contain.
 
-Baselines get the same metrics with as many points as the model has in the area, drawn with the seed:
+Baselines get the same metrics with as many points as the model has in the area, drawn with the seed
+(components.extract.baseline):
 - `uniform`: uniform in ground area (not in degrees);
-- `roads` (when OSM data is given): uniform by length along the roads and paths of the map style.
+- `roads` (when OSM data is given): uniform by length along the roads and paths of the map style;
+- `fitted` (with class shares, which `fit_baseline` measures on training cities): a map class per point
+  by the shares (major road, minor road, path, building outline, other line, open land, water, none),
+  then a place of that class in the area.
 A metric beats a baseline when it is strictly better (higher, or lower for distances); the
 memorisation share is reported for the baselines as its chance level, not compared.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -43,7 +48,6 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
-import shapely
 from geopy.distance import ELLIPSOIDS, geodesic
 from scipy.spatial import cKDTree
 from scipy.stats import spearmanr
@@ -56,7 +60,6 @@ from components.core.geo import (
     bounds_to_3857,
     check_bbox,
     contains,
-    lonlat_from_3857,
     lonlat_to_3857,
     mercator_scale,
     parse_bbox,
@@ -66,9 +69,22 @@ from components.core.points import read_scored_points
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.settings import setting
 from components.core.storage import Store, open_file_uri
-from components.core.style import LAYERS
+from components.core.style import STYLE_VERSION, style_sha256
+from components.extract.baseline import (
+    CLASS_LAYERS,
+    CLASSES,
+    NEAR_M,
+    ROAD_LAYERS,
+    bbox_text,
+    class_baseline,
+    fit_class_shares,
+    map_margin_3857,
+    roads_baseline,
+    shares_problem,
+    uniform_baseline,
+)
 from components.sources.locations import LocationSource, load_locations
-from components.sources.osm import FeatureArrays, MapData, header_bounds, read_osm
+from components.sources.osm import MapData, header_bounds, read_osm
 
 DEFAULT_RADII_M = (25.0, 50.0, 100.0)
 _A_KM, _, _FLATTENING = ELLIPSOIDS["WGS-84"]  # geopy's WGS84, so the chords and the geodesics share one ellipsoid
@@ -76,9 +92,6 @@ WGS84_A_M = _A_KM * 1000.0
 WGS84_E2 = _FLATTENING * (2.0 - _FLATTENING)
 SEARCH_MARGIN_M = 1e-3  # added to chord search radii: absorbs float rounding (see the module docstring)
 MAX_GRID_CELLS = 10_000_000  # two count vectors of this size take 160 MB: a finer grid is a mistake
-# Where a vehicle may stand in the roads baseline: every line layer the style matches on `highway`
-# (footway, cycleway, road_minor ... road_major), i.e. everything drawn as a road or a path.
-ROAD_LAYERS = tuple(layer.name for layer in LAYERS if layer.geometry == "line" and "highway" in layer.match)
 # One geopy calculator for every pair: a new geodesic() per pair rebuilds geographiclib's series
 # coefficients each time, which is 40 % of the cost of a distance.
 _GEODESIC = geodesic()
@@ -119,6 +132,9 @@ class EvaluateSettings:
                              default_factory=list)
     train_points: list[str] = setting(help="training locations, for the memorisation share (repeatable)",
                                       metavar="SRC", default_factory=list)
+    class_shares: str | None = setting(None, help="map class shares fitted on training cities (locgen fit-baseline; "
+                                       "local or s3://): a third baseline, fitted, placed by them on the --osm map",
+                                       metavar="FILE.json")
     seed: int = setting(0, help="random seed of the baselines (%(default)s)")
     radii_m: tuple[float, ...] = setting(DEFAULT_RADII_M, help="the ground distances of the matches, in metres "
                                          "(%(default)s)", parse=_radii_m, metavar="M,M,...")
@@ -129,6 +145,28 @@ class EvaluateSettings:
                                       help="score only the N best-scoring generated points (their score column), or "
                                            "with 'truth' as many as the real points in the area (default: all)")
     progress: bool = setting(True, help="progress bars on stderr", cli=False, output=False)
+
+
+@dataclass
+class FitBaselineSettings:
+    """Everything `locgen fit-baseline` takes: the training cities' real points and maps (components.core.settings)."""
+
+    locations: list[str] = setting(help="real positions in the training cities: any location source (repeatable)",
+                                   metavar="SRC")
+    osm: list[str] = setting(help="the training cities' OSM files, which class the points (repeatable)", metavar="FILE")
+    out: str = setting(help="the class shares, as JSON (local or s3://), for evaluate --class-shares",
+                       metavar="FILE.json", output=False)
+    near_m: float = setting(NEAR_M, help="a point this close to a drawn map feature has its class, in ground metres "
+                            "(%(default)s)")
+
+
+class ClassShares(NamedTuple):
+    """A class shares file, read and checked."""
+
+    uri: str
+    sha256: str
+    near_m: float
+    shares: dict[str, float]
 
 
 class Grid(NamedTuple):
@@ -218,7 +256,7 @@ def make_grid(bbox: LonLatBounds, grid_m: float) -> Grid:
     columns = math.ceil((area_3857.east - area_3857.west) / cell_3857)
     rows = math.ceil((area_3857.north - area_3857.south) / cell_3857)
     if columns * rows > MAX_GRID_CELLS:
-        raise LocgenError(f"a {grid_m:g} m grid over bbox {_bbox_text(bbox)} has {columns * rows:,} cells (at most "
+        raise LocgenError(f"a {grid_m:g} m grid over bbox {bbox_text(bbox)} has {columns * rows:,} cells (at most "
                           f"{MAX_GRID_CELLS:,}); give a coarser grid or a smaller area")
     return Grid(area_3857.west, area_3857.south, cell_3857, columns, rows)
 
@@ -259,7 +297,7 @@ def score_points(generated_lonlat: np.ndarray, truth_lonlat: np.ndarray, bbox: L
     generated_all, truth_all = _lonlat_array(generated_lonlat), _lonlat_array(truth_lonlat)
     generated, truth = generated_all[_in_area(generated_all, bbox)], truth_all[_in_area(truth_all, bbox)]
     if not len(truth):
-        raise LocgenError(f"no real point inside bbox {_bbox_text(bbox)}; give real points in the area evaluated")
+        raise LocgenError(f"no real point inside bbox {bbox_text(bbox)}; give real points in the area evaluated")
     metrics, matched = matching_metrics(generated, truth, radii_m, progress=progress)
     metrics |= median_metrics(generated, truth, progress=progress)
     notes = [] if len(generated) else ["no generated point in the area: precision, both median distances, the grid "
@@ -320,74 +358,6 @@ def _in_area(lonlat: np.ndarray, bbox: LonLatBounds) -> np.ndarray:
     return contains(bbox, lonlat[:, 0], lonlat[:, 1])
 
 
-def _bbox_text(bbox: LonLatBounds) -> str:
-    """'WEST,SOUTH,EAST,NORTH', as --bbox takes it."""
-    return ",".join(f"{value:g}" for value in bbox)
-
-
-# --- baselines ----------------------------------------------------------------------------------
-
-def uniform_baseline(count: int, bbox: LonLatBounds, seed: int) -> np.ndarray:
-    """(count, 2) lon/lat uniform in ground area over the bbox, reproducible with the seed.
-
-    Longitude is uniform; sin(latitude) is uniform, which makes the density uniform in area on a
-    sphere (Archimedes: the area of a band is proportional to the difference of the sines), where
-    uniform degrees would crowd the poleward side by sec(latitude). The ellipsoid's flattening
-    changes the area density by the factor (1 - e^2 sin^2 lat)^-2, whose relative change across an
-    area is below 1.4 % per radian of latitude: under 0.005 % across 20 km, so it is left out.
-    """
-    bbox = check_bbox(bbox, "bbox")
-    rng = np.random.default_rng(seed)
-    lon = rng.uniform(bbox.west, bbox.east, count)
-    lat = np.degrees(np.arcsin(rng.uniform(math.sin(math.radians(bbox.south)),
-                                           math.sin(math.radians(bbox.north)), count)))
-    return _into_area(lon, lat, bbox)
-
-
-def roads_baseline(count: int, bbox: LonLatBounds, map_data: MapData, seed: int) -> np.ndarray:
-    """(count, 2) lon/lat uniform by ground length along the roads and paths (ROAD_LAYERS) in the bbox.
-
-    Lines are cut to the bbox; a segment is picked with a probability proportional to its ground
-    length (its EPSG:3857 length times cos(latitude) at its middle), then a point uniformly along it
-    (within a segment the scale is constant to 1e-7, so uniform in EPSG:3857 is uniform on the ground).
-    """
-    bbox = check_bbox(bbox, "bbox")
-    start_3857, end_3857 = road_segments_3857(map_data.features, bbox)
-    _, middle_lat = lonlat_from_3857((start_3857[:, 0] + end_3857[:, 0]) / 2, (start_3857[:, 1] + end_3857[:, 1]) / 2)
-    ground_m = np.hypot(*(end_3857 - start_3857).T) * np.cos(np.radians(middle_lat))
-    if not ground_m.sum() > 0:
-        raise LocgenError(f"no road or path ({', '.join(ROAD_LAYERS)}) inside bbox {_bbox_text(bbox)} in the OSM data; "
-                          "give --osm data that covers the area, or leave --osm out to skip the roads baseline")
-    rng = np.random.default_rng(seed)
-    segment = rng.choice(len(ground_m), size=count, p=ground_m / ground_m.sum())
-    along = rng.random(count)[:, None]
-    points_3857 = start_3857[segment] + along * (end_3857[segment] - start_3857[segment])
-    return _into_area(*lonlat_from_3857(points_3857[:, 0], points_3857[:, 1]), bbox)
-
-
-def road_segments_3857(features: FeatureArrays, bbox: LonLatBounds) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end (EPSG:3857 metres, (K, 2) each) of the ROAD_LAYERS line segments cut to the bbox."""
-    road_layers = [index for index, layer in enumerate(LAYERS) if layer.name in ROAD_LAYERS]
-    ring_feature = np.repeat(np.arange(len(features.layer)), np.diff(features.feature_rings))
-    vertex_ring = np.repeat(np.arange(len(ring_feature)), np.diff(features.ring_offsets))
-    on_road = np.isin(features.layer[ring_feature[vertex_ring]], road_layers)
-    # shapely numbers the lines it builds 0, 1, ... with no gap: renumber the road rings so.
-    _, line_index = np.unique(vertex_ring[on_road], return_inverse=True)
-    lines = shapely.linestrings(features.coords_3857[on_road], indices=line_index)
-    # Each piece of a line the bbox cuts into is its own part: no segment may join two pieces.
-    parts = shapely.get_parts(shapely.clip_by_rect(lines, *bounds_to_3857(bbox)))
-    coords_3857, part = shapely.get_coordinates(parts, return_index=True)
-    same_part = part[1:] == part[:-1]
-    return coords_3857[:-1][same_part], coords_3857[1:][same_part]
-
-
-def _into_area(lon, lat, bbox: LonLatBounds) -> np.ndarray:
-    """lon/lat as (N, 2), nudged inside the half-open bbox where rounding put a point on its east/north edge."""
-    lon = np.clip(lon, bbox.west, np.nextafter(bbox.east, -math.inf))
-    lat = np.clip(lat, bbox.south, np.nextafter(bbox.north, -math.inf))
-    return np.column_stack([lon, lat])
-
-
 # --- the evaluation stage -----------------------------------------------------------------------
 
 def evaluate(settings: EvaluateSettings) -> dict:
@@ -398,6 +368,10 @@ def evaluate(settings: EvaluateSettings) -> dict:
     if not settings.truth:
         raise LocgenError("no truth source; give the real locations (a GBFS feed, CSV, GeoJSON or osm:KEY=VALUE)")
     osm_files = _local_osm_files(settings.osm)
+    class_shares = read_class_shares(settings.class_shares) if settings.class_shares else None
+    if class_shares is not None and not osm_files:
+        raise LocgenError(f"--class-shares {settings.class_shares}: the fitted baseline places its points on the map "
+                          "of the area; give --osm data of the area too")
     bbox = scored_area(settings.bbox, osm_files)
     # A model that found nothing is scored as such, not refused.
     generated = load_locations(settings.generated, osm_files=osm_files, allow_empty=True)
@@ -416,15 +390,78 @@ def evaluate(settings: EvaluateSettings) -> dict:
     model = score(_chosen(settings, generated, truth_lonlat, bbox))
     count = model["points"]["generated"]
     baselines = {"uniform": score(uniform_baseline(count, bbox, settings.seed))}
-    map_data = read_osm([Path(path) for path in osm_files], bbox, margin_3857=0.0) if osm_files else None
+    # Features just outside the area decide the class of places near its edge (the roads baseline cuts to the bbox).
+    margin_3857 = map_margin_3857(bbox, class_shares.near_m) if class_shares else 0.0
+    map_data = read_osm([Path(path) for path in osm_files], bbox, margin_3857=margin_3857) if osm_files else None
     if map_data is not None:
         baselines["roads"] = score(roads_baseline(count, bbox, map_data, settings.seed))
-    report = _report(settings, bbox, generated, truth, train, map_data, model, baselines)
+    if class_shares is not None:
+        baselines["fitted"] = score(class_baseline(count, bbox, map_data, class_shares.shares, settings.seed,
+                                                   class_shares.near_m))
+    report = _report(settings, bbox, generated, truth, train, map_data, class_shares, model, baselines)
     # The Markdown first: a report.json in place means the whole report is.
     store.publish_bytes(markdown_key, markdown_report(report).encode("utf-8"), "text/markdown")
     store.publish_bytes(json_key, json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False).encode("utf-8"),
                         "application/json")
     return report
+
+
+def read_class_shares(uri: str) -> ClassShares:
+    """The class shares file at `uri` (local or s3://), checked: one clear error naming the file and the fix."""
+    store, key = open_file_uri(uri)
+    raw = store.get_bytes(key)
+    try:
+        document = json.loads(raw)
+    except ValueError as error:  # not UTF-8 text, or not JSON
+        document, problem = None, f"not JSON ({error})"
+    else:
+        problem = (shares_problem(document.get("shares")) if isinstance(document, dict)
+                   else "not a JSON object with the shares")
+    near_m = document.get("near_m", NEAR_M) if isinstance(document, dict) else NEAR_M
+    if problem is None and (isinstance(near_m, bool) or not isinstance(near_m, (int, float))
+                            or not (math.isfinite(near_m) and near_m > 0)):
+        problem = f"near_m {near_m!r} is not a positive number of ground metres"
+    if problem:
+        raise LocgenError(f"--class-shares {uri}: {problem}; write it with locgen fit-baseline --locations SRC --osm "
+                          f"FILE --out {uri}")
+    shares = {name: float(document["shares"].get(name, 0.0)) for name in CLASSES}
+    return ClassShares(uri, hashlib.sha256(raw).hexdigest(), float(near_m), shares)
+
+
+def fit_baseline(settings: FitBaselineSettings) -> dict:
+    """Fit the class shares on the training cities' real points and maps; write them as JSON; return a summary.
+
+    The points of every source are pooled; those outside the extent the OSM files state are left out
+    (nothing is known of the map there).
+    """
+    if not (math.isfinite(settings.near_m) and settings.near_m > 0):
+        raise LocgenError(f"--near-m {settings.near_m}: give a positive number of ground metres")
+    if not settings.locations or not settings.osm:
+        raise LocgenError("fit-baseline needs --locations (the real points) and --osm (the map they are classed on)")
+    osm_files = _local_osm_files(settings.osm)
+    store, key = open_file_uri(settings.out)
+    sources = [load_locations(spec, osm_files=osm_files) for spec in settings.locations]
+    lonlat = np.concatenate([positions_lonlat(source) for source in sources])
+    extents = [header_bounds(Path(path)) for path in osm_files]
+    inside = (np.ones(len(lonlat), bool) if None in extents
+              else np.any([_in_area(lonlat, extent) for extent in extents], axis=0))
+    if not inside.any():
+        raise LocgenError(f"none of the {len(lonlat)} located points of --locations lies inside the extent of the "
+                          "--osm data; give the OSM files of the cities the locations are in")
+    points = lonlat[inside]
+    area = LonLatBounds(*points.min(axis=0), *points.max(axis=0))
+    map_data = read_osm([Path(path) for path in osm_files], area, margin_3857=map_margin_3857(area, settings.near_m))
+    shares = fit_class_shares(points, map_data, settings.near_m)
+    document = {"kind": "locgen class shares", "locgen_version": __version__, "style_version": STYLE_VERSION,
+                "style_sha256": style_sha256(), "near_m": settings.near_m,
+                "classes": {name: list(layers) for name, layers in CLASS_LAYERS.items()}, "shares": shares,
+                "points": {name: round(share * len(points)) for name, share in shares.items()},
+                "points_fitted": len(points), "points_outside_osm": int((~inside).sum()),
+                "locations": [{"uri": source.uri, "kind": source.kind, "sha256": source.sha256,
+                               "points": len(source.points)} for source in sources],
+                "osm": [source._asdict() for source in map_data.sources], "attribution": OSM_ATTRIBUTION}
+    store.publish_bytes(key, json.dumps(document, indent=2, allow_nan=False).encode("utf-8"), "application/json")
+    return {"out": settings.out, "points": len(points), "shares": shares}
 
 
 def scored_area(bbox: LonLatBounds, osm_files: list[str]) -> LonLatBounds:
@@ -436,7 +473,7 @@ def scored_area(bbox: LonLatBounds, osm_files: list[str]) -> LonLatBounds:
     west, south = max(bbox.west, min(e.west for e in extents)), max(bbox.south, min(e.south for e in extents))
     east, north = min(bbox.east, max(e.east for e in extents)), min(bbox.north, max(e.north for e in extents))
     if west >= east or south >= north:
-        raise LocgenError(f"--bbox {_bbox_text(bbox)} lies outside the extent of the --osm data; give a bbox the "
+        raise LocgenError(f"--bbox {bbox_text(bbox)} lies outside the extent of the --osm data; give a bbox the "
                           "data covers")
     return LonLatBounds(west, south, east, north)
 
@@ -486,7 +523,7 @@ def _require_points_in_area(source: LocationSource, bbox: LonLatBounds) -> None:
     lonlat = positions_lonlat(source)
     if not _in_area(lonlat, bbox).any():
         raise LocgenError(f"{source.uri}: none of its {len(lonlat)} located points with a positive weight lies in "
-                          f"--bbox {_bbox_text(bbox)}; give a --bbox that covers the real locations, or a truth source "
+                          f"--bbox {bbox_text(bbox)}; give a --bbox that covers the real locations, or a truth source "
                           "for this area")
 
 
@@ -521,17 +558,26 @@ METHOD = {
                         "and sine of latitude), drawn with the seed",
     "roads_baseline": f"as many points, uniform by ground length along the lines of the style layers "
                       f"{', '.join(ROAD_LAYERS)} cut to the bbox, drawn with the seed",
+    "fitted_baseline": "with class shares (fitted on training cities' real points by locgen fit-baseline): as many "
+                       "points, each given a map class by the shares, then a place of that class in the bbox, by "
+                       "ground length along its lines (roads, paths, building outlines, other lines) or by ground "
+                       "area (open land, water, none); a place has the class of the nearest drawn feature within "
+                       "near_m ground metres (ties to the class listed first), else of the topmost area it lies in, "
+                       "else none; classes with no place in the bbox are left out and the other shares scaled up; "
+                       "drawn with the seed",
     "verdict": "the model beats a baseline on a metric when it is strictly better (higher; lower for the "
                "median distances); memorisation is not compared",
 }
 
 
 def _report(settings: EvaluateSettings, bbox: LonLatBounds, generated: LocationSource, truth: list[LocationSource],
-            train: list[LocationSource], map_data: MapData | None, model: dict, baselines: dict[str, dict]) -> dict:
+            train: list[LocationSource], map_data: MapData | None, class_shares: ClassShares | None, model: dict,
+            baselines: dict[str, dict]) -> dict:
     """The report document: inputs with their hashes, the method, the scores and the verdicts."""
     inputs = {"generated": _source_record(generated, bbox), "truth": [_source_record(s, bbox) for s in truth],
               "train_points": [_source_record(s, bbox) for s in train],
               "osm": [source._asdict() for source in map_data.sources] if map_data else [],
+              "class_shares": class_shares._asdict() if class_shares else None,
               "bbox": list(settings.bbox), "area": list(bbox), "count": settings.count, "seed": settings.seed,
               "radii_m": list(settings.radii_m),
               "grid_m": settings.grid_m, "memorisation_m": settings.memorisation_m}
@@ -593,7 +639,7 @@ def markdown_report(report: dict) -> str:
     sources = ", ".join(f"`{source['uri']}`" for source in inputs["truth"])
     training = ", ".join(f"`{source['uri']}`" for source in inputs["train_points"]) or "none given"
     lines = ["# Evaluation of generated locations", "",
-             f"Area: bbox {_bbox_text(LonLatBounds(*inputs['area']))} (lon/lat){_clipped(inputs)}. Points outside "
+             f"Area: bbox {bbox_text(LonLatBounds(*inputs['area']))} (lon/lat){_clipped(inputs)}. Points outside "
              "it are dropped: "
              f"{points['generated']} generated points scored ({points['generated_outside_area']} outside), "
              f"{points['truth']} real ({points['truth_outside_area']} outside).", "",
@@ -620,7 +666,7 @@ def _clipped(inputs: dict) -> str:
     """What the scored area and count were made of, when not simply the bbox and every point."""
     notes = []
     if inputs["area"] != inputs["bbox"]:
-        notes.append(f"the part of {_bbox_text(LonLatBounds(*inputs['bbox']))} inside the OSM data's extent")
+        notes.append(f"the part of {bbox_text(LonLatBounds(*inputs['bbox']))} inside the OSM data's extent")
     if inputs.get("count") is not None:
         count = "as many as the real ones" if inputs["count"] == "truth" else inputs["count"]
         notes.append(f"the best-scoring generated points, {count}")

@@ -88,6 +88,10 @@ class TrainSettings:
     out: str = setting(help="checkpoints, generator.pt, metrics, samples", metavar="URI", output=False)
     config: TrainConfig = setting(help="the training values", cli=False)
     resume: bool = setting(False, help="continue from OUT/checkpoints/last.pt", output=False)
+    init_from: str | None = setting(
+        None, help="fine-tune: start the networks from this generator.pt or checkpoint (local or s3://, or "
+                   "'bundled' for the bundled generator); the steps, optimisers and schedulers start anew",
+        metavar="MODEL")
     device: str = setting("auto", help="auto (CUDA when there is one), cpu or cuda", output=False)
     progress: bool = setting(True, help="a progress bar on stderr", cli=False, output=False)
     # stop (with a checkpoint) at this step, to resume later; None: config.steps

@@ -20,28 +20,34 @@ from components.pretrained import BUNDLED_GENERATOR
 from components.train.networks import Generator
 
 GENERATOR_KEY = "generator.pt"
+BUNDLED = "bundled"  # names the bundled generator where a model file is asked for
 
 
 def load_generator(uri: str | os.PathLike[str] | None = None) -> tuple[Generator, dict]:
     """A generator export (generator.pt of locgen train, local or s3://) in eval mode, and its metadata.
 
-    None: the bundled pretrained generator (components/pretrained), what generation uses when no
-    model is given.
+    None (or the word `bundled`): the bundled pretrained generator (components/pretrained), what
+    generation uses when no model is given.
     """
-    label = f"bundled:{BUNDLED_GENERATOR.name}" if uri is None else os.fspath(uri)  # the same on every machine
-    uri = BUNDLED_GENERATOR if uri is None else uri
-    store, key = open_file_uri(uri)
-    raw = store.get_bytes(key)
-    export = load_torch(raw, store.url(key), torch.device("cpu"), "generator",
-                         f"give the {GENERATOR_KEY} that locgen train wrote")
+    fix = f"give the {GENERATOR_KEY} that locgen train wrote"
+    export, label, sha256 = read_model_file(uri, "generator", fix)
     if not isinstance(export, dict) or "generator" not in export:
-        raise LocgenError(f"{uri}: not a generator export; give the {GENERATOR_KEY} that locgen train wrote, "
-                          f"not a checkpoint")
+        raise LocgenError(f"{label}: not a generator export; {fix}, not a checkpoint")
     generator = Generator(export["ngf"], export["n_blocks"])
     generator.load_state_dict(export.pop("generator"))
     # Names the exact file in the lineage of what is made from it (ONNX models, generated tiles).
-    export.update(uri=label, sha256=hashlib.sha256(raw).hexdigest())
+    export.update(uri=label, sha256=sha256)
     return generator.eval(), export
+
+
+def read_model_file(uri: str | os.PathLike[str] | None, what: str, fix: str) -> tuple[object, str, str]:
+    """What a model file (local or s3://; None or `bundled`: the bundled generator) holds, on the CPU,
+    with its label (the same on every machine for the bundled one) and the sha256 of its bytes."""
+    bundled = uri is None or os.fspath(uri) == BUNDLED
+    label = f"{BUNDLED}:{BUNDLED_GENERATOR.name}" if bundled else os.fspath(uri)
+    store, key = open_file_uri(BUNDLED_GENERATOR if bundled else uri)
+    raw = store.get_bytes(key)
+    return load_torch(raw, store.url(key), torch.device("cpu"), what, fix), label, hashlib.sha256(raw).hexdigest()
 
 
 def load_torch(raw: bytes, uri: str, device: torch.device, what: str, fix: str):

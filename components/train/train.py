@@ -7,7 +7,9 @@ its own image, to the input patch at the same place (PatchNCE on encoder layers 
 
 Every random choice of a step (batch, crops, the coin, the patches) is drawn from (seed, step), so
 `--resume` continues exactly where a run stopped: the checkpoint holds the weights, optimisers,
-schedulers and step, and nothing else is needed to reproduce the rest.
+schedulers and step, and nothing else is needed to reproduce the rest. `--init-from` is a warm
+start instead: a new run (step 0, fresh optimisers and schedulers) whose networks start from another
+model's weights.
 
 Outputs under --out (local or s3://): checkpoints/last.pt and checkpoints/best.pt (atomic),
 generator.pt (generator-only, for export), metrics.jsonl, samples/step-NNNNNNN.png.
@@ -34,9 +36,9 @@ from components.core.errors import LocgenError
 from components.core.pngmeta import encode_png
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import LocalStore, Store, open_store
-from components.train.config import TrainConfig, TrainSettings
+from components.train.config import PRESETS, TrainConfig, TrainSettings
 from components.train.data import TileData, batch, load_tiles, to_model_input, to_uint8_images
-from components.train.generator_file import GENERATOR_KEY, load_torch
+from components.train.generator_file import BUNDLED, GENERATOR_KEY, load_torch, read_model_file
 from components.train.losses import lsgan_loss, patch_nce_loss
 from components.train.networks import Discriminator, Generator, PatchSampleMLP, init_weights
 
@@ -51,6 +53,17 @@ SAMPLE_TILES = 4
 PAINTED_DOT_MIN_SCORE = 0.75
 # What may differ between a run and its resumption: how long it goes and how it is watched.
 RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "checkpoint_every"}
+# The settings that shape the networks: a warm start needs the model's to be the run's. A generator
+# export holds G alone; a checkpoint holds D and the PatchNCE head too.
+GENERATOR_SHAPE = ("ngf", "n_blocks")
+CHECKPOINT_SHAPE = GENERATOR_SHAPE + ("ndf", "d_layers", "nce_layers", "nce_channels")
+# What the model's tiles and the run's must share: its name in the lineage, as said, and the render option
+# that sets it (none for the map style, which is locgen's own).
+MADE_FOR = (
+    ("style_sha256", "map style sha256 {:.12}", None),
+    ("marker_radius_px", "marker radius {:g} px", "--marker-radius-px"),
+    ("m_per_px", "{:g} m/px", "--m-per-px"),
+)
 
 
 class Models(torch.nn.Module):
@@ -99,12 +112,16 @@ def _runtime(models: Models, config: TrainConfig, device: torch.device) -> Runti
 
 
 def train(settings: TrainSettings) -> dict:
-    """Train (or resume) and return a summary; the model and its lineage are under settings.out.
+    """Train (or resume, or warm-start) and return a summary; the model and its lineage are under settings.out.
 
     Under torchrun (WORLD_SIZE > 1) every process takes its share of each step's batch and the
     gradients are averaged across them, which equals one process with the whole batch.
     """
     config = settings.config
+    if settings.resume and settings.init_from:
+        raise LocgenError(f"--resume with --init-from {settings.init_from}: --resume continues the run in --out "
+                          "(its step, optimisers and weights), --init-from starts a new one from a model's weights; "
+                          "give one of them")
     torch.manual_seed(config.seed)  # the initial weights; every later draw is seeded by the step
     device = _device(settings.device)
     if _world() > 1 and config.batch_size % _world():
@@ -114,11 +131,17 @@ def train(settings: TrainSettings) -> dict:
     real_rate = markers_per_tile(data.a.permute(0, 2, 3, 1).numpy(), data.marker_area_px)  # what a good G paints
     store = open_store(settings.out)
     models = Models(config).to(device)
+    started_from = warm_start(models, settings.init_from, config, data) if settings.init_from else None
     runtime = _runtime(models, config, device)
     optimisers = _optimisers(models, config, device)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_factor(config)) for optimiser in optimisers]
     start, metrics, best = (_resume(store, models, optimisers, schedulers, config, device) if settings.resume
                             else (0, [], None))
+    if started_from is not None:
+        metrics.append({"init_from": started_from})
+        if runtime.rank == 0:  # the starting model, validated on this run's tiles, is the first candidate for best
+            best = _checkpoint(store, models, optimisers, schedulers, data, real_rate, config, settings, 0, metrics,
+                               best, device)
     stop = min(config.steps, settings.stop_at or config.steps)
     board = _tensorboard(store) if runtime.rank == 0 else None
     bar = tqdm(range(start, stop), initial=start, total=config.steps, unit="step", desc="train",
@@ -143,7 +166,7 @@ def train(settings: TrainSettings) -> dict:
     bar.close()
     if board is not None:
         board.close()
-    return {"out": store.uri, "steps": stop, "resumed_from": start, "best": best,
+    return {"out": store.uri, "steps": stop, "resumed_from": start, "init_from": _started_from(metrics), "best": best,
             "final": metrics[-1] if metrics else None}
 
 
@@ -326,37 +349,124 @@ def _checkpoint(store: Store, models: Models, optimisers: list, schedulers: list
                 config: TrainConfig, settings: TrainSettings, step: int, metrics: list, best: dict | None,
                 device: torch.device) -> dict | None:
     """Validate, then save last.pt (and best.pt and generator.pt when the dot rate is the closest yet)."""
-    dots = painted_dots_per_tile(models.generator, data.held_out_b, data.marker_area_px, device)
-    # The original's markers faded when training ran long: keep the step whose dot rate is nearest the real one.
-    error = abs(dots - real_rate) / max(real_rate, 1e-9)
-    validation = {"step": step, "dots_per_tile": dots, "real_dots_per_tile": real_rate,
-                  "dot_rate_error": error}
+    validation = _validation(models, data, real_rate, step, device)
     metrics.append({"validation": validation})
+    lineage = _lineage(config, settings, data, metrics)
     state = {"step": step, "models": models.state_dict(), "config": asdict(config),
              "optimisers": [optimiser.state_dict() for optimiser in optimisers],
-             "schedulers": [scheduler.state_dict() for scheduler in schedulers], "metrics": metrics, "best": best}
-    is_best = best is None or not error >= best["dot_rate_error"]  # NaN (no held-out tile): the last is best
+             "schedulers": [scheduler.state_dict() for scheduler in schedulers], "metrics": metrics, "best": best,
+             "lineage": lineage}
+    # The original's markers faded when training ran long: keep the step whose dot rate is nearest the real one
+    # (NaN, no held-out tile: the last).
+    is_best = best is None or not validation["dot_rate_error"] >= best["dot_rate_error"]
     if is_best:
         best = validation
         state["best"] = best
         store.publish_bytes(BEST_KEY, _torch_bytes(state))
-        store.publish_bytes(GENERATOR_KEY, _torch_bytes(_generator_export(models, config, settings, data, best)))
+        store.publish_bytes(GENERATOR_KEY, _torch_bytes(_generator_export(models, lineage, best)))
     store.publish_bytes(LAST_KEY, _torch_bytes(state))
     store.publish_bytes(METRICS_KEY, "".join(json.dumps(row) + "\n" for row in metrics).encode())
     return best
 
 
-def _generator_export(models: Models, config: TrainConfig, settings: TrainSettings, data: TileData,
-                      validation: dict) -> dict:
+def _validation(models: Models, data: TileData, real_rate: float, step: int, device: torch.device) -> dict:
+    """Markers per held-out plain tile that G paints, against the real rate: the best checkpoint's measure."""
+    dots = painted_dots_per_tile(models.generator, data.held_out_b, data.marker_area_px, device)
+    return {"step": step, "dots_per_tile": dots, "real_dots_per_tile": real_rate,
+            "dot_rate_error": abs(dots - real_rate) / max(real_rate, 1e-9)}
+
+
+def _lineage(config: TrainConfig, settings: TrainSettings, data: TileData, metrics: list) -> dict:
+    """What the run's models are and were made from: in the generator export (for the export stage) and in
+    the checkpoints (for a warm start's checks)."""
+    return {"ngf": config.ngf, "n_blocks": config.n_blocks, "locgen_version": __version__, "data": settings.data,
+            "data_manifest_sha256": data.manifest_sha256, "cities": sorted({row["city"] for row in data.rows}),
+            "marker_radius_px": _marker_radius_px(data), "size_px": data.rows[0]["size_px"],
+            "m_per_px": data.rows[0]["m_per_px"], "style_version": data.rows[0]["style_version"],
+            "style_sha256": data.rows[0]["style_sha256"], "input_normalisation": "rgb / 127.5 - 1",
+            "init_from": _started_from(metrics)}
+
+
+def _marker_radius_px(data: TileData) -> float:
+    return math.sqrt(data.marker_area_px / math.pi)
+
+
+def _started_from(metrics: list) -> dict | None:
+    """The model a warm-started run started from (its uri and sha256), kept in the metrics; None: from scratch."""
+    return next((row["init_from"] for row in metrics if "init_from" in row), None)
+
+
+def _generator_export(models: Models, lineage: dict, validation: dict) -> dict:
     """The generator alone, with what the export stage and the lineage need."""
-    cities = sorted({row["city"] for row in data.rows})
     weights = {name: tensor.cpu() for name, tensor in models.generator.state_dict().items()}  # loads anywhere
-    return {"generator": weights, "ngf": config.ngf, "n_blocks": config.n_blocks,
-            "locgen_version": __version__, "data": settings.data, "data_manifest_sha256": data.manifest_sha256,
-            "cities": cities, "marker_radius_px": math.sqrt(data.marker_area_px / math.pi),
-            "size_px": data.rows[0]["size_px"], "m_per_px": data.rows[0]["m_per_px"],
-            "style_version": data.rows[0]["style_version"], "style_sha256": data.rows[0]["style_sha256"],
-            "input_normalisation": "rgb / 127.5 - 1", "validation": validation}
+    return {"generator": weights, **lineage, "validation": validation}
+
+
+def warm_start(models: Models, uri: str, config: TrainConfig, data: TileData) -> dict:
+    """Set the networks from a model file (`--init-from`) and return what they started from (uri, sha256).
+
+    A generator export (generator.pt, or `bundled`) sets G alone, D and the PatchNCE head keeping
+    their fresh initialisation; a training checkpoint sets all three. The model must have the run's
+    network sizes and have been made for tiles like the run's (map style, marker radius, m/px).
+    """
+    fix = f"give a {GENERATOR_KEY} or {LAST_KEY} that locgen train wrote, or {BUNDLED} for the bundled generator"
+    saved, label, sha256 = read_model_file(uri, "model", fix)
+    if isinstance(saved, dict) and "generator" in saved:
+        kind, sizes, lineage = "generator", {name: saved.get(name) for name in GENERATOR_SHAPE}, saved
+    elif isinstance(saved, dict) and "models" in saved and "config" in saved:
+        # A tuple setting (nce_layers) may come back as a list; checkpoints of older locgens hold no lineage.
+        kind, lineage = "checkpoint", saved.get("lineage")
+        sizes = {name: tuple(value) if isinstance(value, list) else value
+                 for name, value in ((name, saved["config"].get(name)) for name in CHECKPOINT_SHAPE)}
+    else:
+        raise LocgenError(f"--init-from {label}: neither a generator export nor a training checkpoint; {fix}")
+    _check_sizes(label, kind, sizes, config)
+    if lineage is not None:
+        _check_made_for(label, lineage, data)
+    if kind == "checkpoint":
+        models.load_state_dict(saved["models"])
+    else:
+        models.generator.load_state_dict(saved["generator"])
+    return {"uri": label, "sha256": sha256, "kind": kind}
+
+
+def _check_sizes(label: str, kind: str, theirs: dict, config: TrainConfig) -> None:
+    ours = {name: getattr(config, name) for name in theirs}
+    if ours == theirs:
+        return
+    # Both generator sizes always, the others where they differ.
+    names = [name for name in theirs if name in GENERATOR_SHAPE or theirs[name] != ours[name]]
+    presets = [f"--preset {name}" for name, preset in PRESETS.items()
+               if all(getattr(preset, n) == theirs[n] for n in names)]
+    sets = " ".join(f"--set {name}={_option_text(theirs[name])}" for name in names)
+    raise LocgenError(f"--init-from {label}: a {kind} of {_sizes(theirs, names)}, but this run's networks are "
+                      f"{_sizes(ours, names)}; train with {' or '.join([*presets, sets])}")
+
+
+def _sizes(values: dict, names: list[str]) -> str:
+    return ", ".join(f"{name} {_option_text(values[name])}" for name in names)
+
+
+def _option_text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _check_made_for(label: str, lineage: dict, data: TileData) -> None:
+    """The model's tiles and the run's must agree in map style, marker radius and ground resolution."""
+    ours = {"style_sha256": data.rows[0]["style_sha256"], "marker_radius_px": _marker_radius_px(data),
+            "m_per_px": data.rows[0]["m_per_px"]}
+    differ = [(name, text, flag) for name, text, flag in MADE_FOR if lineage.get(name) is not None and not (
+        lineage[name] == ours[name] if isinstance(ours[name], str) else math.isclose(lineage[name], ours[name]))]
+    if not differ:
+        return
+    fixes = ["start from a model trained on tiles of this map style, or train without --init-from"
+             for name, _, flag in differ if flag is None]
+    render = " ".join(f"{flag} {lineage[name]:g}" for name, _, flag in differ if flag is not None)
+    if render:
+        fixes.append(f"render --data again with {render}, or start from a model made for tiles like these")
+    made_for, have = (", ".join(text.format(values[name]) for name, text, _ in differ) for values in (lineage, ours))
+    raise LocgenError(f"--init-from {label}: made for tiles of {made_for}, but the tiles of --data have {have}; "
+                      f"{'; '.join(fixes)}")
 
 
 def _resume(store: Store, models: Models, optimisers: list, schedulers: list, config: TrainConfig,
