@@ -157,7 +157,7 @@ def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int
         _torchrun(gpus, ["--data", tiles_uri, "--out", out, "--preset", preset, "--steps", str(config.steps),
                          "--batch-size", str(config.batch_size), *(["--resume"] if resume else [])])
     else:
-        train(TrainSettings(data=tiles_uri, out=out, config=config, resume=resume, progress=False))
+        train(TrainSettings(data=[tiles_uri], out=out, config=config, resume=resume, progress=False))
     best = load_generator(f"{out}/{GENERATOR_KEY}")[1]["validation"]
     publish_pointer(generator, f"{out}/{GENERATOR_KEY}", lineage(
         city, [tiles_uri], area=training_tiles.metadata.get("area"), sources=training_tiles.metadata.get("sources"),

@@ -9,6 +9,8 @@ from components.core.storage import open_store
 from components.core.tileset import read_manifest
 from components.render.job import RenderSettings, render
 from components.train.data import load_tile_sets
+from components.train.generator_file import GENERATOR_KEY, load_generator
+from locgen.cli import main
 
 HELSINKI_LOCATIONS = ["osm:amenity=bicycle_rental,amenity=bicycle_parking"]
 KOTKA_LOCATIONS = ["osm:highway=bus_stop"]  # Kotka's extract has no bicycle points: any located feature will do
@@ -47,3 +49,15 @@ def test_training_sets_that_a_model_cannot_learn_together_are_named(tmp_path):
         load_tile_sets([helsinki, coarse], validation_share=0.2)
     with pytest.raises(LocgenError, match=rf"--data {tmp_path / 'nowhere'}: no manifest.jsonl"):
         load_tile_sets([helsinki, str(tmp_path / "nowhere")], validation_share=0.2)
+
+
+def test_locgen_train_takes_several_tile_sets_and_names_them_in_its_lineage(tmp_path, capsys):
+    helsinki = _pairs(tmp_path, "helsinki", HELSINKI_PBF, HELSINKI_LOCATIONS)
+    kotka = _pairs(tmp_path, "kotka", KOTKA_PBF, KOTKA_LOCATIONS)
+    out = tmp_path / "model"
+    assert main(["train", "--data", helsinki, "--data", kotka, "--out", str(out), "--steps", "2", "--batch-size",
+                 "2", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    _, metadata = load_generator(str(out / GENERATOR_KEY))
+    assert metadata["data"] == [helsinki, kotka]
+    assert metadata["data_manifest_sha256"] == load_tile_sets([helsinki, kotka], 0.05).manifest_sha256

@@ -69,7 +69,7 @@ def test_batches_are_a_function_of_seed_and_step(pairs):
 
 def test_a_few_steps_run_weights_change_and_outputs_are_written(pairs, tmp_path):
     out = str(tmp_path / "run")
-    summary = train(TrainSettings(pairs, out, TEST_CONFIG, device="cpu", progress=False))
+    summary = train(TrainSettings([pairs], out, TEST_CONFIG, device="cpu", progress=False))
     assert summary["steps"] == 4
     store = open_store(out)
     metrics = [json.loads(line) for line in store.get_bytes(METRICS_KEY).decode().splitlines()]
@@ -106,10 +106,11 @@ def _initial_generator_weights() -> dict:
 
 def test_resume_continues_exactly(pairs, tmp_path):
     straight = str(tmp_path / "straight")
-    train(TrainSettings(pairs, straight, TEST_CONFIG, device="cpu", progress=False))
+    train(TrainSettings([pairs], straight, TEST_CONFIG, device="cpu", progress=False))
     halves = str(tmp_path / "halves")
-    train(TrainSettings(pairs, halves, TEST_CONFIG, device="cpu", progress=False, stop_at=2))  # as if stopped half-way
-    train(TrainSettings(pairs, halves, TEST_CONFIG, resume=True, device="cpu", progress=False))
+    # as if stopped half-way
+    train(TrainSettings([pairs], halves, TEST_CONFIG, device="cpu", progress=False, stop_at=2))
+    train(TrainSettings([pairs], halves, TEST_CONFIG, resume=True, device="cpu", progress=False))
     one, two = (torch.load(open_store(path).url(LAST_KEY), weights_only=True) for path in (straight, halves))
     assert one["step"] == two["step"] == 4
     for name, tensor in one["models"].items():
@@ -138,9 +139,9 @@ def test_bad_inputs(pairs, tmp_path):
     (broken / "checkpoints").mkdir(parents=True)
     (broken / LAST_KEY).write_bytes(b"not a checkpoint")
     with pytest.raises(LocgenError, match="not a readable checkpoint"):
-        train(TrainSettings(pairs, str(broken), TEST_CONFIG, resume=True, device="cpu", progress=False))
+        train(TrainSettings([pairs], str(broken), TEST_CONFIG, resume=True, device="cpu", progress=False))
     with pytest.raises(LocgenError, match="no checkpoint"):
-        train(TrainSettings(pairs, str(tmp_path / "fresh"), TEST_CONFIG, resume=True, device="cpu", progress=False))
+        train(TrainSettings([pairs], str(tmp_path / "fresh"), TEST_CONFIG, resume=True, device="cpu", progress=False))
 
 
 def test_cli_overrides_and_their_errors(pairs, tmp_path, capsys):
@@ -156,7 +157,7 @@ def test_cli_overrides_and_their_errors(pairs, tmp_path, capsys):
 def _ddp_worker(rank: int, port: int, data: str, out: str) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    train(TrainSettings(data, out, TEST_CONFIG, device="cpu", progress=False))
+    train(TrainSettings([data], out, TEST_CONFIG, device="cpu", progress=False))
     # This process's share of a fresh batch, its gradients averaged with the other's: what a step does.
     torch.manual_seed(0)
     models = Models(TEST_CONFIG)
@@ -196,7 +197,7 @@ CUDA_CONFIG = TEST_CONFIG.override(bf16=True, channels_last=True, fused_adam=Tru
 @requires_cuda
 def test_cuda_steps_with_every_speed_up(pairs, tmp_path):
     out = str(tmp_path / "cuda")
-    summary = train(TrainSettings(pairs, out, CUDA_CONFIG, device="cuda", progress=False))
+    summary = train(TrainSettings([pairs], out, CUDA_CONFIG, device="cuda", progress=False))
     assert summary["steps"] == 4
     metrics = [json.loads(line) for line in open_store(out).get_bytes(METRICS_KEY).decode().splitlines()]
     assert all(np.isfinite([row["loss_d"], row["loss_g_gan"], row["loss_nce"]]).all()
@@ -228,9 +229,9 @@ def test_cuda_resume_continues(pairs, tmp_path):
     """On the GPU, resume is exact up to its non-deterministic kernels: the losses after resuming match."""
     config = CUDA_CONFIG.override(compile=False, log_every=1)
     straight, halves = str(tmp_path / "straight"), str(tmp_path / "halves")
-    train(TrainSettings(pairs, straight, config, device="cuda", progress=False))
-    train(TrainSettings(pairs, halves, config, device="cuda", progress=False, stop_at=2))
-    train(TrainSettings(pairs, halves, config, device="cuda", resume=True, progress=False))
+    train(TrainSettings([pairs], straight, config, device="cuda", progress=False))
+    train(TrainSettings([pairs], halves, config, device="cuda", progress=False, stop_at=2))
+    train(TrainSettings([pairs], halves, config, device="cuda", resume=True, progress=False))
     one, two = (torch.load(open_store(path).url(LAST_KEY), map_location="cpu", weights_only=True)
                 for path in (straight, halves))
     assert one["step"] == two["step"] == 4
@@ -341,7 +342,7 @@ def test_init_from_a_model_that_does_not_fit_is_one_clear_line(pairs, warm_pairs
 
 def test_init_from_a_checkpoint_sets_all_three_networks_and_the_run_records_it(pairs, tmp_path):
     first = str(tmp_path / "first")
-    train(TrainSettings(pairs, first, TEST_CONFIG.override(steps=2), device="cpu", progress=False))
+    train(TrainSettings([pairs], first, TEST_CONFIG.override(steps=2), device="cpu", progress=False))
     checkpoint = open_store(first).url(LAST_KEY)
     saved = torch.load(checkpoint, weights_only=True)
     data = load_tiles(pairs, TEST_CONFIG.validation_share)
@@ -366,7 +367,7 @@ def test_init_from_a_checkpoint_sets_all_three_networks_and_the_run_records_it(p
         warm_start(Models(TEST_CONFIG.override(ndf=16)), checkpoint, TEST_CONFIG.override(ndf=16), data)
     # A new run from the checkpoint: step 0, fresh optimisers, and its lineage names what it started from.
     second = str(tmp_path / "second")
-    summary = train(TrainSettings(pairs, second, TEST_CONFIG.override(steps=2), init_from=checkpoint, device="cpu",
+    summary = train(TrainSettings([pairs], second, TEST_CONFIG.override(steps=2), init_from=checkpoint, device="cpu",
                                   progress=False))
     assert summary["resumed_from"] == 0 and summary["init_from"] == started
     state = torch.load(open_store(second).url(LAST_KEY), weights_only=True)
@@ -390,7 +391,7 @@ def test_warm_start_from_the_bundled_generator_keeps_its_validation(warm_pairs, 
     # The bundled generator's own validation on these held-out tiles: what the warm start must not lose.
     before = painted_dots_per_tile(bundled, data.held_out_b, data.marker_area_px, torch.device("cpu"))
     out = str(tmp_path / "warm")
-    summary = train(TrainSettings(warm_pairs, out, WARM_CONFIG, init_from="bundled", device="cpu", progress=False))
+    summary = train(TrainSettings([warm_pairs], out, WARM_CONFIG, init_from="bundled", device="cpu", progress=False))
     assert summary["steps"] == 50 and summary["init_from"]["uri"] == "bundled:tiny-helsinki.pt"
     metrics = [json.loads(line) for line in open_store(out).get_bytes(METRICS_KEY).decode().splitlines()]
     validations = {row["validation"]["step"]: row["validation"] for row in metrics if "validation" in row}

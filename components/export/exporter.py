@@ -67,7 +67,7 @@ def export(settings: ExportSettings) -> dict:
         raise LocgenError(f"--out {settings.out}: give a file name ending in .onnx (not {FP16_SUFFIX}); "
                           f"the fp16 variant and the parity report are written beside it")
     generator, trained = load_generator(settings.checkpoint)
-    tiles_uri = settings.tiles or trained["data"]
+    tiles_uri = settings.tiles or _first_training_set(trained["data"])
     tiles = _real_tiles(tiles_uri, settings.tiles is None)
     model = to_onnx(with_exact_norms(generator), model_metadata(trained, "fp32"))
     # TensorRT gets the native InstanceNormalization (its own normalisation layer), kept in fp32.
@@ -267,3 +267,8 @@ def _serialised(model: onnx.ModelProto) -> bytes:
                           "file; train a smaller generator (ngf, n_blocks)")
     return data
 
+
+def _first_training_set(data: str | list[str]) -> str:
+    """The tile set the parity check reads by default: the (first) one the generator was trained on
+    (a generator.pt of locgen 0.1 before several training sets, the bundled one among them, names one)."""
+    return data if isinstance(data, str) else data[0]

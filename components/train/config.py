@@ -84,7 +84,8 @@ class TrainSettings:
     """Everything `locgen train` takes besides the training values (`TrainConfig`), in one place
     (components.core.settings)."""
 
-    data: str = setting(help="tile set from locgen render --pairs", metavar="URI")
+    data: list[str] = setting(help="tile set from locgen render --pairs (repeatable: one a city, trained on together)",
+                              metavar="URI")
     out: str = setting(help="checkpoints, generator.pt, metrics, samples", metavar="URI", output=False)
     config: TrainConfig = setting(help="the training values", cli=False)
     resume: bool = setting(False, help="continue from OUT/checkpoints/last.pt", output=False)

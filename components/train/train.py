@@ -37,7 +37,7 @@ from components.core.pngmeta import encode_png
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import LocalStore, Store, open_store
 from components.train.config import PRESETS, TrainConfig, TrainSettings
-from components.train.data import TileData, batch, load_tiles, to_model_input, to_uint8_images
+from components.train.data import TileData, batch, load_tile_sets, to_model_input, to_uint8_images
 from components.train.generator_file import BUNDLED, GENERATOR_KEY, load_torch, read_model_file
 from components.train.losses import lsgan_loss, patch_nce_loss
 from components.train.networks import Discriminator, Generator, PatchSampleMLP, init_weights
@@ -127,7 +127,7 @@ def train(settings: TrainSettings) -> dict:
     if _world() > 1 and config.batch_size % _world():
         raise LocgenError(f"batch_size {config.batch_size} does not split over {_world()} processes; "
                           "give a multiple of the number of processes")
-    data = load_tiles(settings.data, config.validation_share, settings.cache_dir)
+    data = load_tile_sets(settings.data, config.validation_share, settings.cache_dir)
     real_rate = markers_per_tile(data.a.permute(0, 2, 3, 1).numpy(), data.marker_area_px)  # what a good G paints
     store = open_store(settings.out)
     models = Models(config).to(device)
