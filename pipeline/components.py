@@ -43,7 +43,7 @@ def collect_tiles(parts: Input[List[Dataset]], tiles: Output[Dataset], metrics: 
     collect_step(**parameters)
 
 
-def train_generator(store: str, run_id: str, preset: str, steps: int, batch_size: int, gpus: int,
+def train_generator(store: str, run_id: str, preset: str, steps: int, batch_size: int, init_from: str, gpus: int,
                     training_tiles: Input[Dataset], generator: Output[Model], metrics: Output[Metrics]):
     """Train FastCUT on the training pairs, one DDP process per GPU (resuming the run's checkpoint after a retry)."""
     parameters = dict(locals())

@@ -76,13 +76,14 @@ class _Tasks:
             part = self.on_cluster(c.render_tiles(store=store, shard=shard, shards=shards, **render), cache=True)
         return self.on_cluster(c.collect_tiles(parts=dsl.Collected(part.outputs["tiles"])), cache=True)
 
-    def train(self, store: str, shards: int, preset: str, steps: int, train_batch_size: int, train_gpus: int,
-              **render) -> dsl.PipelineTask:
+    def train(self, store: str, shards: int, preset: str, steps: int, train_batch_size: int, init_from: str,
+              train_gpus: int, **render) -> dsl.PipelineTask:
         """The training tasks; returns the export task, whose onnx_model is the trained model."""
         c = self.components
         pairs = self.rendered(store, shards, **render, **NO_AREA)
         training = self.on_cluster(c.train_generator(store=store, run_id=RUN_ID, preset=preset, steps=steps,
-                                                     batch_size=train_batch_size, gpus=train_gpus,
+                                                     batch_size=train_batch_size, init_from=init_from,
+                                                     gpus=train_gpus,
                                                      training_tiles=pairs.outputs["tiles"]), gpus=train_gpus)
         return self.on_cluster(c.export_onnx(store=store, run_id=RUN_ID, generator=training.outputs["generator"],
                                              training_tiles=pairs.outputs["tiles"]))
@@ -131,7 +132,7 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict
                           pairs: int = 400, sampling: str = "points", empty_share: float = 0.1,
                           holdout: str = SAMPLE_HOLDOUT,
                           marker_radius_px: float = 5.0, seed: int = 0, preset: str = "tiny", steps: int = 0,
-                          train_batch_size: int = 0, train_gpus: int = 1, shards: int = 1,
+                          train_batch_size: int = 0, init_from: str = "", train_gpus: int = 1, shards: int = 1,
                           store: str = SAMPLE_STORE) -> Model:
         return tasks.train(**_parameters(locals())).outputs["onnx_model"]
 
@@ -152,8 +153,8 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict
                             pairs: int = 400, sampling: str = "points", empty_share: float = 0.1,
                             holdout: str = SAMPLE_HOLDOUT,
                             marker_radius_px: float = 5.0, seed: int = 0, preset: str = "tiny", steps: int = 0,
-                            train_batch_size: int = 0, train_gpus: int = 1, target_city: str = "kotka",
-                            target_osm: str = SAMPLE_TARGET_OSM,
+                            train_batch_size: int = 0, init_from: str = "", train_gpus: int = 1,
+                            target_city: str = "kotka", target_osm: str = SAMPLE_TARGET_OSM,
                             target_center: str = "60.53,26.95", target_grid: int = 5, target_bbox: str = "",
                             target_count: int = 0, class_shares: str = "", provider: str = "auto", shards: int = 1,
                             store: str = SAMPLE_STORE) -> NamedTuple("Outputs", target_points=Dataset,

@@ -140,10 +140,11 @@ def _area(rows: list[dict]) -> list[float]:
 # --- train and export -------------------------------------------------------------------------------
 
 @timed
-def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int, gpus: int, training_tiles,
-               generator, metrics) -> None:
+def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int, init_from: str, gpus: int,
+               training_tiles, generator, metrics) -> None:
     """Train (one process per GPU through torchrun when gpus > 1), resuming the run's checkpoint after a retry;
-    steps and batch_size 0: the preset's."""
+    steps and batch_size 0: the preset's; init_from (a generator, a checkpoint or "bundled"; "": none) the
+    model a new run starts from."""
     from components.train.config import TrainSettings, preset_config
     from components.train.generator_file import GENERATOR_KEY, load_generator
     from components.train.train import train
@@ -153,15 +154,17 @@ def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int
     config = preset_config(preset, unset(steps), unset(batch_size))
     out = run_uri(store, city, run_id, "train")
     resume = open_store(out).exists("checkpoints/last.pt")
+    init = None if resume else unset(init_from)  # a retry resumes its run, whatever that started from
     if gpus > 1:
         _torchrun(gpus, ["--data", tiles_uri, "--out", out, "--preset", preset, "--steps", str(config.steps),
-                         "--batch-size", str(config.batch_size), *(["--resume"] if resume else [])])
+                         "--batch-size", str(config.batch_size), *(["--resume"] if resume else []),
+                         *(["--init-from", init] if init else [])])
     else:
-        train(TrainSettings(data=[tiles_uri], out=out, config=config, resume=resume, progress=False))
+        train(TrainSettings(data=[tiles_uri], out=out, config=config, resume=resume, init_from=init, progress=False))
     best = load_generator(f"{out}/{GENERATOR_KEY}")[1]["validation"]
     publish_pointer(generator, f"{out}/{GENERATOR_KEY}", lineage(
         city, [tiles_uri], area=training_tiles.metadata.get("area"), sources=training_tiles.metadata.get("sources"),
-        preset=preset, steps=config.steps,
+        preset=preset, steps=config.steps, **({"init_from": unset(init_from)} if unset(init_from) else {}),
         batch_size=config.batch_size, processes=max(gpus, 1),
         training_manifest_sha256=training_tiles.metadata.get("manifest_sha256"), validation=best))
     rows = _train_metrics(out)

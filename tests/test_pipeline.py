@@ -146,6 +146,7 @@ def test_end_to_end_runs_locally_and_every_artifact_names_its_lineage(small_run)
     assert tiles["tiles"] == 24 and tiles["manifest_sha256"] and len(tiles["area"]) == 4
     assert all(len(source["sha256"]) == 64 for source in tiles["sources"]) and tiles["sources"]
     assert pointers["train-generator/generator"]["parents"] == [tiles["uri"]]
+    assert pointers["train-generator/generator"]["init_from"] == "bundled"  # the demo starts from the bundled model
     assert pointers["export-onnx/onnx_model"]["parents"][0] == pointers["train-generator/generator"]["uri"]
     generated = [meta for meta in pointers.values() if meta.get("domains") == ["a"] and "provider" in meta]
     assert len(generated) == 2
@@ -210,7 +211,7 @@ def test_train_task_runs_one_ddp_process_per_gpu(tmp_path):
 
     def task(batch_size: int) -> tuple[Model, Metrics]:
         model, metrics = Model(name="m", uri=str(tmp_path / "model")), Metrics(name="x", uri=str(tmp_path / "x"))
-        train_step(store=str(tmp_path / "store"), run_id=f"run-{batch_size}", preset="tiny", steps=2,
+        train_step(store=str(tmp_path / "store"), run_id=f"run-{batch_size}", preset="tiny", steps=2, init_from="",
                    batch_size=batch_size, gpus=2, training_tiles=tiles, generator=model, metrics=metrics)
         return model, metrics
 

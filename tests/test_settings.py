@@ -77,8 +77,9 @@ def test_every_component_parameter_is_a_setting_of_its_stage_of_the_same_type(co
 def test_the_train_component_takes_the_presets_values_by_their_names():
     spec = build_components(DEFAULT_REGISTRY).train_generator.component_spec
     parameters = {name for name, spec_input in spec.inputs.items() if spec_input.type in KFP_TYPES} - STEP_PARAMETERS
-    assert parameters == {"preset", "steps", "batch_size"}
+    assert parameters == {"preset", "steps", "batch_size", "init_from"}
     assert {"steps", "batch_size"} <= set(typing.get_type_hints(TrainConfig))
+    assert "init_from" in {item.name for item in declared(TrainSettings) if item.cli}
     assert parameters <= set(_options("train"))
 
 
