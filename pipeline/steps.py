@@ -154,7 +154,8 @@ def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int
     config = preset_config(preset, unset(steps), unset(batch_size))
     out = run_uri(store, city, run_id, "train")
     resume = open_store(out).exists("checkpoints/last.pt")
-    init = None if resume else unset(init_from)  # a retry resumes its run, whatever that started from
+    started_from = unset(init_from)
+    init = None if resume else started_from  # a retry resumes its run, whatever that started from
     if gpus > 1:
         _torchrun(gpus, ["--data", tiles_uri, "--out", out, "--preset", preset, "--steps", str(config.steps),
                          "--batch-size", str(config.batch_size), *(["--resume"] if resume else []),
@@ -164,7 +165,7 @@ def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int
     best = load_generator(f"{out}/{GENERATOR_KEY}")[1]["validation"]
     publish_pointer(generator, f"{out}/{GENERATOR_KEY}", lineage(
         city, [tiles_uri], area=training_tiles.metadata.get("area"), sources=training_tiles.metadata.get("sources"),
-        preset=preset, steps=config.steps, **({"init_from": unset(init_from)} if unset(init_from) else {}),
+        preset=preset, steps=config.steps, **({"init_from": started_from} if started_from else {}),
         batch_size=config.batch_size, processes=max(gpus, 1),
         training_manifest_sha256=training_tiles.metadata.get("manifest_sha256"), validation=best))
     rows = _train_metrics(out)

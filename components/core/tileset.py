@@ -89,8 +89,10 @@ def in_data_extent(row: dict, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     lon, lat = np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
     if boxes is None:
         return np.ones(lon.shape, dtype=bool)
-    return np.any([contains(LonLatBounds(*box), lon, lat) for box in boxes], axis=0) if boxes else \
-        np.zeros(lon.shape, dtype=bool)
+    inside = np.zeros(lon.shape, dtype=bool)
+    for box in boxes:
+        inside |= contains(LonLatBounds(*box), lon, lat)
+    return inside
 
 
 def in_core(row: dict, col: np.ndarray, row_px: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ from components.core.tileset import manifest_bytes, manifest_key, manifest_row, 
 from components.render.plan import SAMPLINGS, PairSettings, PlannedTile, bbox_plan, grid_plan, pairs_plan
 from components.render.raster import draw_markers, render_map
 from components.sources.locations import LocationSource, load_locations
-from components.sources.osm import MapData, header_bounds, read_osm
+from components.sources.osm import MapData, header_bounds, read_osm, touching
 from components.sources.overpass import DEFAULT_OVERPASS_URL, fetch_overpass
 
 OVERPASS = "overpass"
@@ -385,10 +385,8 @@ def _coverage(planned: PlannedTile, job: _Job) -> dict:
     """What a tile's row says of where the map is (components.core.tileset)."""
     tile = planned.tile
     bounds = tile.bounds_3857
-    features = job.map_data.features.bbox_3857
-    touching = (features[:, 0] < bounds.east) & (features[:, 2] > bounds.west) & (features[:, 1] < bounds.north) \
-        & (features[:, 3] > bounds.south)
-    coverage = {"data_share": round(_share_inside(bounds, job.extent_3857), 4), "map_features": int(touching.sum()),
+    coverage = {"data_share": round(_share_inside(bounds, job.extent_3857), 4),
+                "map_features": int(touching(job.map_data.features, bounds).sum()),
                 "data_extent_lonlat": [list(box) for box in job.extent_lonlat]}
     if planned.core_inset_px:
         coverage["core_inset_px"] = planned.core_inset_px

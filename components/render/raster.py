@@ -15,7 +15,7 @@ import numpy as np
 from components.core.geo import Tile
 from components.core.markers import MARKER_RGB
 from components.core.style import LAND_RGB, LAYERS
-from components.sources.osm import FeatureArrays, MapData
+from components.sources.osm import FeatureArrays, MapData, touching
 
 SHIFT_BITS = 4
 FIXED_ONE = 1 << SHIFT_BITS
@@ -31,10 +31,7 @@ def _to_fixed(tile: Tile, coords_3857: np.ndarray) -> np.ndarray:
 
 def _visible_rings(features: FeatureArrays, tile: Tile) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """The features whose bbox touches the tile: their indices, their ring counts, their fixed-point rings."""
-    bounds = tile.bounds_3857
-    bbox_3857 = features.bbox_3857
-    visible = np.flatnonzero((bbox_3857[:, 0] < bounds.east) & (bbox_3857[:, 2] > bounds.west)
-                             & (bbox_3857[:, 1] < bounds.north) & (bbox_3857[:, 3] > bounds.south))
+    visible = np.flatnonzero(touching(features, tile.bounds_3857))
     ring_counts = features.feature_rings[visible + 1] - features.feature_rings[visible]
     rings = _ranges(features.feature_rings[visible], ring_counts)
     vertex_counts = features.ring_offsets[rings + 1] - features.ring_offsets[rings]

@@ -38,6 +38,13 @@ class FeatureArrays(NamedTuple):
     layer: np.ndarray  # (F,) int64 index into LAYERS, ascending
 
 
+def touching(features: FeatureArrays, bounds_3857: Bounds3857) -> np.ndarray:
+    """(F,) bool: the features whose bbox overlaps the box (what a tile draws, or counts as its content)."""
+    bbox_3857 = features.bbox_3857
+    return ((bbox_3857[:, 0] < bounds_3857.east) & (bbox_3857[:, 2] > bounds_3857.west)
+            & (bbox_3857[:, 1] < bounds_3857.north) & (bbox_3857[:, 3] > bounds_3857.south))
+
+
 class SourceRecord(NamedTuple):
     uri: str
     kind: str
