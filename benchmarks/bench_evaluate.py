@@ -32,7 +32,8 @@ from scipy.spatial import cKDTree
 
 from components.core.geo import LonLatBounds
 from components.core.matching import matched_count
-from components.extract.evaluate import DEFAULT_RADII_M, SEARCH_MARGIN_M, ecef_m, score_points, uniform_baseline
+from components.core.scoring import DEFAULT_RADII_M, SEARCH_MARGIN_M, ecef_m, score_points
+from components.extract.baseline import uniform_baseline
 
 CENTRE_LON, CENTRE_LAT = 24.94, 60.17
 CITY_POINTS, CITY_SIDE_M = 10_000, 10_000.0

@@ -42,7 +42,7 @@ from components.pretrained import BUNDLED_MODEL
 from components.render.job import RenderSettings, render
 from components.train.generator_file import load_generator
 from components.train.networks import Generator, init_weights
-from components.train.train import translate
+from components.train.validation import translate
 
 ROOT = Path(__file__).resolve().parents[1]
 KOTKA_PBF = ROOT / "data" / "osm" / "kotka-karhula.osm.pbf"

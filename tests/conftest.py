@@ -1,11 +1,14 @@
-"""Shared test fixtures: paths to the bundled sample data and to ../shared/data."""
+"""Shared test fixtures: paths to the bundled sample data and to ../shared/data, and a stand-in generator."""
 
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 from s3server import S3Server, s3_server
+
+from components.train.data import to_model_input
 
 # Hypothesis checks by default that each example runs within 200 ms and that generating data is not
 # too slow: wall-clock limits that a busy machine can break. Tests state their examples, not their speed.
@@ -41,3 +44,16 @@ def s3_env(s3, monkeypatch) -> S3Server:
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
     return s3
+
+
+class ReplayGenerator(torch.nn.Module):
+    """A 'generator' that returns given uint8 (N, 3, H, W) images in turn, whatever its input."""
+
+    def __init__(self, images: torch.Tensor):
+        super().__init__()
+        self.images, self.served = images, 0
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        out = to_model_input(self.images[self.served:self.served + len(tiles)])
+        self.served += len(tiles)
+        return out

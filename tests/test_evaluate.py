@@ -21,34 +21,28 @@ from benchmarks.bench_evaluate import dense_city_pairs
 from components import __version__
 from components.core.errors import LocgenError
 from components.core.geo import LonLatBounds, bounds_to_3857, contains, lonlat_from_3857, lonlat_to_3857, mercator_scale
+from components.core.matching import matched_count
 from components.core.provenance import OSM_ATTRIBUTION, file_sha256
+from components.core.scoring import WGS84_A_M, WGS84_E2, ecef_m, geodesic_m, nearest_m, pairs_within, score_points
 from components.core.style import LAYER_NAMES
 from components.extract.baseline import (
     CLASS_LAYERS,
     CLASSES,
+    ROAD_LAYERS,
     class_baseline,
     classify_points,
     fit_class_shares,
     map_margin_3857,
+    roads_baseline,
+    uniform_baseline,
 )
 from components.extract.evaluate import (
-    ROAD_LAYERS,
-    WGS84_A_M,
-    WGS84_E2,
     EvaluateSettings,
     FitBaselineSettings,
     compare,
-    ecef_m,
     evaluate,
     fit_baseline,
-    geodesic_m,
     markdown_report,
-    matched_count,
-    nearest_m,
-    pairs_within,
-    roads_baseline,
-    score_points,
-    uniform_baseline,
 )
 from components.sources.locations import load_locations
 from components.sources.osm import FeatureArrays, MapData, header_bounds, read_osm

@@ -22,7 +22,7 @@ from components.infer.settings import GenerateSettings
 from components.pretrained import BUNDLED_MODEL
 from components.render.job import RenderSettings, render
 from components.train.generator_file import load_generator
-from components.train.train import translate
+from components.train.validation import translate
 from locgen.cli import main
 
 GEOREFERENCE = ("id", "city", "crs", "size_px", "m_per_px", "mpp_3857", "bounds_3857", "bounds_lonlat",

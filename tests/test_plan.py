@@ -127,3 +127,16 @@ def test_area_sampling_gives_empty_tiles_as_often_as_the_area_has_empty_places(t
             empty_windows.append(not contains(window, points_3857[:, 0], points_3857[:, 1]).any())
     assert abs(empty_tiles - np.mean(empty_windows)) < 0.1, (empty_tiles, np.mean(empty_windows))
     assert all(not intersects(Bounds3857(*row["bounds_3857"]), holdout_3857) for row in rows)
+
+
+def test_area_sampling_skips_the_grids_that_lie_wholly_on_a_held_out_strip_and_refuses_a_box_over_everything():
+    # Düsseldorf-Bilk's extract, 1989 x 3173 EPSG:3857 m, tiles 817 m: a grid of one row at an offset of more than
+    # 781 m touches a 391 m strip along the north edge with every cell.
+    area_3857 = bounds_to_3857(LonLatBounds(6.7821, 51.1877, 6.8106, 51.1989))
+    strip_3857 = bounds_to_3857(LonLatBounds(6.7821, 51.1967, 6.8106, 51.1989))
+    settings = PairSettings(400, sampling="area", seed=0)
+    tiles = pairs_plan(np.zeros((0, 2)), np.zeros(0), area_3857, settings, strip_3857)
+    assert len(tiles) == 400
+    assert not any(intersects(planned.tile.bounds_3857, strip_3857) for planned in tiles)
+    with pytest.raises(LocgenError, match="every tile of the training area touches the held-out region"):
+        pairs_plan(np.zeros((0, 2)), np.zeros(0), area_3857, settings, area_3857)

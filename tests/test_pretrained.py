@@ -12,7 +12,7 @@ from components.core.tileset import decode_tile, fetch_all, read_manifest
 from components.pretrained import BUNDLED_GENERATOR
 from components.render.job import RenderSettings, render
 from components.train.generator_file import load_generator
-from components.train.train import markers_per_tile, translate
+from components.train.validation import markers_per_tile, translate
 
 # The tile set it was trained on (`make pretrained`), by the sha256 of its manifest.
 TRAINING_MANIFEST_SHA256 = "a707133489429d247e47ed5e6ef1da2f05a26e98c31a3b213715afbdb4401490"

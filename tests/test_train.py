@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import HELSINKI_PBF
+from conftest import HELSINKI_PBF, ReplayGenerator
 from s3server import free_port, unique_prefix
 
 from components.core.detect import detect_markers
@@ -31,12 +31,10 @@ from components.train.train import (
     _runtime,
     _share,
     _step,
-    markers_per_tile,
-    painted_dots_per_tile,
     train,
-    translate,
     warm_start,
 )
+from components.train.validation import markers_per_tile, painted_dots_per_tile, translate
 from locgen.cli import main
 
 # The tiny preset, smaller still: a CPU test, not a model.
@@ -243,32 +241,19 @@ def test_cuda_resume_continues(pairs, tmp_path):
                 assert second[name] == pytest.approx(first[name], rel=1e-2, abs=1e-3), (first["step"], name)
 
 
-class _Replay(torch.nn.Module):
-    """A 'generator' that returns given images in turn, whatever its input."""
-
-    def __init__(self, images: torch.Tensor):
-        super().__init__()
-        self.images, self.served = images, 0
-
-    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        out = to_model_input(self.images[self.served:self.served + len(tiles)])
-        self.served += len(tiles)
-        return out
-
-
 def test_validation_counts_lone_marker_dots_alike_on_real_and_generated_tiles(pairs):
     data = load_tiles(pairs, 0.0)
     images = data.a.permute(0, 2, 3, 1).numpy()
     real = markers_per_tile(images, data.marker_area_px)
     detected = np.mean([len(detect_markers(np.ascontiguousarray(image))) for image in images])
     assert 0.5 * detected <= real <= detected  # markers in clusters or cut by the border do not count
-    counted = painted_dots_per_tile(_Replay(data.a), data.b, data.marker_area_px, torch.device("cpu"))
+    counted = painted_dots_per_tile(ReplayGenerator(data.a), data.b, data.marker_area_px, torch.device("cpu"))
     assert counted == pytest.approx(real)
     # The same dots blended 40 % over the map: the pink tint an untrained generator lays along roads.
     is_marker = (data.a == torch.tensor(MARKER_RGB, dtype=torch.uint8)[:, None, None]).all(dim=1, keepdim=True)
     tinted = torch.where(is_marker, (0.4 * data.a + 0.6 * data.b).round().byte(), data.b)
     assert sum(len(detect_markers(np.ascontiguousarray(tile))) for tile in tinted.permute(0, 2, 3, 1).numpy()) > 0
-    assert painted_dots_per_tile(_Replay(tinted), data.b, data.marker_area_px, torch.device("cpu")) == 0
+    assert painted_dots_per_tile(ReplayGenerator(tinted), data.b, data.marker_area_px, torch.device("cpu")) == 0
 
 
 def test_s3_tiles_are_cached_so_a_rerun_downloads_nothing(pairs, s3_env, tmp_path):

@@ -285,6 +285,17 @@ def typical_dot_core_px(detections: list[Detection]) -> float | None:
     return float(np.median(alone)) if len(alone) >= MIN_DOTS_FOR_TYPICAL_AREA else None
 
 
+def second_pass(found: list[Found]) -> tuple[float | None, list[int]]:
+    """Which tiles of a set to detect again, and with what dot core: the typical dot (known only once every
+    tile was seen) splits the blobs that hold more dots than their peaks told apart, and may explain a
+    blob rejected before it was known. (None, []) with too few lone dots to know the typical one."""
+    dot_core_px = typical_dot_core_px([d for tile_found in found for d in tile_found.detections])
+    if dot_core_px is None:
+        return None, []
+    return dot_core_px, [index for index, tile_found in enumerate(found) if any(tile_found.rejected.values())
+                         or any(holds_more_dots(d, dot_core_px) for d in tile_found.detections)]
+
+
 def holds_more_dots(detection: Detection, dot_core_px: float) -> bool:
     """Whether the detection's blob is larger than the dots it was split into."""
     return _dot_count(detection.blob_core_px, dot_core_px) > detection.blob_dots

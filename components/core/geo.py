@@ -78,6 +78,11 @@ def parse_bbox(text: str, what: str = "--bbox") -> LonLatBounds:
     return check_bbox(LonLatBounds(*values), what)
 
 
+def bbox_text(bbox: LonLatBounds) -> str:
+    """'WEST,SOUTH,EAST,NORTH', as --bbox takes it."""
+    return ",".join(f"{value:g}" for value in bbox)
+
+
 def parse_latlon(text: str, what: str = "--center") -> tuple[float, float]:
     """Parse 'LAT,LON' in degrees; returns (lon, lat)."""
     try:

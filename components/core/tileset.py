@@ -5,6 +5,10 @@ city, size_px, m_per_px (ground resolution at the tile's centre), mpp_3857, exac
 (`bounds_3857`, `bounds_lonlat`: west, south, east, north), style version and hash, the sources
 with their sha256, `inputs_sha256`, and for domain `a` the exact `points` ([lon, lat]) drawn.
 
+A training set rendered with a held-out box also holds domain `holdout`: plain tiles whose cores
+cover the box (as an area render's would), each row with the real `points` inside the tile (not
+drawn) and the box itself (`holdout_lonlat`): what training validates its places on.
+
 Where the map is: `data_extent_lonlat`, the boxes the OSM data covers (each file's stated extent,
 else its features' extent, or the area fetched from Overpass); `data_share`, the share of the tile
 inside them (a tile with 0 is rendered as bare land: nothing is known there); `map_features`, how
@@ -26,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from components import __version__
+from components.core.detect import Detection
 from components.core.errors import LocgenError
 from components.core.geo import Bounds3857, LonLatBounds, Tile, contains, tile_from_bounds_3857
 from components.core.pngmeta import decode_png
@@ -68,7 +73,7 @@ def manifest_row(tile_id: str, tile: Tile, domain: str, city: str, inputs_hash: 
         "attribution": OSM_ATTRIBUTION,
         **coverage,
     }
-    if points_lonlat is not None:  # domain a: where the markers are, and how large they were drawn
+    if points_lonlat is not None:  # domains a and holdout: where the points are, and how large markers are drawn
         row["points"] = points_lonlat
         row["marker_radius_px"] = marker_radius_px
     return row
@@ -102,6 +107,18 @@ def in_core(row: dict, col: np.ndarray, row_px: np.ndarray) -> np.ndarray:
     size_px = row["size_px"]
     col, row_px = np.asarray(col), np.asarray(row_px)
     return (col >= inset_px) & (col < size_px - inset_px) & (row_px >= inset_px) & (row_px < size_px - inset_px)
+
+
+def owned_detections(row: dict, tile: Tile, detections: list[Detection]) -> list[Detection]:
+    """The detections a tile owns: in its core (not its border band, which a neighbour's core covers)
+    and inside the OSM data's extent (nothing is known beyond it)."""
+    if not detections:
+        return detections
+    col = np.array([d.col for d in detections])
+    row_px = np.array([d.row for d in detections])
+    lon, lat = tile.px_to_lonlat(col, row_px)
+    keep = in_core(row, col, row_px) & in_data_extent(row, lon, lat)
+    return [d for d, kept in zip(detections, keep) if kept]
 
 
 def tile_of_row(row: dict) -> Tile:

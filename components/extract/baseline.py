@@ -26,6 +26,7 @@ import shapely
 from components.core.errors import LocgenError
 from components.core.geo import (
     LonLatBounds,
+    bbox_text,
     bounds_to_3857,
     check_bbox,
     lonlat_from_3857,
@@ -63,11 +64,6 @@ PROBE_DRAWS = 10_000  # candidate places drawn per class first, to see whether t
 MIN_PROBE_HITS = 10  # fewer kept of the probe: the class covers under 0.1 % of where it is looked for, absent
 MAX_BATCH = 1_000_000  # candidates classed at once (memory)
 MAX_DRAWS = 50_000_000  # candidates one class may take, at the most
-
-
-def bbox_text(bbox: LonLatBounds) -> str:
-    """'WEST,SOUTH,EAST,NORTH', as --bbox takes it."""
-    return ",".join(f"{value:g}" for value in bbox)
 
 
 # --- uniform and along the roads ----------------------------------------------------------------

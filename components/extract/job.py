@@ -15,12 +15,10 @@ from tqdm import tqdm
 
 from components.core.detect import (
     REJECTION_REASONS,
-    Detection,
     DetectSettings,
     Found,
     find_markers,
-    holds_more_dots,
-    typical_dot_core_px,
+    second_pass,
 )
 from components.core.errors import LocgenError
 from components.core.geo import Tile, lonlat_from_3857
@@ -35,8 +33,7 @@ from components.core.tileset import (
     MANIFEST_KEY,
     decode_tile,
     fetch_all,
-    in_core,
-    in_data_extent,
+    owned_detections,
     read_manifest,
     tile_of_row,
 )
@@ -114,7 +111,7 @@ def extract(settings: ExtractSettings) -> dict:
             bar.update()
     _split_crowded_blobs(store, rows, found, settings.detect)
     detections = [tile_found.detections for tile_found in found]
-    owned = [_owned(row, tile, tile_detections) for row, tile, tile_detections in zip(rows, tiles, detections)]
+    owned = [owned_detections(row, tile, found_here) for row, tile, found_here in zip(rows, tiles, detections)]
     # The score ranks points: how magenta a dot is, times how well a marker's disc explains it.
     points = [TilePoint(*(float(v) for v in tiles[index].px_to_3857(d.col, d.row)), index, d.area_px,
                         d.score * d.roundness, d.touches_edge)
@@ -160,27 +157,10 @@ def _publish_png(uri: str, png: bytes) -> None:
     preview_store.put_bytes(preview_key, png, "image/png")
 
 
-def _owned(row: dict, tile: Tile, detections: list[Detection]) -> list[Detection]:
-    """The detections a tile owns: in its core (not its border band, which a neighbour's core covers)
-    and inside the OSM data's extent (nothing is known beyond it)."""
-    if not detections:
-        return detections
-    col = np.array([d.col for d in detections])
-    row_px = np.array([d.row for d in detections])
-    lon, lat = tile.px_to_lonlat(col, row_px)
-    keep = in_core(row, col, row_px) & in_data_extent(row, lon, lat)
-    return [d for d, kept in zip(detections, keep) if kept]
-
-
 def _split_crowded_blobs(store: Store, rows: list[dict], found: list[Found], settings: DetectSettings) -> None:
-    """Detect again, knowing the typical dot, in the tiles with a blob that holds more dots than
-    its peaks told apart, or with a blob rejected before the dot's size was known (a second pass:
-    the typical dot is known only once every tile was seen)."""
-    dot_core_px = typical_dot_core_px([d for tile_found in found for d in tile_found.detections])
-    if dot_core_px is None:
-        return
-    again = [index for index, tile_found in enumerate(found) if any(tile_found.rejected.values())
-             or any(holds_more_dots(d, dot_core_px) for d in tile_found.detections)]
+    """Detect again, knowing the typical dot, where `second_pass` says (the tiles are read again: a
+    tile set may not fit in memory)."""
+    dot_core_px, again = second_pass(found)
     for index, png in zip(again, fetch_all(store, [rows[index]["path"] for index in again])):
         found[index] = find_markers(decode_tile(png, store.url(rows[index]["path"])), settings, dot_core_px)
 

@@ -26,6 +26,7 @@ from components.core.geo import (
     Bounds3857,
     LonLatBounds,
     Tile,
+    bbox_text,
     bounds_to_3857,
     bounds_to_lonlat,
     check_bbox,
@@ -41,7 +42,15 @@ from components.core.settings import setting
 from components.core.storage import Store, default_cache_dir, local_file, open_store
 from components.core.style import style_sha256
 from components.core.tileset import manifest_bytes, manifest_key, manifest_row, png_text, tile_key
-from components.render.plan import SAMPLINGS, PairSettings, PlannedTile, bbox_plan, grid_plan, pairs_plan
+from components.render.plan import (
+    SAMPLINGS,
+    PairSettings,
+    PlannedTile,
+    bbox_plan,
+    grid_plan,
+    holdout_plan,
+    pairs_plan,
+)
 from components.render.raster import draw_markers, render_map
 from components.sources.locations import LocationSource, load_locations
 from components.sources.osm import MapData, header_bounds, read_osm, touching
@@ -85,7 +94,8 @@ class RenderSettings:
     sampling: str = setting("points", choices=SAMPLINGS,
                             help="how training pairs are placed: around the locations (points), or covering the "
                                  "training area as it is, empty places as often as they occur (area) (%(default)s)")
-    holdout: LonLatBounds | None = setting(None, help="held-out region for evaluation: no training pair touches it",
+    holdout: LonLatBounds | None = setting(None, help="held-out region: no training pair touches it; its plain tiles "
+                                                      "and real points come along, to validate on",
                                      parse=parse_bbox, metavar="W,S,E,N")
     seed: int = setting(0, help="random seed of the pair placement")
     workers: int = setting(1, help="processes, 0: all cores (%(default)s)", output=False)
@@ -117,6 +127,7 @@ class _Job:
     points_3857: np.ndarray  # (N, 2) the same in EPSG:3857 metres
     marker_radius_px: float
     existing_keys: set[str]
+    holdout_lonlat: LonLatBounds | None  # the held-out box, whose tiles carry its real points
 
 
 log = logging.getLogger(__name__)
@@ -143,7 +154,8 @@ def render(settings: RenderSettings) -> dict:
     job = _Job(map_data, extent_lonlat, extent_3857, store, settings.city or _default_city(settings),
                [source._asdict() for source in map_data.sources],
                [{"uri": s.uri, "kind": s.kind, "sha256": s.sha256} for s in sources],
-               points_lonlat[drawn], _to_3857(points_lonlat[drawn]), settings.marker_radius_px, store.list_keys())
+               points_lonlat[drawn], _to_3857(points_lonlat[drawn]), settings.marker_radius_px, store.list_keys(),
+               settings.holdout if settings.pairs is not None else None)
     started_s = time.perf_counter()
     rows, rendered = _render_all(job, plan, settings.workers, settings.progress)
     render_s = time.perf_counter() - started_s
@@ -257,9 +269,16 @@ def _plan(settings: RenderSettings, osm_files: list[Path], points_lonlat: np.nda
         raise LocgenError(f"none of the {len(points_3857)} locations lies in the area {tuple(area)}; "
                           "give --locations for the city of the OSM data, or a --bbox around them")
     holdout_3857 = bounds_to_3857(settings.holdout) if settings.holdout else None
+    if holdout_3857 is not None and not (contains(holdout_3857, points_3857[:, 0], points_3857[:, 1])
+                                         & (weights > 0)).any():
+        raise LocgenError(f"--holdout {bbox_text(settings.holdout)}: no location lies inside it, so nothing could be "
+                          "validated there; give a held-out box around some of the --locations, or none")
     pair_settings = PairSettings(settings.pairs, settings.empty_share, seed=settings.seed, sampling=settings.sampling,
                                  size_px=settings.size_px, m_per_px=settings.m_per_px)
-    return pairs_plan(points_3857[inside], weights[inside], area_3857, pair_settings, holdout_3857)
+    pairs = pairs_plan(points_3857[inside], weights[inside], area_3857, pair_settings, holdout_3857)
+    if settings.holdout is None:
+        return pairs
+    return pairs + holdout_plan(settings.holdout, settings.size_px, settings.m_per_px, settings.overlap_px)
 
 
 def _osm_extent(osm_files: list[Path], settings: RenderSettings) -> LonLatBounds:
@@ -348,7 +367,9 @@ def _render_tile(planned: PlannedTile) -> list[tuple[dict, bytes | None]]:
     near = contains(expand(bounds, radius_3857), job.points_3857[:, 0], job.points_3857[:, 1])  # discs that spill in
     osm_hashes = [source["sha256"] for source in job.osm_sources]
     variants = [("b", job.osm_sources, None, None)]
-    if job.location_sources:
+    if planned.holdout:  # the real points come along, undrawn: what validation scores against
+        variants = [("holdout", job.osm_sources + job.location_sources, None, job.points_lonlat[inside].tolist())]
+    elif job.location_sources:
         variants.append(("a", job.osm_sources + job.location_sources, job.points_3857[near],
                          job.points_lonlat[inside].tolist()))
     coverage = _coverage(planned, job)
@@ -358,6 +379,8 @@ def _render_tile(planned: PlannedTile) -> list[tuple[dict, bytes | None]]:
                                     job.marker_radius_px)
         row = manifest_row(planned.tile_id, tile, domain, job.city, inputs_hash, sources, points_lonlat,
                            job.marker_radius_px, coverage)
+        if planned.holdout:
+            row["holdout_lonlat"] = list(job.holdout_lonlat)
         if tile_key(domain, planned.tile_id, inputs_hash) in job.existing_keys:
             results.append((row, None))
             continue

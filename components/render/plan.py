@@ -44,6 +44,7 @@ class PlannedTile(NamedTuple):
     tile_id: str
     tile: Tile
     core_inset_px: float = 0.0  # the tile owns the points at least this far inside its edges
+    holdout: bool = False  # a tile of the held-out box: rendered plain only, for validation
 
 
 def _area_tile(tile_id: str, centre_x_3857: float, centre_y_3857: float, size_px: int, mpp_3857: float,
@@ -124,6 +125,12 @@ def pairs_plan(points_3857: np.ndarray, weights: np.ndarray, area_3857: Bounds38
     return [PlannedTile(f"p{index:05d}", tile) for index, tile in enumerate(located + empty)]
 
 
+def holdout_plan(holdout_lonlat: LonLatBounds, size_px: int, m_per_px: float, overlap_px: int) -> list[PlannedTile]:
+    """The plain tiles of the held-out box, as an area render of it would place them, ids h{row}c{col}."""
+    return [planned._replace(tile_id=f"h{planned.tile_id}", holdout=True)
+            for planned in bbox_plan(holdout_lonlat, size_px, m_per_px, overlap_px)]
+
+
 def _outside_holdout(tile: Tile, holdout_3857: Bounds3857 | None) -> bool:
     return holdout_3857 is None or not intersects(tile.bounds_3857, holdout_3857)
 
@@ -181,6 +188,7 @@ def _area_tiles(area_3857: Bounds3857, settings: PairSettings, holdout_3857: Bou
         raise LocgenError("--sampling area: the training area is smaller than one tile; give a larger --bbox or "
                           "more OSM data")
     tiles: list[Tile] = []
+    empty_grids = 0  # in a row: a grid at an unlucky offset may lie wholly on the held-out box, not every grid
     while len(tiles) < settings.pairs:
         # Each grid starts up to a whole tile further east and north: its cells fall on other places.
         offset_x, offset_y = rng.uniform(0, 1, size=2) * [min(step_3857, width_3857 - step_3857),
@@ -192,7 +200,8 @@ def _area_tiles(area_3857: Bounds3857, settings: PairSettings, holdout_3857: Bou
                  for row in range(rows) for col in range(columns)]
         usable = [tile for tile in (_tile_at_3857(x, y, settings) for x, y in cells)
                   if _outside_holdout(tile, holdout_3857)]
-        if not usable:
+        empty_grids = 0 if usable else empty_grids + 1
+        if empty_grids == MAX_TRIES_PER_TILE:
             raise LocgenError("--sampling area: every tile of the training area touches the held-out region "
                               "(--holdout); shrink it or give a larger area")
         tiles += [usable[index] for index in rng.permutation(len(usable))]

@@ -19,10 +19,21 @@ import torch
 from tqdm import tqdm
 
 from components.core.errors import LocgenError
+from components.core.geo import Bounds3857, LonLatBounds, bbox_text, bounds_to_3857, contains, intersects
 from components.core.storage import LocalStore, Store, cache_folder, open_store
 from components.core.tileset import MANIFEST_KEY, decode_tile, fetch_all, parse_manifest
 
 EPOCH_STREAM = 1 << 20  # keeps the epoch orders apart from the per-step draws of the same seed
+
+
+class HeldOutBox(NamedTuple):
+    """A training city's held-out box: its plain tiles and the real points in it, to validate places on."""
+
+    city: str
+    bbox: LonLatBounds
+    rows: list[dict]  # the domain-holdout rows, in the order of `tiles`
+    tiles: torch.Tensor  # (N, 3, H, W) uint8 plain tiles whose cores cover the box
+    points_lonlat: np.ndarray  # (P, 2) the real points inside the box
 
 
 class TileData(NamedTuple):
@@ -32,6 +43,7 @@ class TileData(NamedTuple):
     marker_area_px: float  # area of one rendered marker disc
     rows: list[dict]  # the manifest rows read, for the lineage of the trained model
     manifest_sha256: str  # of the manifest as read: names the exact tile set a model was trained on
+    held_out_boxes: list[HeldOutBox]  # none when the sets were rendered without --holdout
 
 
 def load_tiles(uri: str, validation_share: float, cache_dir: Path | None = None) -> TileData:
@@ -62,7 +74,20 @@ def load_tiles(uri: str, validation_share: float, cache_dir: Path | None = None)
     marker_area_px = math.pi * float(np.median([row["marker_radius_px"] for row in by_domain["a"]])) ** 2
     cache = tile_cache(store, cache_dir)
     return TileData(_read(store, by_domain["a"], cache), _read(store, training_b, cache),
-                    _read(store, held_out, cache), marker_area_px, rows, hashlib.sha256(manifest).hexdigest())
+                    _read(store, held_out, cache), marker_area_px, rows, hashlib.sha256(manifest).hexdigest(),
+                    _held_out_boxes(store, [row for row in rows if row["domain"] == "holdout"], cache))
+
+
+def _held_out_boxes(store: Store, rows: list[dict], cache: LocalStore | None) -> list[HeldOutBox]:
+    """The held-out box of a tile set (at most one: a render takes one --holdout), with its real points."""
+    if not rows:
+        return []
+    bbox = LonLatBounds(*rows[0]["holdout_lonlat"])
+    # A point near a tile's edge is in its neighbours' rows too: each counts once.
+    points = np.unique(np.array([point for row in rows for point in row["points"]], dtype=np.float64).reshape(-1, 2),
+                       axis=0)
+    inside = contains(bbox, points[:, 0], points[:, 1])
+    return [HeldOutBox(rows[0]["city"], bbox, rows, _read(store, rows, cache), points[inside])]
 
 
 def load_tile_sets(uris: list[str], validation_share: float, cache_dir: Path | None = None) -> TileData:
@@ -76,9 +101,11 @@ def load_tile_sets(uris: list[str], validation_share: float, cache_dir: Path | N
         return sets[0]
     _check_alike(uris, sets)
     joined = "\n".join(data.manifest_sha256 for data in sets).encode()
+    _check_holdouts_apart(uris, sets)
     return TileData(_cat([data.a for data in sets]), _cat([data.b for data in sets]),
                     _cat([data.held_out_b for data in sets]), sets[0].marker_area_px,
-                    [row for data in sets for row in data.rows], hashlib.sha256(joined).hexdigest())
+                    [row for data in sets for row in data.rows], hashlib.sha256(joined).hexdigest(),
+                    [box for data in sets for box in data.held_out_boxes])
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -103,6 +130,21 @@ def _check_alike(uris: list[str], sets: list[TileData]) -> None:
         if row["style_sha256"] != first["style_sha256"]:
             raise LocgenError(f"--data {uri}: another map style than {uris[0]}; render every training set with one "
                               "locgen version")
+
+
+def _check_holdouts_apart(uris: list[str], sets: list[TileData]) -> None:
+    """One clear error where a set's training tile covers another set's held-out box: a model would be
+    validated on ground it trained on (each render keeps its own box clear, not the others')."""
+    for uri, data in zip(uris, sets):
+        for box in data.held_out_boxes:
+            box_3857 = bounds_to_3857(box.bbox)
+            for other_uri, other in zip(uris, sets):
+                touching = [row["id"] for row in other.rows if row["domain"] in ("a", "b")
+                            and intersects(Bounds3857(*row["bounds_3857"]), box_3857)]
+                if touching:
+                    raise LocgenError(f"--data {other_uri}: training tile {touching[0]} (of {len(touching)}) covers "
+                                      f"the held-out box {bbox_text(box.bbox)} of --data {uri}; render the sets with "
+                                      "held-out boxes clear of every set's training area, or train on them apart")
 
 
 def tile_cache(store: Store, cache_dir: Path | None) -> LocalStore | None:

@@ -31,26 +31,22 @@ import torch
 from tqdm import tqdm
 
 from components import __version__
-from components.core.detect import detect_markers
 from components.core.errors import LocgenError
 from components.core.pngmeta import encode_png
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import LocalStore, Store, open_store
 from components.train.config import PRESETS, TrainConfig, TrainSettings
-from components.train.data import TileData, batch, load_tile_sets, to_model_input, to_uint8_images
+from components.train.data import TileData, batch, load_tile_sets, to_model_input
 from components.train.generator_file import BUNDLED, GENERATOR_KEY, load_torch, read_model_file
 from components.train.losses import lsgan_loss, patch_nce_loss
 from components.train.networks import Discriminator, Generator, PatchSampleMLP, init_weights
+from components.train.validation import markers_per_tile, painted_dots_per_tile, place_scores, translate
 
 LAST_KEY, BEST_KEY = "checkpoints/last.pt", "checkpoints/best.pt"
 METRICS_KEY = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 STREAM_A, STREAM_B, STREAM_DRAWS = 1, 2, 3  # a, b and the step's other draws: apart, the domains are unpaired
 SAMPLE_TILES = 4
-# A painted dot counts when its pixels are this close to pure magenta on average. Rendered markers
-# score 1.0; the dots of a trained tiny generator about 0.83 (their rims blend into the map); the
-# pink tint that an untrained one lays along roads 0.65 to 0.7.
-PAINTED_DOT_MIN_SCORE = 0.75
 # What may differ between a run and its resumption: how long it goes and how it is watched.
 RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "checkpoint_every"}
 # The settings that shape the networks: a warm start needs the model's to be the run's. A generator
@@ -310,45 +306,10 @@ def _nce(models: Models, runtime: Runtime, real_b: torch.Tensor, fake: torch.Ten
                         for query, key in zip(queries, keys)]).mean()
 
 
-def painted_dots_per_tile(generator: Generator, tiles: torch.Tensor, marker_area_px: float,
-                          device: torch.device) -> float:
-    """Markers the generator paints per held-out plain tile (markers_per_tile of its output)."""
-    if not len(tiles):
-        return float("nan")
-    return markers_per_tile(translate(generator, tiles, device), marker_area_px)
-
-
-def translate(generator: Generator, tiles: torch.Tensor, device: torch.device, batch_size: int = 8) -> np.ndarray:
-    """uint8 (N, 3, H, W) plain tiles -> (N, H, W, 3) uint8 generated tiles, in inference mode.
-
-    A generator that is training is put back into training mode afterwards.
-    """
-    was_training = generator.training
-    generator.eval()
-    with torch.no_grad():
-        generated = [to_uint8_images(generator(to_model_input(tiles[k:k + batch_size].to(device))))
-                     for k in range(0, len(tiles), batch_size)]
-    generator.train(was_training)
-    return np.concatenate(generated)
-
-
-def markers_per_tile(images: np.ndarray, marker_area_px: float) -> float:
-    """Marker-like dots per (H, W, 3) uint8 image, found by the extraction stage's detector.
-
-    The same count on real and generated tiles, so the two rates compare. A dot counts when it
-    stands alone (a blob the detector did not split), is half to twice a marker's area and nearly
-    pure magenta: what an untrained generator paints instead (a pink tint, magenta lines along
-    roads that the detector cuts into dot-sized pieces) does not.
-    """
-    return float(np.mean([sum(dot.blob_dots == 1 and marker_area_px / 2 <= dot.area_px <= 2 * marker_area_px
-                              and dot.score >= PAINTED_DOT_MIN_SCORE
-                              for dot in detect_markers(np.ascontiguousarray(image))) for image in images]))
-
-
 def _checkpoint(store: Store, models: Models, optimisers: list, schedulers: list, data: TileData, real_rate: float,
                 config: TrainConfig, settings: TrainSettings, step: int, metrics: list, best: dict | None,
                 device: torch.device) -> dict | None:
-    """Validate, then save last.pt (and best.pt and generator.pt when the dot rate is the closest yet)."""
+    """Validate, then save last.pt (and best.pt and generator.pt when it is the best yet: `_better`)."""
     validation = _validation(models, data, real_rate, step, device)
     metrics.append({"validation": validation})
     lineage = _lineage(config, settings, data, metrics)
@@ -356,10 +317,7 @@ def _checkpoint(store: Store, models: Models, optimisers: list, schedulers: list
              "optimisers": [optimiser.state_dict() for optimiser in optimisers],
              "schedulers": [scheduler.state_dict() for scheduler in schedulers], "metrics": metrics, "best": best,
              "lineage": lineage}
-    # The original's markers faded when training ran long: keep the step whose dot rate is nearest the real one
-    # (NaN, no held-out tile: the last).
-    is_best = best is None or not validation["dot_rate_error"] >= best["dot_rate_error"]
-    if is_best:
+    if _better(validation, best):
         best = validation
         state["best"] = best
         store.publish_bytes(BEST_KEY, _torch_bytes(state))
@@ -370,10 +328,22 @@ def _checkpoint(store: Store, models: Models, optimisers: list, schedulers: list
 
 
 def _validation(models: Models, data: TileData, real_rate: float, step: int, device: torch.device) -> dict:
-    """Markers per held-out plain tile that G paints, against the real rate: the best checkpoint's measure."""
+    """The dot rate on held-out plain tiles against the real rate, and the places on the held-out boxes
+    (components.train.validation)."""
     dots = painted_dots_per_tile(models.generator, data.held_out_b, data.marker_area_px, device)
     return {"step": step, "dots_per_tile": dots, "real_dots_per_tile": real_rate,
-            "dot_rate_error": abs(dots - real_rate) / max(real_rate, 1e-9)}
+            "dot_rate_error": abs(dots - real_rate) / max(real_rate, 1e-9),
+            **place_scores(models.generator, data.held_out_boxes, _marker_radius_px(data), device)}
+
+
+def _better(validation: dict, best: dict | None) -> bool:
+    """Whether a checkpoint beats the best so far: by its places where there are held-out boxes, else by its
+    dot rate (the original's markers faded when training ran long); NaN, no held-out tile: the last."""
+    if best is None:
+        return True
+    if validation.get("place_score") is not None:
+        return best.get("place_score") is None or validation["place_score"] > best["place_score"]
+    return not validation["dot_rate_error"] >= best["dot_rate_error"]
 
 
 def _lineage(config: TrainConfig, settings: TrainSettings, data: TileData, metrics: list) -> dict:
