@@ -6,10 +6,12 @@ import pytest
 
 from components.core.detect import (
     REJECTION_REASONS,
+    Detection,
     Found,
     detect_markers,
     find_markers,
     holds_more_dots,
+    second_pass,
     typical_dot_core_px,
 )
 from components.core.geo import tile_at
@@ -127,3 +129,14 @@ def test_a_lone_marker_is_one_round_point(radius_px):
         assert found.rejected == only(None) and dot.blob_dots == 1
         assert abs(dot.col - 40.3) < 0.25 and abs(dot.row - 51.7) < 0.25 and dot.roundness >= 0.9
         assert detect_markers(image, marker_radius_px=marker_radius_px) == found.detections
+
+
+def test_dots_with_no_core_give_no_typical_dot_and_so_no_second_pass():
+    coreless = Detection(col=5.0, row=5.0, area_px=60, score=0.8, touches_edge=False, blob_core_px=0, blob_dots=1,
+                         roundness=0.5)
+    assert typical_dot_core_px([coreless] * 12) is None
+    assert second_pass([Found([coreless] * 12, dict.fromkeys(REJECTION_REASONS, 1))]) == (None, [])
+    cored = coreless._replace(blob_core_px=40)
+    assert typical_dot_core_px([cored] * 12) == 40.0
+    assert second_pass([Found([cored] * 12, dict.fromkeys(REJECTION_REASONS, 0)),
+                        Found([cored._replace(blob_core_px=90)], dict.fromkeys(REJECTION_REASONS, 0))]) == (40.0, [1])

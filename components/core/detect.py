@@ -280,9 +280,11 @@ def _whole_blobs(round_labels: np.ndarray, blobs: _BlobPixels, stats: np.ndarray
 
 
 def typical_dot_core_px(detections: list[Detection]) -> float | None:
-    """The median core area of the whole dots that were alone in their blob, when there are enough."""
+    """The median core area of the whole dots that were alone in their blob, when there are enough and it
+    is above 0 (faint dots, all rim and no core, tell nothing of a dot's size)."""
     alone = [d.blob_core_px for d in detections if d.blob_dots == 1 and not d.touches_edge]
-    return float(np.median(alone)) if len(alone) >= MIN_DOTS_FOR_TYPICAL_AREA else None
+    median_px = float(np.median(alone)) if len(alone) >= MIN_DOTS_FOR_TYPICAL_AREA else 0.0
+    return median_px if median_px > 0 else None
 
 
 def second_pass(found: list[Found]) -> tuple[float | None, list[int]]:
