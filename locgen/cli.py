@@ -190,9 +190,10 @@ def _run_compile(args) -> dict:
 
 def _run_parser(commands) -> None:
     parser = commands.add_parser("run", help="run the end-to-end pipeline here (kfp.local) on the sample data",
-                                 description="Train the tiny preset on central Helsinki, generate for Kotka and for "
-                                             "the held-out part of Helsinki (scored against its real bicycle "
-                                             "points), extract the points: the Kubeflow pipeline, run locally.")
+                                 description="Train the tiny preset on central Helsinki (or on the cities of "
+                                             "--param 'cities=[...]'), generate for Kotka and for the held-out "
+                                             "part of Helsinki (scored against its real bicycle points), extract "
+                                             "the points: the Kubeflow pipeline, run locally.")
     parser.add_argument("--pretrained", action="store_true", help="skip training: use the bundled generator")
     parser.add_argument("--store", type=Path, default=Path("out/pipeline"),
                         help="where the tiles, models and points go (%(default)s)")

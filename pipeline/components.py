@@ -10,7 +10,7 @@ images of a registry.
 """
 
 from types import SimpleNamespace
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
@@ -35,6 +35,33 @@ def render_tiles(store: str, city: str, osm: str, locations: List[str], pairs: i
     render_step(**parameters)
 
 
+def render_city(store: str, city: dict, pairs: int, sampling: str, empty_share: float, marker_radius_px: float,
+                seed: int, tiles: Output[Dataset], metrics: Output[Metrics]):
+    """Render one city's training pairs (`city`: an item of the pipeline's `cities`) as one task, published
+    as a whole tile set."""
+    parameters = dict(locals())
+    from pipeline.steps import render_city_step
+
+    render_city_step(**parameters)
+
+
+def held_out_cities(cities: List[dict]) -> List[dict]:
+    """The items of `cities` with a held-out box: what the held-out evaluation runs on, one city each."""
+    from pipeline.steps import held_out_cities_step
+
+    return held_out_cities_step(cities)
+
+
+def city_fields(city: dict) -> NamedTuple("CityFields", city=str, osm=str, locations=List[str], holdout=str):
+    """An item of `cities` as its fields, for the tasks that take them one by one."""
+    from collections import namedtuple
+
+    from pipeline.steps import city_parameters
+
+    fields = city_parameters(city)
+    return namedtuple("CityFields", fields)(**fields)
+
+
 def collect_tiles(parts: Input[List[Dataset]], tiles: Output[Dataset], metrics: Output[Metrics]):
     """Merge the shards of a tile set (rendered or generated) into one, with its lineage."""
     parameters = dict(locals())
@@ -44,17 +71,19 @@ def collect_tiles(parts: Input[List[Dataset]], tiles: Output[Dataset], metrics: 
 
 
 def train_generator(store: str, run_id: str, preset: str, steps: int, batch_size: int, init_from: str, gpus: int,
-                    training_tiles: Input[Dataset], generator: Output[Model], metrics: Output[Metrics]):
-    """Train FastCUT on the training pairs, one DDP process per GPU (resuming the run's checkpoint after a retry)."""
+                    training_tiles: Input[List[Dataset]], generator: Output[Model], metrics: Output[Metrics]):
+    """Train FastCUT on the training pairs of every city together, one DDP process per GPU (resuming the run's
+    checkpoint after a retry)."""
     parameters = dict(locals())
     from pipeline.steps import train_step
 
     train_step(**parameters)
 
 
-def export_onnx(store: str, run_id: str, generator: Input[Model], training_tiles: Input[Dataset],
+def export_onnx(store: str, run_id: str, generator: Input[Model], training_tiles: Input[List[Dataset]],
                 onnx_model: Output[Model], metrics: Output[Metrics]):
-    """Export the generator to ONNX (and its fp16 variant), checked against PyTorch on the training tiles."""
+    """Export the generator to ONNX (and its fp16 variant), checked against PyTorch on the first city's training
+    tiles."""
     parameters = dict(locals())
     from pipeline.steps import export_step
 
@@ -83,8 +112,9 @@ def extract_points(count: int, truth: List[str], truth_bbox: str, class_shares: 
 
 
 # Each function above, with the stage whose image runs it.
-STAGE_OF = {shard_indices: "render", render_tiles: "render", collect_tiles: "render", train_generator: "train",
-            export_onnx: "export", generate_tiles: "infer", extract_points: "extract"}
+STAGE_OF = {shard_indices: "render", render_tiles: "render", render_city: "render", held_out_cities: "render",
+            city_fields: "render", collect_tiles: "render", train_generator: "train", export_onnx: "export",
+            generate_tiles: "infer", extract_points: "extract"}
 
 
 def build_components(registry: str) -> SimpleNamespace:

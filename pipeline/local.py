@@ -16,6 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import yaml
 from kfp import compiler, local
 
 from components.core.errors import LocgenError
@@ -26,7 +27,8 @@ from components.infer.settings import GenerateSettings
 from components.render.job import RenderSettings
 from components.train.config import PRESETS
 from pipeline.images import DEFAULT_REGISTRY
-from pipeline.pipelines import SAMPLE_HOLDOUT, SAMPLE_LOCATIONS, SAMPLE_OSM, SAMPLE_TARGET_OSM, build_pipelines
+from pipeline.pipelines import SAMPLE_CITY, SAMPLE_TARGET_OSM, build_pipelines
+from pipeline.steps import CITY_EXAMPLE, city_parameters, city_prefix
 
 PIPELINE_DIR = Path(__file__).resolve().parent
 # A parameter feeds the stage setting of its name, or of its name less one of these: target_ (the end-to-end
@@ -49,8 +51,24 @@ def compile_all(out_dir: Path = PIPELINE_DIR, registry: str = DEFAULT_REGISTRY, 
     for name, pipeline in build_pipelines(registry, gpus).items():
         path = Path(out_dir) / f"{name}.yaml"
         compiler.Compiler().compile(pipeline, str(path))
+        _sort_header(path)
         written.append(path)
     return written
+
+
+def _sort_header(path: Path) -> None:
+    """kfp writes the YAML's body with sorted keys but its header comment (the inputs and their defaults)
+    in the order protobuf gives a Struct's keys, which changes from one process to the next for a dict
+    default (the `cities` items): the same header, from the written body, so that compiling is repeatable."""
+    from kfp.compiler.pipeline_spec_builder import extract_comments_from_pipeline_spec
+
+    lines = path.read_text().splitlines(keepends=True)
+    start = next(index for index, line in enumerate(lines) if not line.startswith("#"))
+    header, body = lines[:start], lines[start:]
+    fresh = extract_comments_from_pipeline_spec(next(yaml.safe_load_all("".join(body))), None).splitlines(True)
+    inputs = next((index for index, line in enumerate(header) if line.startswith("# Inputs:")), len(header))
+    fresh_inputs = next((index for index, line in enumerate(fresh) if line.startswith("# Inputs:")), len(fresh))
+    path.write_text("".join(header[:inputs] + fresh[fresh_inputs:] + body))
 
 
 def parse_parameters(texts: list[str]) -> dict:
@@ -74,7 +92,12 @@ def check_parameters(pipeline, given: dict, local_files: bool = True) -> None:
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise LocgenError(f"unknown parameters {unknown} for {pipeline.name}; it takes {', '.join(defaults)}")
+    if "cities" in defaults:
+        check_cities(given.get("cities", defaults["cities"]), local_files,
+                     held_out="holdout_points" in (pipeline.component_spec.outputs or {}))
     for name, value in given.items():
+        if name == "cities":
+            continue
         expected = type(defaults[name])
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             if not (expected is float and isinstance(value, int)):
@@ -90,15 +113,40 @@ def check_parameters(pipeline, given: dict, local_files: bool = True) -> None:
             parse_text(item, value, name)
         if item is not None and item.choices and value not in item.choices:
             raise LocgenError(f"{name} {value!r}: give one of {', '.join(item.choices)}")
-        if item is not None and item.name == "osm" and local_files and not value.startswith("s3://") \
-                and not Path(value).is_file():
-            raise LocgenError(f"{name} {value}: no such file; give an .osm.pbf file or an s3:// URI")
+        if item is not None and item.name == "osm":
+            _check_osm(name, value, local_files)
     for prefix in ("", "target_"):
         center, grid, bbox = (parameters.get(f"{prefix}{key}") for key in ("center", "grid", "bbox"))
         if f"{prefix}grid" in parameters and not bbox and not (center and grid):
             raise LocgenError(f"no area: give {prefix}bbox W,S,E,N, or {prefix}center LAT,LON with {prefix}grid N")
-    if "locations" in parameters and not parameters["locations"]:
-        raise LocgenError("locations: give one or more location sources to train on")
+
+
+def check_cities(cities, local_files: bool = True, held_out: bool = False) -> None:
+    """One clear error for a `cities` parameter no training could run with, naming the item (its index and
+    city) and the fix; `held_out`: the pipeline evaluates on the held-out boxes, so one city needs one."""
+    if not isinstance(cities, list):
+        raise LocgenError(f"cities {json.dumps(cities)}: not a JSON list; give a list of cities, like "
+                          f"[{CITY_EXAMPLE}]")
+    if not cities:
+        raise LocgenError(f"cities []: give one or more cities to train on, like [{CITY_EXAMPLE}]")
+    seen = {}
+    for index, item in enumerate(cities):
+        city = city_parameters(item, index)
+        name = f"cities[{index}] ({city['city']})"
+        _check_osm(f"{name}: osm", city["osm"], local_files)
+        folder = city_prefix("", city["city"])
+        if folder in seen:
+            raise LocgenError(f"{name}: the same city as {seen[folder]}; give each city once (one item with all "
+                              "its location sources)")
+        seen[folder] = name
+    if held_out and not any(item.get("holdout") for item in cities):
+        raise LocgenError("cities: no city has a holdout; give at least one a held-out box W,S,E,N to evaluate on "
+                          "(or run the training pipeline)")
+
+
+def _check_osm(name: str, value: str, local_files: bool) -> None:
+    if local_files and not value.startswith("s3://") and not Path(value).is_file():
+        raise LocgenError(f"{name} {value}: no such file; give an .osm.pbf file or an s3:// URI")
 
 
 def setting_fed_by(parameter: str, classes: tuple = STAGE_SETTINGS) -> Declared | None:
@@ -140,26 +188,29 @@ def run_sample(store: Path, overrides: dict, pretrained: bool) -> dict:
     picks the best checkpoint; `init_from=` starts afresh), or with `pretrained` the generation
     pipeline with the bundled model, for the target town and for the held-out box.
 
-    Returns where the points, previews and the evaluation report are.
+    Returns where the points, previews and the evaluation reports (one a held-out city) are.
     """
     pipelines = build_pipelines()
     root = store.resolve()
     pipeline_root = root / "kfp"
+    sample = {**SAMPLE_CITY, "osm": str(PROJECT_ROOT / SAMPLE_CITY["osm"])}
     if not pretrained:
-        parameters = {"osm": str(PROJECT_ROOT / SAMPLE_OSM), "target_osm": str(PROJECT_ROOT / SAMPLE_TARGET_OSM),
+        parameters = {"cities": [sample], "target_osm": str(PROJECT_ROOT / SAMPLE_TARGET_OSM),
                       "store": str(root), "init_from": "bundled", **overrides}
         outputs = run_locally(pipelines["end-to-end"], parameters, pipeline_root).outputs
         return _where(outputs["target_points"], outputs["holdout_points"])
     target = {"osm": str(PROJECT_ROOT / SAMPLE_TARGET_OSM), "store": str(root), **overrides}
-    held_out = {"city": "helsinki", "osm": str(PROJECT_ROOT / SAMPLE_OSM), "bbox": SAMPLE_HOLDOUT, "grid": 0,
-                "center": "", "truth": SAMPLE_LOCATIONS, "truth_bbox": SAMPLE_HOLDOUT, "store": str(root)}
+    held_out = {"city": sample["city"], "osm": sample["osm"], "bbox": sample["holdout"], "grid": 0, "center": "",
+                "truth": sample["locations"], "truth_bbox": sample["holdout"], "store": str(root)}
     return _where(run_locally(pipelines["generate"], target, pipeline_root).output,
-                  run_locally(pipelines["generate"], held_out, pipeline_root).output)
+                  [run_locally(pipelines["generate"], held_out, pipeline_root).output])
 
 
-def _where(target_points, held_out_points) -> dict:
-    target, held_out = target_points.metadata, held_out_points.metadata
+def _where(target_points, held_out_points: list) -> dict:
+    target = target_points.metadata
     return {"points_csv": target["uri"], "points_geojson": target["geojson"], "preview": target["preview"],
-            "points": int(target["points"]), "holdout_points_csv": held_out["uri"],
-            "holdout_preview": held_out["preview"],
-            "evaluation_report": held_out["evaluation"].removesuffix(".json") + ".md"}
+            "points": int(target["points"]),
+            "held_out": [{"city": meta["city"], "points_csv": meta["uri"], "preview": meta["preview"],
+                          "evaluation_report": meta["evaluation"].removesuffix(".json") + ".md"}
+                         for meta in sorted((points.metadata for points in held_out_points),
+                                            key=lambda meta: meta["city"])]}

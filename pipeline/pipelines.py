@@ -9,12 +9,19 @@ The defaults are the bundled sample data (paths relative to a checkout, what `lo
 cluster, give the OSM data, locations and `store` as s3:// URIs. Every task reads the object-store
 settings (AWS_* variables) from the Kubernetes Secret OBJECT_STORE_SECRET. GPU tasks ask for NVIDIA
 GPUs (train: `train_gpus` of them in one pod, one DDP process each; infer: one per shard) and tolerate
-the usual GPU taint. Only render is cached: its output is a pure function of its inputs; the other
-tasks write into their run's folder, so a cache hit would leave that folder empty.
+the usual GPU taint. Only the render image's tasks are cached: their output is a pure function of
+their inputs; the other tasks write into their run's folder, so a cache hit would leave that folder empty.
 
-Render settings travel by name: a pipeline hands its render parameters to `render_tiles` under the
-component's own parameter names, so a render setting is wired by naming it in the pipeline's
-signature.
+Render settings travel by name: a pipeline hands its render parameters to `render_tiles` (and its pair
+settings to `render_city`) under the component's own parameter names, so a render setting is wired by
+naming it in the pipeline's signature.
+
+Training takes a list of cities (`cities`: items {"city", "osm", "locations", "holdout"}): each city's
+pairs are rendered by one task (a ParallelFor over the cities, all at once), and one train task trains
+on all of them; the run's model goes under the cities' names joined ("helsinki+prague"). A city's
+render is one task, not split in `shards`: kfp.local cannot run a ParallelFor inside another.
+End to end, each city with a held-out box is also evaluated there (a ParallelFor over those cities,
+one render, inference and extract task each).
 """
 
 from typing import List, NamedTuple
@@ -37,6 +44,7 @@ SAMPLE_OSM = "data/osm/helsinki-center.osm.pbf"
 SAMPLE_TARGET_OSM = "data/osm/kotka-karhula.osm.pbf"
 SAMPLE_LOCATIONS = ["osm:amenity=bicycle_rental,amenity=bicycle_parking"]
 SAMPLE_HOLDOUT = "24.9351,60.1641,24.9535,60.1680"  # central Helsinki kept out of training, to evaluate on
+SAMPLE_CITY = {"city": "helsinki", "osm": SAMPLE_OSM, "locations": SAMPLE_LOCATIONS, "holdout": SAMPLE_HOLDOUT}
 SAMPLE_STORE = "out/pipeline"
 INFER_BATCH_SIZE = 8  # tiles per inference run where a pipeline does not ask (GenerateSettings' default)
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -76,17 +84,20 @@ class _Tasks:
             part = self.on_cluster(c.render_tiles(store=store, shard=shard, shards=shards, **render), cache=True)
         return self.on_cluster(c.collect_tiles(parts=dsl.Collected(part.outputs["tiles"])), cache=True)
 
-    def train(self, store: str, shards: int, preset: str, steps: int, train_batch_size: int, init_from: str,
-              train_gpus: int, **render) -> dsl.PipelineTask:
-        """The training tasks; returns the export task, whose onnx_model is the trained model."""
+    def train(self, store: str, cities: List[dict], preset: str, steps: int, train_batch_size: int, init_from: str,
+              train_gpus: int, **pair_settings) -> dsl.PipelineTask:
+        """The training tasks: each city's pairs rendered by one task (`pair_settings`: render_city's
+        parameters), all of them trained on together; returns the export task, whose onnx_model is the
+        trained model."""
         c = self.components
-        pairs = self.rendered(store, shards, **render, **NO_AREA)
+        with dsl.ParallelFor(items=cities) as city:
+            pairs = self.on_cluster(c.render_city(store=store, city=city, **pair_settings), cache=True)
+        training_tiles = dsl.Collected(pairs.outputs["tiles"])
         training = self.on_cluster(c.train_generator(store=store, run_id=RUN_ID, preset=preset, steps=steps,
                                                      batch_size=train_batch_size, init_from=init_from,
-                                                     gpus=train_gpus,
-                                                     training_tiles=pairs.outputs["tiles"]), gpus=train_gpus)
+                                                     gpus=train_gpus, training_tiles=training_tiles), gpus=train_gpus)
         return self.on_cluster(c.export_onnx(store=store, run_id=RUN_ID, generator=training.outputs["generator"],
-                                             training_tiles=pairs.outputs["tiles"]))
+                                             training_tiles=dsl.Collected(pairs.outputs["tiles"])))
 
     def generate(self, store: str, shards: int, city: str, osm: str, model: str, provider: str,
                  infer_batch_size: int, count: int, truth: List[str], truth_bbox: str, class_shares: str,
@@ -105,6 +116,27 @@ class _Tasks:
         return self.on_cluster(c.extract_points(count=count, truth=truth, truth_bbox=truth_bbox,
                                                 class_shares=class_shares, osm=osm,
                                                 generated=generated.outputs["tiles"]))
+
+    def held_out(self, store: str, cities: List[dict], provider: str, class_shares: str,
+                 onnx_model) -> dsl.PipelineTask:
+        """The held-out box of each city that has one: rendered, translated with `onnx_model` and
+        extracted by one task each (a ParallelFor over those cities), scored against the city's real
+        positions; returns the extract task (inside the loop)."""
+        c = self.components
+        held_out = self.on_cluster(c.held_out_cities(cities=cities), cache=True)
+        with dsl.ParallelFor(items=held_out.output) as city:
+            fields = self.on_cluster(c.city_fields(city=city), cache=True)
+            render = {**_render_defaults(c.render_tiles), **NO_AREA, "city": fields.outputs["city"],
+                      "osm": fields.outputs["osm"], "bbox": fields.outputs["holdout"]}
+            plain = self.on_cluster(c.render_tiles(store=store, shard=0, shards=1, **render), cache=True)
+            generated = self.on_cluster(c.generate_tiles(store=store, run_id=RUN_ID, model="", provider=provider,
+                                                         batch_size=INFER_BATCH_SIZE, shard=0, shards=1,
+                                                         tiles=plain.outputs["tiles"], onnx_model=onnx_model), gpus=1)
+            points = self.on_cluster(c.extract_points(count=0, truth=fields.outputs["locations"],
+                                                      truth_bbox=fields.outputs["holdout"], class_shares=class_shares,
+                                                      osm=fields.outputs["osm"],
+                                                      generated=generated.outputs["generated"]))
+        return points
 
 
 def _render_defaults(render_tiles) -> dict:
@@ -127,12 +159,10 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict
     tasks = _Tasks(registry, gpus)
 
     @dsl.pipeline(name="locgen-train",
-                  description="Render training pairs for a city, train FastCUT, export to ONNX.")
-    def training_pipeline(city: str = "helsinki", osm: str = SAMPLE_OSM, locations: List[str] = SAMPLE_LOCATIONS,
-                          pairs: int = 400, sampling: str = "points", empty_share: float = 0.1,
-                          holdout: str = SAMPLE_HOLDOUT,
-                          marker_radius_px: float = 5.0, seed: int = 0, preset: str = "tiny", steps: int = 0,
-                          train_batch_size: int = 0, init_from: str = "", train_gpus: int = 1, shards: int = 1,
+                  description="Render training pairs for each city, train FastCUT on all of them, export to ONNX.")
+    def training_pipeline(cities: List[dict] = [SAMPLE_CITY], pairs: int = 400, sampling: str = "points",
+                          empty_share: float = 0.1, marker_radius_px: float = 5.0, seed: int = 0, preset: str = "tiny",
+                          steps: int = 0, train_batch_size: int = 0, init_from: str = "", train_gpus: int = 1,
                           store: str = SAMPLE_STORE) -> Model:
         return tasks.train(**_parameters(locals())).outputs["onnx_model"]
 
@@ -147,28 +177,26 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict
                               truth_bbox, class_shares, bbox=bbox, center=center, grid=grid).outputs["points"]
 
     @dsl.pipeline(name="locgen-end-to-end",
-                  description="Train on one city, then generate for another and for the held-out part of the first, "
-                              "scored against its real positions.")
-    def end_to_end_pipeline(city: str = "helsinki", osm: str = SAMPLE_OSM, locations: List[str] = SAMPLE_LOCATIONS,
-                            pairs: int = 400, sampling: str = "points", empty_share: float = 0.1,
-                            holdout: str = SAMPLE_HOLDOUT,
-                            marker_radius_px: float = 5.0, seed: int = 0, preset: str = "tiny", steps: int = 0,
-                            train_batch_size: int = 0, init_from: str = "", train_gpus: int = 1,
-                            target_city: str = "kotka", target_osm: str = SAMPLE_TARGET_OSM,
+                  description="Train on the cities, then generate for another town and for the held-out box of "
+                              "each training city, scored against its real positions.")
+    def end_to_end_pipeline(cities: List[dict] = [SAMPLE_CITY], pairs: int = 400, sampling: str = "points",
+                            empty_share: float = 0.1, marker_radius_px: float = 5.0, seed: int = 0,
+                            preset: str = "tiny", steps: int = 0, train_batch_size: int = 0, init_from: str = "",
+                            train_gpus: int = 1, target_city: str = "kotka", target_osm: str = SAMPLE_TARGET_OSM,
                             target_center: str = "60.53,26.95", target_grid: int = 5, target_bbox: str = "",
                             target_count: int = 0, class_shares: str = "", provider: str = "auto", shards: int = 1,
                             store: str = SAMPLE_STORE) -> NamedTuple("Outputs", target_points=Dataset,
-                                                                     holdout_points=Dataset):
+                                                                     holdout_points=List[Dataset]):
         training = {name: value for name, value in _parameters(locals()).items()
-                    if not name.startswith("target_") and name not in ("provider", "class_shares")}
+                    if not name.startswith("target_") and name not in ("provider", "class_shares", "shards")}
         model = tasks.train(**training).outputs["onnx_model"]
         target = tasks.generate(store, shards, target_city, target_osm, "", provider, INFER_BATCH_SIZE, target_count,
                                 [], "", "", onnx_model=model, bbox=target_bbox, center=target_center,
                                 grid=target_grid)
-        # The held-out box of the training city: ground the model never saw, with its real positions.
-        held_out = tasks.generate(store, shards, city, osm, "", provider, INFER_BATCH_SIZE, 0, locations, holdout,
-                                  class_shares, onnx_model=model, **{**NO_AREA, "bbox": holdout})
-        outputs = NamedTuple("Outputs", target_points=Dataset, holdout_points=Dataset)
-        return outputs(target_points=target.outputs["points"], holdout_points=held_out.outputs["points"])
+        # The held-out box of each training city: ground the model never saw, with its real positions.
+        held_out = tasks.held_out(store, cities, provider, class_shares, onnx_model=model)
+        outputs = NamedTuple("Outputs", target_points=Dataset, holdout_points=List[Dataset])
+        return outputs(target_points=target.outputs["points"],
+                       holdout_points=dsl.Collected(held_out.outputs["points"]))
 
     return {"train": training_pipeline, "generate": generation_pipeline, "end-to-end": end_to_end_pipeline}

@@ -5,14 +5,16 @@ city and run:
 
     {store}/{city}/tiles/{render}/      a tile set (a/, b/, manifest.jsonl); {render} is the hash of the
                                         render settings, so every run that renders the same reuses it
-    {store}/{city}/runs/{run}/train/    checkpoints, generator.pt, metrics.jsonl, samples/
-    {store}/{city}/runs/{run}/model.onnx    with model.fp16.onnx and model.parity.json
+    {store}/{cities}/runs/{run}/train/  checkpoints, generator.pt, metrics.jsonl, samples/
+    {store}/{cities}/runs/{run}/model.onnx  with model.fp16.onnx and model.parity.json
     {store}/{city}/runs/{run}/{render}/generated/   the generated tiles of the area rendered as {render}
     {store}/{city}/runs/{run}/{render}/points.csv, points.geojson, preview.png, report.json, report.md
 
-`{run}` is the Kubeflow run's id. Each KFP artifact is a pointer: its metadata holds the `uri` of
-the data, and the lineage (city, area, sources and their sha256, style version, parent artifacts,
-project version, git commit); its file holds the same as JSON, for the Kubeflow UI.
+`{run}` is the Kubeflow run's id; `{cities}` is the training cities' names in alphabetical order,
+joined by "+" (one city: its name), as a folder: "helsinki+prague" -> helsinki-prague. Each KFP
+artifact is a pointer: its metadata holds the `uri` of the data, and the lineage (city, area, sources
+and their sha256, style version, parent artifacts, project version, git commit); its file holds the
+same as JSON, for the Kubeflow UI.
 """
 
 from __future__ import annotations
@@ -82,9 +84,54 @@ def pointed_uri(artifact) -> str:
 
 # --- render -----------------------------------------------------------------------------------------
 
+CITY_KEYS = ("city", "osm", "locations", "holdout")  # an item of a pipeline's `cities`; holdout may be left out
+CITY_EXAMPLE = ('{"city": "helsinki", "osm": "s3://locgen/osm/helsinki.osm.pbf", '
+                '"locations": ["osm:amenity=bicycle_rental"], "holdout": "24.93,60.16,24.95,60.17"}')
+
+
+def city_parameters(city, index: int | None = None) -> dict:
+    """An item (number `index`, where known) of a pipeline's `cities` as render parameters: city, osm,
+    locations, holdout ("" for none); one clear error for an item no render could run with (its files
+    are not looked at here)."""
+    name = "cities item" if index is None else f"cities[{index}]"
+    name += f" ({city['city']})" if isinstance(city, dict) and "city" in city else ""
+    if not isinstance(city, dict):
+        raise LocgenError(f"{name} {json.dumps(city)}: not an object; give each city as {CITY_EXAMPLE}")
+    unknown = sorted(set(city) - set(CITY_KEYS))
+    if unknown:
+        raise LocgenError(f"{name}: unknown keys {unknown}; an item takes {', '.join(CITY_KEYS)}, like {CITY_EXAMPLE}")
+    missing = [key for key in CITY_KEYS[:3] if key not in city]
+    if missing:
+        raise LocgenError(f"{name}: no {', '.join(missing)}; give each of city, osm, locations (holdout may be "
+                          f"left out), like {CITY_EXAMPLE}")
+    if not isinstance(city["city"], str) or not re.search(r"[A-Za-z0-9]", city["city"]):
+        raise LocgenError(f"{name}: city {json.dumps(city['city'])}: give a name with letters or digits (it names "
+                          "the object-store folder)")
+    if not isinstance(city["osm"], str) or not city["osm"]:
+        raise LocgenError(f"{name}: osm {json.dumps(city['osm'])}: give one .osm.pbf path or s3:// URI as a text")
+    locations = city["locations"]
+    if not isinstance(locations, list) or not all(isinstance(source, str) and source for source in locations):
+        raise LocgenError(f"{name}: locations {json.dumps(locations)}: give a list of location sources, like "
+                          '["osm:amenity=bicycle_rental"]')
+    if not locations:
+        raise LocgenError(f"{name}: locations: give one or more location sources to train on")
+    holdout = city.get("holdout", "")
+    if not isinstance(holdout, str):
+        raise LocgenError(f"{name}: holdout {json.dumps(holdout)}: give W,S,E,N as a text, or \"\" for none")
+    if holdout:
+        parse_bbox(holdout, f"{name}: holdout")
+    return {"city": city["city"], "osm": city["osm"], "locations": list(locations), "holdout": holdout}
+
+
+def held_out_cities_step(cities: list) -> list[dict]:
+    """The cities with a held-out box, in the order given (each as city_parameters gives it)."""
+    return [city for city in (city_parameters(item, index) for index, item in enumerate(cities)) if city["holdout"]]
+
+
 @timed
 def render_step(store: str, shard: int, shards: int, tiles, metrics, **render) -> None:
-    """Render one shard of a tile set (every shards-th planned tile); collect_step publishes the whole.
+    """Render one shard of a tile set (every shards-th planned tile); collect_step publishes the whole,
+    or with one shard this task does (`tiles` then carries what collect_step's does).
 
     `render`: settings of RenderSettings by name (0 and "" for "not given"). The tile set's folder is
     named by every setting that shapes the tiles, so renders that differ never share one.
@@ -97,10 +144,21 @@ def render_step(store: str, shard: int, shards: int, tiles, metrics, **render) -
     identity = {name: value for name, value in output_identity(settings).items() if value is not None}
     settings.out = f"{city_prefix(store, city)}/tiles/{_short_hash(identity)}"
     summary = render_tileset(settings)
-    publish_pointer(tiles, settings.out, lineage(city, [], render=identity, shard=shard, shards=shards))
+    metadata = lineage(city, [], render=identity, shard=shard, shards=shards)
+    if shards == 1:
+        publish_tile_set(tiles, settings.out, metadata)
+    else:
+        publish_pointer(tiles, settings.out, metadata)
     metrics.log_metric("tiles", summary["tiles"])
     metrics.log_metric("tiles_rendered", summary["rendered"])
     metrics.log_metric("data_share", summary["data_share"])  # of the area, inside the OSM data's extent
+
+
+def render_city_step(store: str, city: dict, tiles, metrics, **render) -> None:
+    """Render one city's training pairs (`city`: an item of `cities`; `render`: the pair settings) as one
+    task: the whole tile set, published as collect_step publishes one."""
+    render_step(store=store, shard=0, shards=1, tiles=tiles, metrics=metrics, **city_parameters(city),
+                **{"bbox": "", "center": "", "grid": 0, **render})
 
 
 @timed
@@ -117,14 +175,26 @@ def collect_step(parts: list, tiles, metrics) -> None:
     rows = merge_manifest_parts(store, shards) if shards > 1 else read_manifest(store)
     if not rows:
         raise LocgenError(f"{uri}: the shards made no tile; check the area parameters")
-    sources = {source["uri"]: source["sha256"] for row in rows for source in row["sources"]}
     shared = {key: value for key, value in parts[0].metadata.items() if key not in ("uri", "shard")}
-    publish_pointer(tiles, uri, {
-        **shared, "area": _area(rows), "tiles": len(rows), "domains": sorted({row["domain"] for row in rows}),
-        "sources": [{"uri": source, "sha256": sha} for source, sha in sorted(sources.items())],
-        "manifest_sha256": hashlib.sha256(store.get_bytes(MANIFEST_KEY)).hexdigest(), "attribution": OSM_ATTRIBUTION})
+    publish_tile_set(tiles, uri, shared, rows)
     metrics.log_metric("tiles", len(rows))
     metrics.log_metric("shards", shards)
+
+
+def publish_tile_set(artifact, uri: str, metadata: dict, rows: list[dict] | None = None) -> None:
+    """Make `artifact` point at the whole tile set `uri`: `metadata` and what its manifest (`rows`: read
+    here when not given) says: the area, tiles, domains, sources with their sha256, the manifest's sha256."""
+    from components.core.tileset import read_manifest
+
+    store = open_store(uri)
+    rows = read_manifest(store) if rows is None else rows
+    if not rows:
+        raise LocgenError(f"{uri}: no tile in its manifest; check the area parameters")
+    sources = {source["uri"]: source["sha256"] for row in rows for source in row["sources"]}
+    publish_pointer(artifact, uri, {
+        **metadata, "area": _area(rows), "tiles": len(rows), "domains": sorted({row["domain"] for row in rows}),
+        "sources": [{"uri": source, "sha256": sha} for source, sha in sorted(sources.items())],
+        "manifest_sha256": hashlib.sha256(store.get_bytes(MANIFEST_KEY)).hexdigest(), "attribution": OSM_ATTRIBUTION})
 
 
 def _short_hash(document: dict) -> str:
@@ -139,42 +209,78 @@ def _area(rows: list[dict]) -> list[float]:
 
 # --- train and export -------------------------------------------------------------------------------
 
+def training_sets(training_tiles: list) -> list:
+    """The training tile sets (one a city) in the order train and export read them: by city name, so
+    that the run, its folder and its lineage do not depend on the order the tasks were collected in."""
+    tile_sets = sorted(training_tiles, key=lambda tiles: (tiles.metadata["city"], pointed_uri(tiles)))
+    if not tile_sets:
+        raise LocgenError("no training tile set: give one or more cities")
+    cities = [tiles.metadata["city"] for tiles in tile_sets]
+    twice = sorted({city for city in cities if cities.count(city) > 1})
+    if twice:
+        raise LocgenError(f"cities {twice}: each given more than once; give each city once in `cities`")
+    return tile_sets
+
+
+def training_city(tile_sets: list) -> str:
+    """The name a run on these tile sets goes under: the cities' names joined by "+"."""
+    return "+".join(tiles.metadata["city"] for tiles in tile_sets)
+
+
 @timed
 def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int, init_from: str, gpus: int,
-               training_tiles, generator, metrics) -> None:
-    """Train (one process per GPU through torchrun when gpus > 1), resuming the run's checkpoint after a retry;
-    steps and batch_size 0: the preset's; init_from (a generator, a checkpoint or "bundled"; "": none) the
-    model a new run starts from."""
+               training_tiles: list, generator, metrics) -> None:
+    """Train on every city's tile set together (one process per GPU through torchrun when gpus > 1),
+    resuming the run's checkpoint after a retry; steps and batch_size 0: the preset's; init_from (a
+    generator, a checkpoint or "bundled"; "": none) the model a new run starts from."""
     from components.train.config import TrainSettings, preset_config
     from components.train.generator_file import GENERATOR_KEY, load_generator
     from components.train.train import train
 
-    tiles_uri = pointed_uri(training_tiles)
-    city = training_tiles.metadata["city"]
+    tile_sets = training_sets(training_tiles)
+    uris = [pointed_uri(tiles) for tiles in tile_sets]
+    city = training_city(tile_sets)
     config = preset_config(preset, unset(steps), unset(batch_size))
     out = run_uri(store, city, run_id, "train")
     resume = open_store(out).exists("checkpoints/last.pt")
     started_from = unset(init_from)
     init = None if resume else started_from  # a retry resumes its run, whatever that started from
     if gpus > 1:
-        _torchrun(gpus, ["--data", tiles_uri, "--out", out, "--preset", preset, "--steps", str(config.steps),
-                         "--batch-size", str(config.batch_size), *(["--resume"] if resume else []),
-                         *(["--init-from", init] if init else [])])
+        _torchrun(gpus, [*(argument for uri in uris for argument in ("--data", uri)), "--out", out, "--preset",
+                         preset, "--steps", str(config.steps), "--batch-size", str(config.batch_size),
+                         *(["--resume"] if resume else []), *(["--init-from", init] if init else [])])
     else:
-        train(TrainSettings(data=[tiles_uri], out=out, config=config, resume=resume, init_from=init, progress=False))
+        train(TrainSettings(data=uris, out=out, config=config, resume=resume, init_from=init, progress=False))
     best = load_generator(f"{out}/{GENERATOR_KEY}")[1]["validation"]
     publish_pointer(generator, f"{out}/{GENERATOR_KEY}", lineage(
-        city, [tiles_uri], area=training_tiles.metadata.get("area"), sources=training_tiles.metadata.get("sources"),
-        preset=preset, steps=config.steps, **({"init_from": started_from} if started_from else {}),
-        batch_size=config.batch_size, processes=max(gpus, 1),
-        training_manifest_sha256=training_tiles.metadata.get("manifest_sha256"), validation=best))
+        city, uris, cities=[tiles.metadata["city"] for tiles in tile_sets], area=_union_area(tile_sets),
+        sources=_union_sources(tile_sets), preset=preset, steps=config.steps,
+        **({"init_from": started_from} if started_from else {}), batch_size=config.batch_size,
+        processes=max(gpus, 1), training_manifest_sha256=[tiles.metadata.get("manifest_sha256") for tiles in tile_sets],
+        validation=best))
     rows = _train_metrics(out)
     metrics.log_metric("steps", max(row.get("step", 0) for row in rows))
+    metrics.log_metric("cities", len(tile_sets))
     last_losses = next((row for row in reversed(rows) if "loss_nce" in row), {})
+    # A warm start's step 0 is the model it started from: beside the chosen one, what the run bought.
+    start = next((row["validation"] for row in rows if "validation" in row), None) if started_from else None
     for name, value in {**{f"last_{k}": v for k, v in last_losses.items() if k.startswith("loss_")},
-                        **{f"validation_{k}": v for k, v in best.items() if k != "step"}}.items():
-        if isinstance(value, (int, float)) and value == value:  # NaN: no held-out tile
+                        **_flat_numbers(best, "validation_"),
+                        **(_flat_numbers(start, "started_from_") if start else {})}.items():
+        if value == value:  # NaN: no held-out tile
             metrics.log_metric(name, value)
+
+
+def _union_area(tile_sets: list) -> list[float]:
+    """The lon/lat bbox around the areas of the tile sets (one set: its area)."""
+    areas = [tiles.metadata["area"] for tiles in tile_sets]
+    return [min(a[0] for a in areas), min(a[1] for a in areas), max(a[2] for a in areas), max(a[3] for a in areas)]
+
+
+def _union_sources(tile_sets: list) -> list[dict]:
+    """Every source of the tile sets, once, by URI."""
+    sources = {source["uri"]: source for tiles in tile_sets for source in tiles.metadata.get("sources") or []}
+    return [sources[uri] for uri in sorted(sources)]
 
 
 def _torchrun(processes: int, train_arguments: list[str]) -> None:
@@ -194,15 +300,17 @@ def _train_metrics(out: str) -> list[dict]:
 
 
 @timed
-def export_step(store: str, run_id: str, generator, training_tiles, onnx_model, metrics) -> None:
+def export_step(store: str, run_id: str, generator, training_tiles: list, onnx_model, metrics) -> None:
+    """Export the generator; the parity check runs on the plain tiles of the first training set (by city name)."""
     from components.export.exporter import ExportSettings, export
 
     city = generator.metadata["city"]
+    tile_uris = [pointed_uri(tiles) for tiles in training_sets(training_tiles)]
     out = run_uri(store, city, run_id, "model.onnx")
-    summary = export(ExportSettings(out=out, checkpoint=pointed_uri(generator), tiles=pointed_uri(training_tiles)))
+    summary = export(ExportSettings(out=out, checkpoint=pointed_uri(generator), tiles=tile_uris[0]))
     publish_pointer(onnx_model, out, lineage(
-        city, [pointed_uri(generator), pointed_uri(training_tiles)], area=generator.metadata.get("area"),
-        sources=generator.metadata.get("sources"),
+        city, [pointed_uri(generator), *tile_uris], cities=generator.metadata.get("cities", [city]),
+        area=generator.metadata.get("area"), sources=generator.metadata.get("sources"),
         opset=summary["opset"], fp16_model=summary["fp16_model"], parity_report=summary["parity_report"],
         fp32_max_abs_diff=summary["fp32_max_abs_diff"], fp16_dot_f1=summary["fp16_dot_f1"]))
     metrics.log_metric("fp32_max_abs_diff", summary["fp32_max_abs_diff"])
@@ -215,7 +323,7 @@ def export_step(store: str, run_id: str, generator, training_tiles, onnx_model, 
 def generate_step(store: str, run_id: str, model: str, provider: str, batch_size: int, shard: int, shards: int,
                   onnx_model, tiles, generated, metrics) -> None:
     """Translate one shard of the plain tiles (every shards-th) with the exported model (an artifact), else
-    `model`, else the bundled model; collect_step publishes the whole."""
+    `model`, else the bundled model; collect_step publishes the whole, or with one shard this task does."""
     from components.infer.job import generate
     from components.infer.settings import GenerateSettings
 
@@ -226,9 +334,12 @@ def generate_step(store: str, run_id: str, model: str, provider: str, batch_size
     inference = {"model": model, "provider": provider, "batch_size": batch_size}
     summary = generate(from_parameters(GenerateSettings, inference, tiles=pointed_uri(tiles), out=out, progress=False,
                                        shard=shard, shards=shards))
-    publish_pointer(generated, out, lineage(
-        city, [summary["model"], pointed_uri(tiles)], provider=summary["provider"],
-        model_sha256=summary["model_sha256"], shard=shard, shards=shards))
+    metadata = lineage(city, [summary["model"], pointed_uri(tiles)], provider=summary["provider"],
+                       model_sha256=summary["model_sha256"], shard=shard, shards=shards)
+    if shards == 1:  # the whole generated set: published as collect_step publishes one
+        publish_tile_set(generated, out, metadata)
+    else:
+        publish_pointer(generated, out, metadata)
     metrics.log_metric("tiles", summary["tiles"])
     metrics.log_metric("tiles_generated", summary["generated"])
     if summary["colour_cast_mean"] is not None:  # a health signal: how much the model recolours the map

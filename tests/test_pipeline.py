@@ -6,7 +6,7 @@ import re
 
 import pytest
 import yaml
-from conftest import HELSINKI_PBF
+from conftest import HELSINKI_PBF, KOTKA_PBF
 
 from components.core.errors import LocgenError
 from components.core.provenance import OSM_ATTRIBUTION, git_commit
@@ -18,7 +18,7 @@ from components.render.job import RenderSettings, render
 from locgen.cli import main
 from pipeline.images import STAGE_IMAGES
 from pipeline.local import PIPELINE_DIR, check_parameters, compile_all, run_sample
-from pipeline.pipelines import OBJECT_STORE_SECRET, build_pipelines
+from pipeline.pipelines import OBJECT_STORE_SECRET, SAMPLE_CITY, build_pipelines
 
 GPU_COMPONENTS = {"train-generator", "generate-tiles"}
 # A small end-to-end run: 12 training pairs, 4 training steps, a 2 x 2 grid of Kotka, render and infer in 2 shards.
@@ -39,10 +39,12 @@ def test_committed_yaml_is_what_compile_writes(tmp_path):
         assert committed.read_text() == path.read_text(), f"{committed} is stale: run locgen compile"
 
 
-STAGE_OF_COMPONENT = {"shard-indices": "render", "render-tiles": "render", "collect-tiles": "render",
+STAGE_OF_COMPONENT = {"shard-indices": "render", "render-tiles": "render", "render-city": "render",
+                      "held-out-cities": "render", "city-fields": "render", "collect-tiles": "render",
                       "train-generator": "train", "export-onnx": "export", "generate-tiles": "infer",
                       "extract-points": "extract"}
-CACHED = {"shard-indices", "render-tiles"}  # and collect-tiles after a render, not after generate-tiles
+# and collect-tiles after a render, not after generate-tiles
+CACHED = {"shard-indices", "render-tiles", "render-city", "held-out-cities", "city-fields"}
 
 
 def _component(name: str) -> str:
@@ -124,11 +126,14 @@ def small_run(tmp_path_factory):
 
 def test_end_to_end_runs_locally_and_every_artifact_names_its_lineage(small_run):
     store, where = small_run
-    for key in ("points_csv", "points_geojson", "preview", "holdout_points_csv", "evaluation_report"):
-        assert where[key].startswith(str(store)), key
+    (held_out,) = where["held_out"]  # the sample's one city, with its held-out box
+    assert held_out["city"] == "helsinki"
+    for key, value in [*((key, where[key]) for key in ("points_csv", "points_geojson", "preview")),
+                       *held_out.items()]:
+        assert key == "city" or value.startswith(str(store)), key
     geojson = json.loads(open(where["points_geojson"]).read())
     assert geojson["type"] == "FeatureCollection" and geojson["attribution"] == OSM_ATTRIBUTION
-    assert "| F1 within 50 m |" in open(where["evaluation_report"]).read()
+    assert "| F1 within 50 m |" in open(held_out["evaluation_report"]).read()
     run = next((store / "kfp").iterdir())
     artifacts = {}
     for executor_output in run.rglob("executor_output.json"):  # the shards lie under for-loop-N-iteration-I/
@@ -136,22 +141,33 @@ def test_end_to_end_runs_locally_and_every_artifact_names_its_lineage(small_run)
             artifacts[f"{executor_output.parent.name}/{name}"] = listing["artifacts"][0]["metadata"]
     pointers = {key: meta for key, meta in artifacts.items() if "uri" in meta}
     assert {key.split("/")[1] for key in pointers} == {"tiles", "generator", "onnx_model", "generated", "points"}
-    pointers = {key: meta for key, meta in pointers.items() if not key.startswith(("render-tiles", "generate-tiles"))}
+    # the parts of a sharded tile set name no area: their collect task does (a tile set of one task names its own)
+    pointers = {key: meta for key, meta in pointers.items() if int(meta.get("shards", 1)) == 1 or "shard" not in meta}
     for key, meta in pointers.items():
         assert meta["city"] in ("helsinki", "kotka") and meta["locgen_version"] == "0.1.0", key
         assert meta["git_commit"] == git_commit() and meta["style_version"] == "1", key
         assert len(meta["area"]) == 4 and meta["parents"] is not None, key
         assert meta["sources"] and all(len(source["sha256"]) == 64 for source in meta["sources"]), key
-    tiles = pointers["collect-tiles/tiles"]
-    assert tiles["tiles"] == 24 and tiles["manifest_sha256"] and len(tiles["area"]) == 4
+    tiles = pointers["render-city/tiles"]  # the training pairs: one task, inside the loop over the cities
+    rows = read_manifest(open_store(tiles["uri"]))
+    assert tiles["tiles"] == len(rows) and sum(row["domain"] == "a" for row in rows) == 12  # SMALL's pairs
+    assert tiles["manifest_sha256"] and len(tiles["area"]) == 4
     assert all(len(source["sha256"]) == 64 for source in tiles["sources"]) and tiles["sources"]
     assert pointers["train-generator/generator"]["parents"] == [tiles["uri"]]
+    assert pointers["train-generator/generator"]["cities"] == ["helsinki"]
+    assert "/helsinki/runs/" in pointers["train-generator/generator"]["uri"]  # one city: its folder, as before
     assert pointers["train-generator/generator"]["init_from"] == "bundled"  # the demo starts from the bundled model
     assert pointers["export-onnx/onnx_model"]["parents"][0] == pointers["train-generator/generator"]["uri"]
+    # The model the demo started from, validated on Helsinki's held-out box at step 0, beside the one it kept.
+    trained = artifacts["train-generator/metrics"]
+    assert trained["started_from_step"] == 0 and trained["validation_step"] in (0, 4)
+    assert trained["validation_place_score"] >= trained["started_from_place_score"]
+    assert trained["validation_places_helsinki_real"] == trained["started_from_places_helsinki_real"] == 20
     generated = [meta for meta in pointers.values() if meta.get("domains") == ["a"] and "provider" in meta]
-    assert len(generated) == 2
+    assert len(generated) == 2  # Kotka (collected from its shards) and the held-out box (one task)
     assert all(meta["parents"][0] == pointers["export-onnx/onnx_model"]["uri"] for meta in generated)
-    html_pages = list(run.glob("extract-points*/preview"))
+    assert pointers["extract-points-2/points"]["evaluation"].endswith("/report.json")  # the held-out box, scored
+    html_pages = list(run.rglob("extract-points*/preview"))
     assert len(html_pages) == 2
     for page in html_pages:
         text = page.read_text()
@@ -170,7 +186,7 @@ def test_a_rerun_reuses_the_rendered_tiles(small_run, tmp_path):
 def test_pretrained_runs_generation_with_the_bundled_model(tmp_path):
     where = run_sample(tmp_path, {"grid": 2}, pretrained=True)
     assert where["points"] > 0  # the bundled generator paints markers on Kotka
-    report = open(where["evaluation_report"]).read()
+    report = open(where["held_out"][0]["evaluation_report"]).read()
     assert "**Verdict:**" in report
 
 
@@ -178,13 +194,13 @@ def test_pretrained_runs_generation_with_the_bundled_model(tmp_path):
     ({"preset": "huge"}, "preset 'huge': unknown; give one of fastcut, tiny"),
     ({"target_center": "", "target_bbox": ""}, "no area: give target_bbox"),
     ({"target_bbox": "1,2,3"}, "target_bbox: '1,2,3' is not WEST,SOUTH,EAST,NORTH"),
-    ({"osm": "/nowhere.osm.pbf"}, "osm /nowhere.osm.pbf: no such file"),
-    ({"locations": []}, "locations: give one or more location sources"),
+    ({"cities": [{**SAMPLE_CITY, "osm": "/nowhere.osm.pbf"}]}, "cities[0] (helsinki): osm /nowhere.osm.pbf: no such"),
+    ({"cities": [{**SAMPLE_CITY, "locations": []}]}, "cities[0] (helsinki): locations: give one or more location"),
     ({"colour": "red"}, "unknown parameters ['colour']"),
     ({"sampling": "everywhere"}, "sampling 'everywhere': give one of points, area"),
 ])
 def test_bad_parameters_fail_before_any_stage_runs(tmp_path, parameters, message):
-    with pytest.raises(LocgenError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(LocgenError, match=re.escape(message)):
         run_sample(tmp_path, parameters, pretrained=False)
     assert not (tmp_path / "kfp").exists()
 
@@ -199,32 +215,42 @@ def test_cli_run_and_compile_errors(tmp_path, capsys):
 
 
 def test_train_task_runs_one_ddp_process_per_gpu(tmp_path):
-    """train_gpus > 1: torchrun in the task's pod, one process each (gloo here, on the CPU)."""
+    """train_gpus > 1: torchrun in the task's pod, one process each (gloo here, on the CPU), on every city's tiles."""
     from kfp.dsl import Dataset, Metrics, Model
 
-    from pipeline.steps import train_step
+    from pipeline.steps import publish_tile_set, train_step
 
-    pairs = str(tmp_path / "pairs")
-    render(RenderSettings(osm=[str(HELSINKI_PBF)], out=pairs, pairs=8, city="helsinki", progress=False,
-                          locations=["osm:amenity=bicycle_rental,amenity=bicycle_parking"]))
-    tiles = Dataset(name="tiles", uri=str(tmp_path / "tiles"), metadata={"uri": pairs, "city": "helsinki"})
+    tile_sets = []
+    for city, osm, locations in (("kotka", KOTKA_PBF, "osm:highway=bus_stop"),
+                                 ("helsinki", HELSINKI_PBF, "osm:amenity=bicycle_rental,amenity=bicycle_parking")):
+        pairs = str(tmp_path / city)
+        render(RenderSettings(osm=[str(osm)], out=pairs, pairs=4, city=city, progress=False, locations=[locations]))
+        tile_sets.append(Dataset(name="tiles", uri=str(tmp_path / f"{city}-tiles")))
+        publish_tile_set(tile_sets[-1], pairs, {"city": city})
 
     def task(batch_size: int) -> tuple[Model, Metrics]:
         model, metrics = Model(name="m", uri=str(tmp_path / "model")), Metrics(name="x", uri=str(tmp_path / "x"))
         train_step(store=str(tmp_path / "store"), run_id=f"run-{batch_size}", preset="tiny", steps=2, init_from="",
-                   batch_size=batch_size, gpus=2, training_tiles=tiles, generator=model, metrics=metrics)
+                   batch_size=batch_size, gpus=2, training_tiles=tile_sets, generator=model, metrics=metrics)
         return model, metrics
 
     model, metrics = task(batch_size=2)
-    assert model.metadata["processes"] == 2 and metrics.metadata["steps"] == 2
-    assert model.metadata["uri"].endswith("/helsinki/runs/run-2/train/generator.pt")
+    assert model.metadata["processes"] == 2 and metrics.metadata["steps"] == 2 and metrics.metadata["cities"] == 2
+    assert model.metadata["uri"].endswith("/helsinki-kotka/runs/run-2/train/generator.pt")
+    assert model.metadata["cities"] == ["helsinki", "kotka"]  # by name, whatever order the tasks were collected in
+    assert model.metadata["parents"] == [str(tmp_path / "helsinki"), str(tmp_path / "kotka")]
+    from components.train.generator_file import load_generator
+
+    trained = load_generator(model.metadata["uri"])[1]  # what the DDP processes trained on: --data once per set
+    assert trained["data"] == model.metadata["parents"] and trained["cities"] == ["helsinki", "kotka"]
     with pytest.raises(LocgenError, match="train: torchrun with 2 processes failed"):
         task(batch_size=3)  # 3 tiles do not split over 2 processes: each process refuses, torchrun fails
 
 
 def test_a_failing_stage_is_named_with_its_input(tmp_path, capfd):
-    parameters = {**SMALL, "locations": ["osm:amenity=no_such_amenity"]}  # valid, but locates nothing
-    with pytest.raises(LocgenError, match=r"Inner task failed: 'render-tiles'.*run again: published tiles"):
+    parameters = {**SMALL, "cities": [{**SAMPLE_CITY, "osm": str(HELSINKI_PBF),
+                                       "locations": ["osm:amenity=no_such_amenity"]}]}  # valid, but locates nothing
+    with pytest.raises(LocgenError, match=r"Inner task failed: 'render-city'.*run again: published tiles"):
         run_sample(tmp_path, parameters, pretrained=False)
     assert "osm:amenity=no_such_amenity" in capfd.readouterr().err  # the stage's own error, in the log
 

@@ -10,18 +10,20 @@ from locgen.cli import main
 from pipeline.local import PIPELINE_DIR
 from pipeline.submit import TOKEN_ENV, plan
 
+OSLO = [{"city": "oslo", "osm": "s3://osm/oslo.osm.pbf", "locations": ["https://gbfs.example/oslo/gbfs.json"]}]
+
 
 def test_a_scheduled_training_submission(tmp_path, monkeypatch):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     token = tmp_path / "token"
     token.write_text("secret-token\n")
     submission = plan("https://kubeflow.example.com/pipeline/", "train",
-                      {"city": "oslo", "osm": "s3://osm/oslo.osm.pbf", "steps": 5000, "train_gpus": 4},
+                      {"cities": OSLO, "steps": 5000, "train_gpus": 4},
                       "retraining", "0 3 * * 1", token)
     assert submission.host == "https://kubeflow.example.com/pipeline"
     assert submission.package == PIPELINE_DIR / "train.yaml" and submission.pipeline_name == "locgen-train"
     assert submission.version_name.startswith("0.1.0-") and len(submission.version_name) == len("0.1.0-") + 12
-    assert submission.parameters == {"city": "oslo", "osm": "s3://osm/oslo.osm.pbf", "steps": 5000, "train_gpus": 4}
+    assert submission.parameters == {"cities": OSLO, "steps": 5000, "train_gpus": 4}
     assert submission.cron == "0 0 3 * * 1"  # KFP's cron has seconds first
     assert submission.token == "secret-token" and submission.experiment == "retraining"
 
