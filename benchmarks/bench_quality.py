@@ -12,11 +12,13 @@ Without `--model`, it first trains: the training cities' pairs rendered one tile
 training run over all of them, the export. Models, thresholds and settings are chosen on the
 training cities only: this script is the test, looked at once.
 
-Needs ../shared/data (the real extracts and station files: tests and benchmarks only). Prints one
+Needs ../shared/data (the held-out cities' extracts and station files: tests and benchmarks only); the
+training cities' extracts ship in data/osm, so `--train-only` runs from a fresh clone. Prints one
 JSON document; --markdown writes the tables too.
 
 Usage: python benchmarks/bench_quality.py --model bundled            # minutes on 2 CPU cores
-       python benchmarks/bench_quality.py --preset tiny --steps 8000 --cities 3 --sampling area
+       python benchmarks/bench_quality.py --preset tiny --steps 3000 --cities 3 --sampling area
+       python benchmarks/bench_quality.py --train-only --work out/pretrained ...   # make pretrained
 """
 
 from __future__ import annotations
@@ -38,14 +40,15 @@ from locgen.cli import main as locgen
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
+BUNDLED_OSM = ROOT / "data" / "osm"  # the training cities' extracts ship with the project (make pretrained)
 OSM_POINTS = "osm:amenity=bicycle_rental,amenity=bicycle_parking"
 
 
 class City(NamedTuple):
     name: str
-    osm: str  # under DATA/osm
+    osm: str  # under DATA/osm, or for a training city under BUNDLED_OSM
     truth: list[str]  # location sources (OSM tags read from `osm`, or files under DATA)
-    holdout: str = ""  # a training city's box kept out of its pairs
+    holdout: str = ""  # a training city's box kept out of its pairs: the training cities have one
 
 
 # Each training city's held-out box, where training validates its places: Helsinki's is the bundled sample's
@@ -73,11 +76,17 @@ def _run(*args: str) -> dict:
     return json.loads(out.getvalue())
 
 
+def osm_path(city: City) -> Path:
+    return (BUNDLED_OSM if city.holdout else DATA / "osm") / city.osm
+
+
 def missing_data(cities: list[City]) -> list[str]:
-    """The files of the cities (OSM extracts, station files) that ../shared/data lacks, by their path in it."""
-    needed = [f"osm/{city.osm}" for city in cities] + [spec for city in cities for spec in city.truth
-                                                         if not spec.startswith("osm:")]
-    return [path for path in needed if not (DATA / path).is_file()]
+    """The files of the cities (OSM extracts, station files) that are not there, by their path in
+    ../shared/data (the training cities' extracts are the project's own)."""
+    needed = [osm_path(city) for city in cities] + [DATA / spec for city in cities for spec in city.truth
+                                                     if not spec.startswith("osm:")]
+    return [str(path.relative_to(DATA)) if path.is_relative_to(DATA) else str(path) for path in needed
+            if not path.is_file()]
 
 
 def _truth(city: City) -> list[str]:
@@ -89,7 +98,7 @@ def train(work: Path, cities: list[City], args) -> str:
     data = []
     for city in cities:
         out = work / "train" / city.name
-        _run("render", "--osm", str(DATA / "osm" / city.osm), "--city", city.name, "--out", str(out),
+        _run("render", "--osm", str(osm_path(city)), "--city", city.name, "--out", str(out),
              "--pairs", str(args.pairs), "--sampling", args.sampling, "--marker-radius-px", "5",
              "--holdout", city.holdout, "--seed", "0", "--workers", "0",
              *[option for spec in _truth(city) for option in ("--locations", spec)])
@@ -111,13 +120,13 @@ def fit_shares(work: Path) -> str:
     """The map-class shares of the real points of every training city: the fitted baseline's."""
     out = work / "class-shares.json"
     _run("fit-baseline", *[option for city in TRAINING for spec in _truth(city) for option in ("--locations", spec)],
-         *[option for city in TRAINING for option in ("--osm", str(DATA / "osm" / city.osm))], "--out", str(out))
+         *[option for city in TRAINING for option in ("--osm", str(osm_path(city)))], "--out", str(out))
     return str(out)
 
 
 def score_city(work: Path, city: City, model: str | None, shares: str) -> dict:
     """Render, generate, extract and evaluate one held-out city, at the model's and at the real count."""
-    osm = str(DATA / "osm" / city.osm)
+    osm = str(osm_path(city))
     box = header_bounds(Path(osm))
     bbox = ",".join(f"{value:.7f}" for value in box)
     plain, generated, points = (work / city.name / name for name in ("plain", "generated", "points.csv"))
@@ -187,7 +196,15 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="keep the tiles, model and reports here (default: a temporary "
                                                   "folder)")
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train and export into --work, score nothing (make pretrained: the bundled data only)")
     args = parser.parse_args()
+    if args.train_only:
+        if args.model or not args.work:
+            parser.error("--train-only trains into --work: give --work DIR, and no --model")
+        print(json.dumps({"model": train(args.work, TRAINING[:args.cities], args),
+                          "validation": chosen_validation(args.work)}, indent=2))
+        return 0
     missing = missing_data(TRAINING + HELD_OUT + ROBUSTNESS)
     if missing:
         print(f"bench_quality: error: {DATA} lacks {', '.join(missing)}; the benchmark needs ../shared/data "

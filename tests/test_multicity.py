@@ -71,8 +71,7 @@ def test_the_quality_benchmark_names_every_file_it_lacks_and_writes_nothing(tmp_
     monkeypatch.setattr(bench_quality, "DATA", tmp_path)
     monkeypatch.setattr("sys.argv", ["bench_quality.py", "--model", "bundled", "--markdown", str(tmp_path / "t.md")])
     assert bench_quality.main() == 2
-    lacking = ("osm/helsinki-center-4km2-2019.osm.pbf, osm/prague-north-liben-vysocany-2020.osm.pbf, "
-               "osm/duesseldorf-bilk-2021.osm.pbf, osm/muenchen-altstadt-2020.osm.pbf, osm/paris-bss-roads.osm.pbf, "
+    lacking = ("osm/muenchen-altstadt-2020.osm.pbf, osm/paris-bss-roads.osm.pbf, "
                "osm/sf-mission-roads-2017.osm.bz2, positions/paris-velib-station_information-2022.json, "
                "positions/sf-baywheels-station_information-2019-10-03.json")
     assert capsys.readouterr() == ("", f"bench_quality: error: {tmp_path} lacks {lacking}; the benchmark needs "
