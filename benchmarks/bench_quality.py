@@ -104,7 +104,8 @@ def train(work: Path, cities: list[City], args) -> str:
              *[option for spec in _truth(city) for option in ("--locations", spec)])
         data += ["--data", str(out)]
     _run("train", *data, "--out", str(work / "model"), "--preset", args.preset,
-         *(["--steps", str(args.steps)] if args.steps else []))
+         *(["--steps", str(args.steps)] if args.steps else []),
+         *(["--init-from", args.init_from] if args.init_from else []))
     _run("export", "--checkpoint", str(work / "model" / "generator.pt"), "--out", str(work / "model.onnx"))
     return str(work / "model.onnx")
 
@@ -192,6 +193,7 @@ def main() -> int:
     parser.add_argument("--sampling", default="area", choices=("points", "area"))
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    parser.add_argument("--init-from", help="fine-tune this generator (locgen train --init-from), e.g. bundled")
     parser.add_argument("--robustness", action="store_true", help="also the roads-only maps (Paris, San Francisco)")
     parser.add_argument("--work", type=Path, help="keep the tiles, model and reports here (default: a temporary "
                                                   "folder)")
@@ -217,7 +219,8 @@ def main() -> int:
         shares = fit_shares(work)
         cities = [score_city(work, city, model, shares) for city in HELD_OUT + (ROBUSTNESS if args.robustness else [])]
         validation = None if args.model else chosen_validation(work)
-    trained = f"{args.preset} trained on {', '.join(city.name for city in TRAINING[:args.cities])}"
+    trained = (f"{args.preset} trained on {', '.join(city.name for city in TRAINING[:args.cities])}"
+               + (f" from {args.init_from}" if args.init_from else ""))
     document = {"benchmark": "quality", "model": args.model or f"{trained} ({args.sampling} sampling)",
                 "machine": f"{platform.machine()}, {platform.system()}",
                 "wall_s": round(time.perf_counter() - started_s), "validation": validation, "cities": cities}
