@@ -25,12 +25,11 @@ def main() -> int:
     parser.add_argument("--model", action="append", required=True, help="a generator.pt, or 'bundled'")
     args = parser.parse_args()
     data = load_tile_sets(args.data, validation_share=0.0)
-    marker_radius_px = (data.marker_area_px / torch.pi) ** 0.5
     models = {}
     for uri in args.model:
         generator, metadata = load_generator(None if uri == "bundled" else uri)
         models[uri] = {"cities": metadata.get("cities"), "chosen_step": metadata["validation"]["step"],
-                       **place_scores(generator, data.held_out_boxes, marker_radius_px, torch.device("cpu"))}
+                       **place_scores(generator, data.held_out_boxes, data.marker_radius_px, torch.device("cpu"))}
     print(json.dumps({"benchmark": "validation", "boxes": [box.city for box in data.held_out_boxes],
                       "models": models}, indent=2))
     return 0

@@ -45,6 +45,10 @@ class TileData(NamedTuple):
     manifest_sha256: str  # of the manifest as read: names the exact tile set a model was trained on
     held_out_boxes: list[HeldOutBox]  # none when the sets were rendered without --holdout
 
+    @property
+    def marker_radius_px(self) -> float:
+        return math.sqrt(self.marker_area_px / math.pi)
+
 
 def load_tiles(uri: str, validation_share: float, cache_dir: Path | None = None) -> TileData:
     """The a and b tiles of a tile set; a stable share of the b tiles (by id hash) is held out.

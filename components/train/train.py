@@ -333,7 +333,7 @@ def _validation(models: Models, data: TileData, real_rate: float, step: int, dev
     dots = painted_dots_per_tile(models.generator, data.held_out_b, data.marker_area_px, device)
     return {"step": step, "dots_per_tile": dots, "real_dots_per_tile": real_rate,
             "dot_rate_error": abs(dots - real_rate) / max(real_rate, 1e-9),
-            **place_scores(models.generator, data.held_out_boxes, _marker_radius_px(data), device)}
+            **place_scores(models.generator, data.held_out_boxes, data.marker_radius_px, device)}
 
 
 def _better(validation: dict, best: dict | None) -> bool:
@@ -351,14 +351,10 @@ def _lineage(config: TrainConfig, settings: TrainSettings, data: TileData, metri
     the checkpoints (for a warm start's checks)."""
     return {"ngf": config.ngf, "n_blocks": config.n_blocks, "locgen_version": __version__, "data": settings.data,
             "data_manifest_sha256": data.manifest_sha256, "cities": sorted({row["city"] for row in data.rows}),
-            "marker_radius_px": _marker_radius_px(data), "size_px": data.rows[0]["size_px"],
+            "marker_radius_px": data.marker_radius_px, "size_px": data.rows[0]["size_px"],
             "m_per_px": data.rows[0]["m_per_px"], "style_version": data.rows[0]["style_version"],
             "style_sha256": data.rows[0]["style_sha256"], "input_normalisation": "rgb / 127.5 - 1",
             "init_from": _started_from(metrics)}
-
-
-def _marker_radius_px(data: TileData) -> float:
-    return math.sqrt(data.marker_area_px / math.pi)
 
 
 def _started_from(metrics: list) -> dict | None:
@@ -423,7 +419,7 @@ def _option_text(value) -> str:
 
 def _check_made_for(label: str, lineage: dict, data: TileData) -> None:
     """The model's tiles and the run's must agree in map style, marker radius and ground resolution."""
-    ours = {"style_sha256": data.rows[0]["style_sha256"], "marker_radius_px": _marker_radius_px(data),
+    ours = {"style_sha256": data.rows[0]["style_sha256"], "marker_radius_px": data.marker_radius_px,
             "m_per_px": data.rows[0]["m_per_px"]}
     differ = [(name, text, flag) for name, text, flag in MADE_FOR if lineage.get(name) is not None and not (
         lineage[name] == ours[name] if isinstance(ours[name], str) else math.isclose(lineage[name], ours[name]))]
