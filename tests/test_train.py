@@ -383,10 +383,11 @@ def test_warm_start_from_the_bundled_generator_keeps_its_validation(warm_pairs, 
     assert sorted(validations) == [0, 25, 50] and validations[0]["dots_per_tile"] == before
     real = validations[0]["real_dots_per_tile"]
     assert real > 0 and before > 0
-    # The run's model (the best checkpoint, which the starting model is a candidate for) is as close to the real
-    # rate as the bundled generator, and generator.pt is that model: its dots are the reported ones.
+    # The run's model (the best checkpoint, which the starting model is a candidate for) places its points at least
+    # as well as the bundled generator on the held-out box (the set has one, so places choose, not the dot rate),
+    # and generator.pt is that model: its dots are the reported ones.
     best = summary["best"]
-    assert abs(best["dots_per_tile"] - real) <= abs(before - real)
+    assert validations[0]["place_score"] is not None and best["place_score"] >= validations[0]["place_score"]
     generator, lineage = load_generator(open_store(out).url(GENERATOR_KEY))
     assert lineage["validation"] == best == torch.load(open_store(out).url(BEST_KEY), weights_only=True)["best"]
     assert painted_dots_per_tile(generator, data.held_out_b, data.marker_area_px, torch.device("cpu")) == \
@@ -395,7 +396,7 @@ def test_warm_start_from_the_bundled_generator_keeps_its_validation(warm_pairs, 
                                     "sha256": hashlib.sha256(BUNDLED_GENERATOR.read_bytes()).hexdigest()}
     # The weights carried over into training: after 50 steps it still paints markers near the real rate (an
     # untrained generator paints none: 100 % off). Measured: 12.7 per tile against 8.9 real (42 % off) after 50
-    # steps, 10.7 (20 % off) at the start: the best checkpoint is the start.
+    # steps, 10.7 (20 % off) at the start.
     assert validations[50]["dot_rate_error"] < 0.5
 
 
