@@ -105,7 +105,8 @@ def train(work: Path, cities: list[City], args) -> str:
         data += ["--data", str(out)]
     _run("train", *data, "--out", str(work / "model"), "--preset", args.preset,
          *(["--steps", str(args.steps)] if args.steps else []),
-         *(["--init-from", args.init_from] if args.init_from else []))
+         *(["--init-from", args.init_from] if args.init_from else []),
+         *(option for setting in args.set for option in ("--set", setting)))
     _run("export", "--checkpoint", str(work / "model" / "generator.pt"), "--out", str(work / "model.onnx"))
     return str(work / "model.onnx")
 
@@ -194,6 +195,8 @@ def main() -> int:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     parser.add_argument("--init-from", help="fine-tune this generator (locgen train --init-from), e.g. bundled")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a training setting for locgen train --set (repeatable)")
     parser.add_argument("--robustness", action="store_true", help="also the roads-only maps (Paris, San Francisco)")
     parser.add_argument("--work", type=Path, help="keep the tiles, model and reports here (default: a temporary "
                                                   "folder)")

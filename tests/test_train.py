@@ -22,11 +22,13 @@ from components.train.generator_file import GENERATOR_KEY, load_generator
 from components.train.losses import lsgan_loss
 from components.train.train import (
     BEST_KEY,
+    DOT_RATE_GATE,
     LAST_KEY,
     METRICS_KEY,
     Models,
     TrainSettings,
     _average_gradients,
+    _better,
     _optimisers,
     _runtime,
     _share,
@@ -113,6 +115,60 @@ def test_resume_continues_exactly(pairs, tmp_path):
     assert one["step"] == two["step"] == 4
     for name, tensor in one["models"].items():
         assert torch.equal(tensor, two["models"][name]), name
+
+
+def test_a_moving_average_of_g_is_validated_and_exported_and_resumes_exactly(pairs, tmp_path):
+    config = TEST_CONFIG.override(ema_decay=0.5, checkpoint_every=4)
+    straight = str(tmp_path / "straight")
+    train(TrainSettings([pairs], straight, config, device="cpu", progress=False))
+    halves = str(tmp_path / "halves")
+    train(TrainSettings([pairs], halves, config, device="cpu", progress=False, stop_at=3))
+    at_3 = torch.load(open_store(halves).url(LAST_KEY), weights_only=True)
+    train(TrainSettings([pairs], halves, config, resume=True, device="cpu", progress=False))
+    one, two = (torch.load(open_store(path).url(LAST_KEY), weights_only=True) for path in (straight, halves))
+    average = {name.removeprefix("module."): tensor for name, tensor in one["generator_average"].items()
+               if name.startswith("module.")}
+    assert one["generator_average"]["n_averaged"] == 4
+    for name, tensor in one["generator_average"].items():  # the resumed average is the straight one's
+        assert torch.equal(tensor, two["generator_average"][name]), name
+    trained = {name.removeprefix("generator."): tensor for name, tensor in one["models"].items()
+               if name.startswith("generator.")}
+    # Each step keeps half of the average and takes half of the new G; the trained G itself is not the average.
+    before = {name.removeprefix("module."): tensor for name, tensor in at_3["generator_average"].items()
+              if name.startswith("module.")}
+    for name, tensor in average.items():
+        torch.testing.assert_close(tensor, 0.5 * before[name] + 0.5 * trained[name])
+    assert any(not torch.equal(average[name], trained[name]) for name in average)
+    # The one checkpoint (step 4) is the best: generator.pt is the average, and its validation is the average's.
+    exported = torch.load(open_store(straight).url(GENERATOR_KEY), weights_only=True)
+    assert all(torch.equal(tensor, average[name]) for name, tensor in exported["generator"].items())
+    generator, _ = load_generator(open_store(straight).url(GENERATOR_KEY))
+    data = load_tiles(pairs, config.validation_share)
+    assert painted_dots_per_tile(generator, data.held_out_b, data.marker_area_px, torch.device("cpu")) == \
+        exported["validation"]["dots_per_tile"]
+    with pytest.raises(LocgenError, match="ema_decay 1.5: give a share between 0 and 1"):
+        train(TrainSettings([pairs], str(tmp_path / "bad"), config.override(ema_decay=1.5), device="cpu",
+                            progress=False))
+
+
+def _checkpoint_row(place_score: float | None, dot_rate_error: float) -> dict:
+    return {"place_score": place_score, "dot_rate_error": dot_rate_error}
+
+
+def test_the_best_checkpoint_paints_near_the_real_rate_then_places_best():
+    near, far = DOT_RATE_GATE / 2, DOT_RATE_GATE * 1.5
+    assert _better(_checkpoint_row(0.1, near), None)
+    # Within the gate, places choose; a higher place score far off the real rate does not win.
+    assert _better(_checkpoint_row(0.2, near), _checkpoint_row(0.1, near))
+    assert not _better(_checkpoint_row(0.1, near), _checkpoint_row(0.2, near))
+    assert not _better(_checkpoint_row(0.9, far), _checkpoint_row(0.1, near))
+    assert _better(_checkpoint_row(0.0, near), _checkpoint_row(0.9, far))
+    assert _better(_checkpoint_row(0.1, DOT_RATE_GATE), _checkpoint_row(0.0, DOT_RATE_GATE))  # the gate's edge is in
+    # Outside it both: the nearer dot rate, whatever the places say.
+    assert _better(_checkpoint_row(0.0, far), _checkpoint_row(0.9, far * 2))
+    # No boxes: the dot rate alone.
+    assert _better(_checkpoint_row(None, 0.3), _checkpoint_row(None, 0.4))
+    assert not _better(_checkpoint_row(None, 0.4), _checkpoint_row(None, 0.3))
 
 
 def test_bad_inputs(pairs, tmp_path):

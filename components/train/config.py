@@ -39,6 +39,10 @@ class TrainConfig:
     decay_share: float = 0.25  # the last quarter of the steps decays the learning rate linearly to 0
     crop_px: int = 256  # training crops; tiles larger than this are cropped at random
     seed: int = 0
+    # > 0: validate, sample and export an exponential moving average of G's weights (each step keeps this
+    # share of the average), steadier than the last step's G whose markers come and go; 0: the official
+    # code's G as it stands
+    ema_decay: float = 0.0
     # watching it
     log_every: int = 50
     sample_every: int = 1000
