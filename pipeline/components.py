@@ -70,7 +70,7 @@ def collect_tiles(parts: Input[List[Dataset]], tiles: Output[Dataset], metrics: 
     collect_step(**parameters)
 
 
-def train_generator(store: str, run_id: str, preset: str, steps: int, batch_size: int, init_from: str, gpus: int,
+def train_generator(store: str, run_id: str, preset: str, steps: int, batch_size: int, init_from: str, gpus: str,
                     training_tiles: Input[List[Dataset]], generator: Output[Model], metrics: Output[Metrics]):
     """Train FastCUT on the training pairs of every city together, one DDP process per GPU (resuming the run's
     checkpoint after a retry)."""
@@ -91,7 +91,7 @@ def export_onnx(store: str, run_id: str, generator: Input[Model], training_tiles
 
 
 def generate_tiles(store: str, run_id: str, model: str, provider: str, batch_size: int, shard: int, shards: int,
-                   tiles: Input[Dataset], generated: Output[Dataset], metrics: Output[Metrics],
+                   gpus: str, tiles: Input[Dataset], generated: Output[Dataset], metrics: Output[Metrics],
                    onnx_model: Optional[Input[Model]] = None):
     """Run the generator (the artifact, else `model`, else the bundled model) on one shard of the plain tiles."""
     parameters = dict(locals())

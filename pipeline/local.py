@@ -28,7 +28,7 @@ from components.render.job import RenderSettings
 from components.train.config import PRESETS
 from pipeline.images import DEFAULT_REGISTRY
 from pipeline.pipelines import SAMPLE_CITY, SAMPLE_TARGET_OSM, build_pipelines
-from pipeline.steps import CITY_EXAMPLE, city_parameters, city_prefix
+from pipeline.steps import CITY_EXAMPLE, asked_gpus, city_parameters, city_prefix
 
 PIPELINE_DIR = Path(__file__).resolve().parent
 # A parameter feeds the stage setting of its name, or of its name less one of these: target_ (the end-to-end
@@ -85,13 +85,16 @@ def parse_parameters(texts: list[str]) -> dict:
     return parameters
 
 
-def check_parameters(pipeline, given: dict, local_files: bool = True) -> None:
+def check_parameters(pipeline, given: dict, local_files: bool = True) -> dict:
     """One clear error for a parameter no stage could run with, before any stage runs (`local_files`:
-    OSM paths that are not s3:// must exist here)."""
+    OSM paths that are not s3:// must exist here); returns `given` with a whole number given to a text
+    parameter as its text (`--param train_gpus=2` reads as JSON)."""
     defaults = {name: value.default for name, value in inspect.signature(pipeline.pipeline_func).parameters.items()}
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise LocgenError(f"unknown parameters {unknown} for {pipeline.name}; it takes {', '.join(defaults)}")
+    given = {name: str(value) if isinstance(defaults[name], str) and type(value) is int else value
+             for name, value in given.items()}
     if "cities" in defaults:
         check_cities(given.get("cities", defaults["cities"]), local_files,
                      held_out="holdout_points" in (pipeline.component_spec.outputs or {}))
@@ -104,6 +107,8 @@ def check_parameters(pipeline, given: dict, local_files: bool = True) -> None:
                 raise LocgenError(f"parameter {name}={json.dumps(value)}: give {TYPE_NAMES[expected]}, like "
                                   f"{json.dumps(defaults[name])}")
     parameters = {**defaults, **given}
+    if "train_gpus" in parameters:
+        asked_gpus(parameters["train_gpus"], "train_gpus")
     preset = parameters.get("preset")
     if preset is not None and preset not in PRESETS:
         raise LocgenError(f"preset {preset!r}: unknown; give one of {', '.join(sorted(PRESETS))}")
@@ -119,6 +124,7 @@ def check_parameters(pipeline, given: dict, local_files: bool = True) -> None:
         center, grid, bbox = (parameters.get(f"{prefix}{key}") for key in ("center", "grid", "bbox"))
         if f"{prefix}grid" in parameters and not bbox and not (center and grid):
             raise LocgenError(f"no area: give {prefix}bbox W,S,E,N, or {prefix}center LAT,LON with {prefix}grid N")
+    return given
 
 
 def check_cities(cities, local_files: bool = True, held_out: bool = False) -> None:
@@ -159,7 +165,7 @@ def setting_fed_by(parameter: str, classes: tuple = STAGE_SETTINGS) -> Declared 
 
 def run_locally(pipeline, parameters: dict, pipeline_root: Path):
     """Run `pipeline` with `parameters` through kfp.local; returns the pipeline's outputs."""
-    check_parameters(pipeline, parameters)
+    parameters = check_parameters(pipeline, parameters)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     root_logger = logging.getLogger()
     handlers, level = root_logger.handlers[:], root_logger.level

@@ -9,7 +9,8 @@ The defaults are the bundled sample data (paths relative to a checkout, what `lo
 cluster, give the OSM data, locations and `store` as s3:// URIs. Every task reads the object-store
 settings (AWS_* variables) from the Kubernetes Secret OBJECT_STORE_SECRET. GPU tasks ask for NVIDIA
 GPUs (train: `train_gpus` of them in one pod, one DDP process each; infer: one per shard) and tolerate
-the usual GPU taint. Only the render image's tasks are cached: their output is a pure function of
+the usual GPU taint. A GPU count is a text ("1"): KFP's driver takes a parameterised accelerator count
+only from a string value. Only the render image's tasks are cached: their output is a pure function of
 their inputs; the other tasks write into their run's folder, so a cache hit would leave that folder empty.
 
 Render settings travel by name: a pipeline hands its render parameters to `render_tiles` (and its pair
@@ -74,6 +75,10 @@ class _Tasks:
             kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
         return task
 
+    def gpu_count(self, gpus):
+        """What a GPU task is told it was given (a text, as its accelerator count): none on a cluster without GPUs."""
+        return gpus if self.gpus else "0"
+
     def rendered(self, store: str, shards: int, **render) -> dsl.PipelineTask:
         """Render a tile set (`render`: render_tiles' parameters; those left out at RenderSettings'
         defaults) in `shards` parallel tasks and collect it; returns the collect task."""
@@ -85,7 +90,7 @@ class _Tasks:
         return self.on_cluster(c.collect_tiles(parts=dsl.Collected(part.outputs["tiles"])), cache=True)
 
     def train(self, store: str, cities: List[dict], preset: str, steps: int, train_batch_size: int, init_from: str,
-              train_gpus: int, **pair_settings) -> dsl.PipelineTask:
+              train_gpus: str, **pair_settings) -> dsl.PipelineTask:
         """The training tasks: each city's pairs rendered by one task (`pair_settings`: render_city's
         parameters), all of them trained on together; returns the export task, whose onnx_model is the
         trained model."""
@@ -95,7 +100,8 @@ class _Tasks:
         training_tiles = dsl.Collected(pairs.outputs["tiles"])
         training = self.on_cluster(c.train_generator(store=store, run_id=RUN_ID, preset=preset, steps=steps,
                                                      batch_size=train_batch_size, init_from=init_from,
-                                                     gpus=train_gpus, training_tiles=training_tiles), gpus=train_gpus)
+                                                     gpus=self.gpu_count(train_gpus), training_tiles=training_tiles),
+                                    gpus=train_gpus)
         return self.on_cluster(c.export_onnx(store=store, run_id=RUN_ID, generator=training.outputs["generator"],
                                              training_tiles=dsl.Collected(pairs.outputs["tiles"])))
 
@@ -111,7 +117,8 @@ class _Tasks:
         with dsl.ParallelFor(items=indices.output) as shard:
             part = self.on_cluster(c.generate_tiles(store=store, run_id=RUN_ID, model=model, provider=provider,
                                                     batch_size=infer_batch_size, shard=shard, shards=shards,
-                                                    tiles=plain.outputs["tiles"], **artifact), gpus=1)
+                                                    gpus=self.gpu_count("1"), tiles=plain.outputs["tiles"],
+                                                    **artifact), gpus="1")
         generated = self.on_cluster(c.collect_tiles(parts=dsl.Collected(part.outputs["generated"])))
         return self.on_cluster(c.extract_points(count=count, truth=truth, truth_bbox=truth_bbox,
                                                 class_shares=class_shares, osm=osm,
@@ -131,7 +138,8 @@ class _Tasks:
             plain = self.on_cluster(c.render_tiles(store=store, shard=0, shards=1, **render), cache=True)
             generated = self.on_cluster(c.generate_tiles(store=store, run_id=RUN_ID, model="", provider=provider,
                                                          batch_size=INFER_BATCH_SIZE, shard=0, shards=1,
-                                                         tiles=plain.outputs["tiles"], onnx_model=onnx_model), gpus=1)
+                                                         gpus=self.gpu_count("1"), tiles=plain.outputs["tiles"],
+                                                         onnx_model=onnx_model), gpus="1")
             points = self.on_cluster(c.extract_points(count=0, truth=fields.outputs["locations"],
                                                       truth_bbox=fields.outputs["holdout"], class_shares=class_shares,
                                                       osm=fields.outputs["osm"],
@@ -162,7 +170,7 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict
                   description="Render training pairs for each city, train FastCUT on all of them, export to ONNX.")
     def training_pipeline(cities: List[dict] = [SAMPLE_CITY], pairs: int = 400, sampling: str = "points",
                           empty_share: float = 0.1, marker_radius_px: float = 5.0, seed: int = 0, preset: str = "tiny",
-                          steps: int = 0, train_batch_size: int = 0, init_from: str = "", train_gpus: int = 1,
+                          steps: int = 0, train_batch_size: int = 0, init_from: str = "", train_gpus: str = "1",
                           store: str = SAMPLE_STORE) -> Model:
         return tasks.train(**_parameters(locals())).outputs["onnx_model"]
 
@@ -182,7 +190,7 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict
     def end_to_end_pipeline(cities: List[dict] = [SAMPLE_CITY], pairs: int = 400, sampling: str = "points",
                             empty_share: float = 0.1, marker_radius_px: float = 5.0, seed: int = 0,
                             preset: str = "tiny", steps: int = 0, train_batch_size: int = 0, init_from: str = "",
-                            train_gpus: int = 1, target_city: str = "kotka", target_osm: str = SAMPLE_TARGET_OSM,
+                            train_gpus: str = "1", target_city: str = "kotka", target_osm: str = SAMPLE_TARGET_OSM,
                             target_center: str = "60.53,26.95", target_grid: int = 5, target_bbox: str = "",
                             target_count: int = 0, class_shares: str = "", provider: str = "auto", shards: int = 1,
                             store: str = SAMPLE_STORE) -> NamedTuple("Outputs", target_points=Dataset,

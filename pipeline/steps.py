@@ -24,6 +24,8 @@ import functools
 import hashlib
 import html
 import json
+import math
+import os
 import re
 import subprocess
 import sys
@@ -31,13 +33,15 @@ import time
 from pathlib import Path
 
 from components import __version__
-from components.core.errors import LocgenError
+from components.core.errors import GPU_NODE_FIX, LocgenError
 from components.core.geo import parse_bbox
 from components.core.provenance import OSM_ATTRIBUTION, git_commit
 from components.core.settings import from_parameters, output_identity, unset
 from components.core.storage import default_cache_dir, local_file, open_file_uri, open_store
 from components.core.style import STYLE_VERSION
 from components.core.tileset import MANIFEST_KEY
+
+KFP_POD_ENV = "KFP_POD_NAME"  # set in every task pod by KFP's backend (its driver and launcher read it)
 
 
 def timed(step):
@@ -46,7 +50,7 @@ def timed(step):
     def run(*args, **kwargs):
         started = time.perf_counter()
         step(*args, **kwargs)
-        kwargs["metrics"].log_metric("seconds", round(time.perf_counter() - started, 2))
+        log_metrics(kwargs["metrics"], {"seconds": round(time.perf_counter() - started, 2)})
     return run
 
 
@@ -68,10 +72,58 @@ def lineage(city: str, parents: list[str], **facts) -> dict:
 
 
 def publish_pointer(artifact, uri: str, metadata: dict) -> None:
-    """Make `artifact` point at `uri` (its metadata and its file) with `metadata`."""
-    artifact.metadata.update({"uri": uri, **metadata})
+    """Make `artifact` point at `uri` (its metadata and its file) with `metadata` (`launchable`)."""
+    artifact.metadata.update(launchable({"uri": uri, **metadata}))
     Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
     Path(artifact.path).write_text(json.dumps(artifact.metadata, indent=2, ensure_ascii=False))
+
+
+def launchable(metadata: dict) -> dict:
+    """`metadata` as KFP's launcher takes it: a value that is null, NaN or infinite is left out with its key, at any
+    depth (the launcher's converter has no null, and Go's JSON parser refuses NaN and infinity; left out reads as
+    "not known", which is what they meant)."""
+    return {key: _launchable(value, key) for key, value in metadata.items() if _known(value)}
+
+
+def _known(value) -> bool:
+    return value is not None and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def _launchable(value, key: str):
+    if isinstance(value, dict):
+        return launchable(value)
+    if isinstance(value, (list, tuple)):
+        if not all(_known(item) for item in value):  # a place in a list has a meaning: no gap may appear
+            raise ValueError(f"artifact metadata {key}: {value!r} holds a null or non-finite item")
+        return [_launchable(item, key) for item in value]
+    return value
+
+
+def log_metrics(metrics, values: dict) -> None:
+    """Log `values` to a Metrics artifact, each a number; one that could not be computed (NaN, such as a dot rate
+    with no held-out tile) is left out, as `launchable` leaves it out of metadata."""
+    for name, value in launchable(values).items():
+        metrics.log_metric(name, value)
+
+
+def asked_gpus(gpus, parameter: str) -> int:
+    """The GPU count a task was given: a pipeline's GPU parameter is a text ('1'), since KFP's driver takes a
+    parameterised accelerator count only from a string value (given a number, the pod gets no GPU)."""
+    if not re.fullmatch(r"\d+", str(gpus).strip()):
+        raise LocgenError(f"{parameter} {gpus!r}: give a whole number of GPUs as a text, e.g. '1' (0: the CPU)")
+    return int(gpus)
+
+
+def in_kfp_pod() -> bool:
+    """Whether this runs in a task pod of KFP's backend (kfp.local sets no KFP_POD_NAME)."""
+    return bool(os.environ.get(KFP_POD_ENV))
+
+
+def check_gpus_seen(asked: int, seen: int, parameter: str, what: str) -> None:
+    """In a KFP pod, a task given GPUs fails when it sees fewer rather than run for hours on the CPU. Locally the
+    count is a request that no runner grants: the task runs on what is here."""
+    if asked and seen < asked and in_kfp_pod():
+        raise LocgenError(f"{parameter} {asked}: this pod's {what} sees {seen} GPU(s); {GPU_NODE_FIX}")
 
 
 def pointed_uri(artifact) -> str:
@@ -149,9 +201,9 @@ def render_step(store: str, shard: int, shards: int, tiles, metrics, **render) -
         publish_tile_set(tiles, settings.out, metadata)
     else:
         publish_pointer(tiles, settings.out, metadata)
-    metrics.log_metric("tiles", summary["tiles"])
-    metrics.log_metric("tiles_rendered", summary["rendered"])
-    metrics.log_metric("data_share", summary["data_share"])  # of the area, inside the OSM data's extent
+    # data_share: of the area, inside the OSM data's extent
+    log_metrics(metrics, {"tiles": summary["tiles"], "tiles_rendered": summary["rendered"],
+                          "data_share": summary["data_share"]})
 
 
 def render_city_step(store: str, city: dict, tiles, metrics, **render) -> None:
@@ -177,8 +229,7 @@ def collect_step(parts: list, tiles, metrics) -> None:
         raise LocgenError(f"{uri}: the shards made no tile; check the area parameters")
     shared = {key: value for key, value in parts[0].metadata.items() if key not in ("uri", "shard")}
     publish_tile_set(tiles, uri, shared, rows)
-    metrics.log_metric("tiles", len(rows))
-    metrics.log_metric("shards", shards)
+    log_metrics(metrics, {"tiles": len(rows), "shards": shards})
 
 
 def publish_tile_set(artifact, uri: str, metadata: dict, rows: list[dict] | None = None) -> None:
@@ -228,15 +279,19 @@ def training_city(tile_sets: list) -> str:
 
 
 @timed
-def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int, init_from: str, gpus: int,
+def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int, init_from: str, gpus: str,
                training_tiles: list, generator, metrics) -> None:
     """Train on every city's tile set together (one process per GPU through torchrun when gpus > 1),
     resuming the run's checkpoint after a retry; steps and batch_size 0: the preset's; init_from (a
     generator, a checkpoint or "bundled"; "": none) the model a new run starts from."""
+    import torch
+
     from components.train.config import TrainSettings, preset_config
     from components.train.generator_file import GENERATOR_KEY, load_generator
     from components.train.train import train
 
+    processes = asked_gpus(gpus, "train_gpus")
+    check_gpus_seen(processes, torch.cuda.device_count(), "train_gpus", "PyTorch")
     tile_sets = training_sets(training_tiles)
     uris = [pointed_uri(tiles) for tiles in tile_sets]
     city = training_city(tile_sets)
@@ -245,10 +300,10 @@ def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int
     resume = open_store(out).exists("checkpoints/last.pt")
     started_from = unset(init_from)
     init = None if resume else started_from  # a retry resumes its run, whatever that started from
-    if gpus > 1:
-        _torchrun(gpus, [*(argument for uri in uris for argument in ("--data", uri)), "--out", out, "--preset",
-                         preset, "--steps", str(config.steps), "--batch-size", str(config.batch_size),
-                         *(["--resume"] if resume else []), *(["--init-from", init] if init else [])])
+    if processes > 1:
+        _torchrun(processes, [*(argument for uri in uris for argument in ("--data", uri)), "--out", out, "--preset",
+                              preset, "--steps", str(config.steps), "--batch-size", str(config.batch_size),
+                              *(["--resume"] if resume else []), *(["--init-from", init] if init else [])])
     else:
         train(TrainSettings(data=uris, out=out, config=config, resume=resume, init_from=init, progress=False))
     best = load_generator(f"{out}/{GENERATOR_KEY}")[1]["validation"]
@@ -256,19 +311,17 @@ def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int
         city, uris, cities=[tiles.metadata["city"] for tiles in tile_sets], area=_union_area(tile_sets),
         sources=_union_sources(tile_sets), preset=preset, steps=config.steps,
         **({"init_from": started_from} if started_from else {}), batch_size=config.batch_size,
-        processes=max(gpus, 1), training_manifest_sha256=[tiles.metadata.get("manifest_sha256") for tiles in tile_sets],
+        processes=max(processes, 1),
+        training_manifest_sha256=[tiles.metadata["manifest_sha256"] for tiles in tile_sets],
         validation=best))
     rows = _train_metrics(out)
-    metrics.log_metric("steps", max(row.get("step", 0) for row in rows))
-    metrics.log_metric("cities", len(tile_sets))
+    log_metrics(metrics, {"steps": max(row.get("step", 0) for row in rows), "cities": len(tile_sets)})
     last_losses = next((row for row in reversed(rows) if "loss_nce" in row), {})
     # A warm start's step 0 is the model it started from: beside the chosen one, what the run bought.
     start = next((row["validation"] for row in rows if "validation" in row), None) if started_from else None
-    for name, value in {**{f"last_{k}": v for k, v in last_losses.items() if k.startswith("loss_")},
-                        **_flat_numbers(best, "validation_"),
-                        **(_flat_numbers(start, "started_from_") if start else {})}.items():
-        if value == value:  # NaN: no held-out tile
-            metrics.log_metric(name, value)
+    log_metrics(metrics, {**{f"last_{k}": v for k, v in last_losses.items() if k.startswith("loss_")},
+                          **_flat_numbers(best, "validation_"),
+                          **(_flat_numbers(start, "started_from_") if start else {})})
 
 
 def _union_area(tile_sets: list) -> list[float]:
@@ -313,17 +366,17 @@ def export_step(store: str, run_id: str, generator, training_tiles: list, onnx_m
         area=generator.metadata.get("area"), sources=generator.metadata.get("sources"),
         opset=summary["opset"], fp16_model=summary["fp16_model"], parity_report=summary["parity_report"],
         fp32_max_abs_diff=summary["fp32_max_abs_diff"], fp16_dot_f1=summary["fp16_dot_f1"]))
-    metrics.log_metric("fp32_max_abs_diff", summary["fp32_max_abs_diff"])
-    metrics.log_metric("fp16_dot_f1", summary["fp16_dot_f1"])
+    log_metrics(metrics, {"fp32_max_abs_diff": summary["fp32_max_abs_diff"], "fp16_dot_f1": summary["fp16_dot_f1"]})
 
 
 # --- infer, extract, evaluate -----------------------------------------------------------------------
 
 @timed
 def generate_step(store: str, run_id: str, model: str, provider: str, batch_size: int, shard: int, shards: int,
-                  onnx_model, tiles, generated, metrics) -> None:
+                  gpus: str, onnx_model, tiles, generated, metrics) -> None:
     """Translate one shard of the plain tiles (every shards-th) with the exported model (an artifact), else
-    `model`, else the bundled model; collect_step publishes the whole, or with one shard this task does."""
+    `model`, else the bundled model; collect_step publishes the whole, or with one shard this task does. In a
+    KFP pod given a GPU (`gpus`), a model that would run on the CPU is an error before any tile."""
     from components.infer.job import generate
     from components.infer.settings import GenerateSettings
 
@@ -332,18 +385,18 @@ def generate_step(store: str, run_id: str, model: str, provider: str, batch_size
     out = run_uri(store, city, run_id, f"{area}/generated")
     model = pointed_uri(onnx_model) if onnx_model is not None else model
     inference = {"model": model, "provider": provider, "batch_size": batch_size}
+    require_gpu = asked_gpus(gpus, "gpus") > 0 and in_kfp_pod()
     summary = generate(from_parameters(GenerateSettings, inference, tiles=pointed_uri(tiles), out=out, progress=False,
-                                       shard=shard, shards=shards))
+                                       shard=shard, shards=shards, require_gpu=require_gpu))
     metadata = lineage(city, [summary["model"], pointed_uri(tiles)], provider=summary["provider"],
                        model_sha256=summary["model_sha256"], shard=shard, shards=shards)
     if shards == 1:  # the whole generated set: published as collect_step publishes one
         publish_tile_set(generated, out, metadata)
     else:
         publish_pointer(generated, out, metadata)
-    metrics.log_metric("tiles", summary["tiles"])
-    metrics.log_metric("tiles_generated", summary["generated"])
-    if summary["colour_cast_mean"] is not None:  # a health signal: how much the model recolours the map
-        metrics.log_metric("colour_cast_mean", summary["colour_cast_mean"])
+    # colour_cast_mean, a health signal: how much the model recolours the map (none without a plain tile)
+    log_metrics(metrics, {"tiles": summary["tiles"], "tiles_generated": summary["generated"],
+                          "colour_cast_mean": summary["colour_cast_mean"]})
 
 
 @timed
@@ -371,11 +424,10 @@ def extract_step(count: int, truth: list[str], truth_bbox: str, class_shares: st
         city, [tiles_uri], area=generated.metadata.get("area"), sources=generated.metadata.get("sources"),
         geojson=geojson_uri, preview=preview_uri, preview_generated=painted_uri,
         points=result["points"], evaluation=report["uri"] if report else None, attribution=OSM_ATTRIBUTION))
-    metrics.log_metric("tiles", result["tiles"])
-    metrics.log_metric("points", result["points"])
-    metrics.log_metric("points_outside", result["outside"])  # dots in a border band or beyond the data
-    for reason, count in result["rejected_blobs"].items():  # magenta that no marker-sized discs explain
-        metrics.log_metric(f"rejected_blobs_{reason}", count)
+    # points_outside: dots in a border band or beyond the data; rejected blobs: magenta that no marker-sized
+    # discs explain
+    log_metrics(metrics, {"tiles": result["tiles"], "points": result["points"], "points_outside": result["outside"],
+                          **{f"rejected_blobs_{reason}": count for reason, count in result["rejected_blobs"].items()}})
     preview_store, preview_key = open_file_uri(preview_uri)
     title = f"locgen: predicted positions in {city}"
     Path(preview.path).write_text(_html_page(title, preview_store.get_bytes(preview_key), rows))
@@ -397,8 +449,7 @@ def _evaluate(points_uri: str, truth: list[str], bbox: str, class_shares: str, o
     osm_files = [str(local_file(osm, default_cache_dir() / "osm"))] if osm else []
     result = evaluate(EvaluateSettings(generated=points_uri, truth=truth, bbox=parse_bbox(bbox, "truth_bbox"),
                                        out=out, osm=osm_files, class_shares=unset(class_shares), progress=False))
-    for name, value in _flat_numbers(result["model"]).items():
-        metrics.log_metric(f"evaluation_{name}", value)
+    log_metrics(metrics, _flat_numbers(result["model"], "evaluation_"))
     store, key = open_file_uri(out.removesuffix(".json") + ".md")
     return {"uri": out, "verdict": result["verdict"]["line"], "markdown": store.get_bytes(key).decode()}
 

@@ -51,7 +51,7 @@ def plan(host: str, pipeline: str, parameters: dict, experiment: str, schedule: 
                           "https://kubeflow.example.com/pipeline")
     if pipeline not in pipelines:
         raise LocgenError(f"--pipeline {pipeline}: unknown; give one of {', '.join(pipelines)}")
-    check_parameters(pipelines[pipeline], parameters, local_files=False)
+    parameters = check_parameters(pipelines[pipeline], parameters, local_files=False)
     package = pipeline_file(pipeline)
     digest = hashlib.sha256(package.read_bytes()).hexdigest()[:12]
     return Submission(host=host.rstrip("/"), pipeline_name=PIPELINE_NAMES[pipeline], package=package,

@@ -7,6 +7,7 @@ import re
 import pytest
 import yaml
 from conftest import HELSINKI_PBF, KOTKA_PBF
+from google.protobuf import json_format
 
 from components.core.errors import LocgenError
 from components.core.provenance import OSM_ATTRIBUTION, git_commit
@@ -90,6 +91,64 @@ def test_each_stage_has_its_own_image_and_gpu_secret_toleration_and_caching_sett
     assert {"train-generator", "export-onnx"} <= {_component(name) for name in tasks}
 
 
+def _gpu_inputs(spec: dict) -> dict:
+    """Each GPU task's accelerator count and the `gpus` it is told, as the compiled YAML says."""
+    counts = {_component(name): executor["container"]["resources"].get("accelerator", {}).get("resourceCount")
+              for name, executor in spec["deploymentSpec"]["executors"].items()}
+    told = {}
+    for name, task in _all_tasks(spec).items():
+        if _component(name) in GPU_COMPONENTS:
+            told[_component(name)] = task["inputs"]["parameters"]["gpus"]
+    return {name: (counts[name], told[name]) for name in told}
+
+
+def test_a_gpu_count_reaches_the_driver_as_a_string():
+    """KFP's driver sets a pod's nvidia.com/gpu from a parameterised count only when its value is a string."""
+    spec, _ = _documents(PIPELINE_DIR / "train.yaml")
+    assert spec["root"]["inputDefinitions"]["parameters"]["train_gpus"] == {
+        "defaultValue": "1", "isOptional": True, "parameterType": "STRING"}
+    assert _gpu_inputs(spec) == {"train-generator": (
+        "{{$.inputs.parameters['pipelinechannel--train_gpus']}}", {"componentInputParameter": "train_gpus"})}
+    assert spec["components"]["comp-train-generator"]["inputDefinitions"]["parameters"]["gpus"]["parameterType"] == \
+        "STRING"
+    spec, _ = _documents(PIPELINE_DIR / "end-to-end.yaml")
+    assert spec["root"]["inputDefinitions"]["parameters"]["train_gpus"]["parameterType"] == "STRING"
+    told = {str(gpus) for name, (count, gpus) in _gpu_inputs(spec).items() if name == "generate-tiles"}
+    assert told == {str({"runtimeValue": {"constant": "1"}})}
+    # Without GPUs, every GPU task is told it has none, whatever train_gpus says.
+    cpu_only = build_pipelines(gpus=False)["end-to-end"].pipeline_spec
+    assert {str(gpus) for _, gpus in _gpu_inputs(json_format.MessageToDict(cpu_only)).values()} == {
+        str({"runtimeValue": {"constant": "0"}})}
+
+
+def test_a_task_given_gpus_that_sees_none_fails_in_a_kfp_pod(tmp_path, monkeypatch):
+    """This machine has no GPU: as a KFP task pod given one, train and generate each stop with one line."""
+    from kfp.dsl import Dataset, Metrics, Model
+
+    from pipeline.steps import generate_step, publish_tile_set, train_step
+
+    render(RenderSettings(osm=[str(KOTKA_PBF)], out=str(tmp_path / "kotka"), center=(26.95, 60.53), grid=1,
+                          city="kotka", progress=False))
+    plain = Dataset(name="tiles", uri=str(tmp_path / "plain"))
+    publish_tile_set(plain, str(tmp_path / "kotka"), {"city": "kotka"})
+    monkeypatch.setenv("KFP_POD_NAME", "locgen-end-to-end-abc-123")
+    with pytest.raises(LocgenError, match=r"^train_gpus 1: this pod's PyTorch sees 0 GPU\(s\); schedule it on a "
+                                          r"node with NVIDIA GPUs"):
+        train_step(store=str(tmp_path / "store"), run_id="r", preset="tiny", steps=2, batch_size=0, init_from="",
+                   gpus="1", training_tiles=[plain], generator=Model(name="m", uri=str(tmp_path / "m")),
+                   metrics=Metrics(name="x", uri=str(tmp_path / "x")))
+    generated = Dataset(name="generated", uri=str(tmp_path / "generated"))
+    with pytest.raises(LocgenError, match=r"^bundled:tiny-helsinki.onnx: runs on the CPU here \(CPUExecutionProvider"
+                                          r"\), but this task was given a GPU; schedule it on a node"):
+        generate_step(store=str(tmp_path / "store"), run_id="r", model="", provider="auto", batch_size=8, shard=0,
+                      shards=1, gpus="1", onnx_model=None, tiles=plain, generated=generated,
+                      metrics=Metrics(name="y", uri=str(tmp_path / "y")))
+    assert not (tmp_path / "store").exists()  # nothing written
+    with pytest.raises(LocgenError, match=r"^train_gpus 'two': give a whole number of GPUs as a text, e.g. '1'"):
+        check_parameters(build_pipelines()["train"], {"train_gpus": "two"})
+    assert check_parameters(build_pipelines()["train"], {"train_gpus": 2}) == {"train_gpus": "2"}  # --param reads 2
+
+
 def test_two_shards_make_the_tiles_one_makes(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     settings = dict(osm=[str(HELSINKI_PBF)], city="helsinki", pairs=9, progress=False,
@@ -139,6 +198,10 @@ def test_end_to_end_runs_locally_and_every_artifact_names_its_lineage(small_run)
     for executor_output in run.rglob("executor_output.json"):  # the shards lie under for-loop-N-iteration-I/
         for name, listing in json.loads(executor_output.read_text()).get("artifacts", {}).items():
             artifacts[f"{executor_output.parent.name}/{name}"] = listing["artifacts"][0]["metadata"]
+    # What KFP's launcher would take from every task of the run, Metrics included: strict JSON, no null.
+    for key, meta in artifacts.items():
+        assert_launchable(meta, key)
+    assert "evaluation" not in artifacts["extract-points/points"]  # Kotka's points: no truth, so no evaluation
     pointers = {key: meta for key, meta in artifacts.items() if "uri" in meta}
     assert {key.split("/")[1] for key in pointers} == {"tiles", "generator", "onnx_model", "generated", "points"}
     # the parts of a sharded tile set name no area: their collect task does (a tile set of one task names its own)
@@ -218,6 +281,7 @@ def test_train_task_runs_one_ddp_process_per_gpu(tmp_path):
     """train_gpus > 1: torchrun in the task's pod, one process each (gloo here, on the CPU), on every city's tiles."""
     from kfp.dsl import Dataset, Metrics, Model
 
+    from components.train.generator_file import load_generator
     from pipeline.steps import publish_tile_set, train_step
 
     tile_sets = []
@@ -235,16 +299,52 @@ def test_train_task_runs_one_ddp_process_per_gpu(tmp_path):
         return model, metrics
 
     model, metrics = task(batch_size=2)
+    # No held-out box: the validation's place score is null, which the artifacts leave out.
+    assert load_generator(model.metadata["uri"])[1]["validation"]["place_score"] is None
+    assert_launchable(model.metadata, "generator") and assert_launchable(metrics.metadata, "metrics")
+    assert "place_score" not in model.metadata["validation"] and "validation_place_score" not in metrics.metadata
+    assert metrics.metadata["validation_step"] == 2
     assert model.metadata["processes"] == 2 and metrics.metadata["steps"] == 2 and metrics.metadata["cities"] == 2
     assert model.metadata["uri"].endswith("/helsinki-kotka/runs/run-2/train/generator.pt")
     assert model.metadata["cities"] == ["helsinki", "kotka"]  # by name, whatever order the tasks were collected in
     assert model.metadata["parents"] == [str(tmp_path / "helsinki"), str(tmp_path / "kotka")]
-    from components.train.generator_file import load_generator
 
     trained = load_generator(model.metadata["uri"])[1]  # what the DDP processes trained on: --data once per set
     assert trained["data"] == model.metadata["parents"] and trained["cities"] == ["helsinki", "kotka"]
     with pytest.raises(LocgenError, match="train: torchrun with 2 processes failed"):
         task(batch_size=3)  # 3 tiles do not split over 2 processes: each process refuses, torchrun fails
+
+
+def assert_launchable(metadata: dict, where: str) -> bool:
+    """Artifact metadata as KFP's launcher takes it: strict JSON (Go's parser refuses NaN and infinity), no null
+    (its converter has no case for one)."""
+    json.dumps(metadata, allow_nan=False)
+    nulls = [path for path, value in _leaves(metadata, where) if value is None]
+    assert not nulls, f"null metadata at {nulls}"
+    return True
+
+
+def _leaves(value, path: str):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, f"{path}[{index}]")
+    else:
+        yield path, value
+
+
+def test_metadata_leaves_out_what_the_launcher_refuses():
+    from pipeline.steps import launchable
+
+    document = {"uri": "s3://b/k", "evaluation": None, "validation": {"dots_per_tile": float("nan"), "step": 4,
+                "place_score": None, "places": {"helsinki": {"grid_spearman": float("inf"), "f1@50m": 0.25}}},
+                "area": [1.0, 2.0, 3.0, 4.0], "parents": [], "ok": False}
+    assert launchable(document) == {"uri": "s3://b/k", "validation": {"step": 4, "places": {"helsinki": {
+        "f1@50m": 0.25}}}, "area": [1.0, 2.0, 3.0, 4.0], "parents": [], "ok": False}
+    with pytest.raises(ValueError, match=r"artifact metadata area: \[1.0, nan\] holds a null or non-finite item"):
+        launchable({"area": [1.0, float("nan")]})
 
 
 def test_a_failing_stage_is_named_with_its_input(tmp_path, capfd):

@@ -23,7 +23,8 @@ def test_a_scheduled_training_submission(tmp_path, monkeypatch):
     assert submission.host == "https://kubeflow.example.com/pipeline"
     assert submission.package == PIPELINE_DIR / "train.yaml" and submission.pipeline_name == "locgen-train"
     assert submission.version_name.startswith("0.1.0-") and len(submission.version_name) == len("0.1.0-") + 12
-    assert submission.parameters == {"cities": OSLO, "steps": 5000, "train_gpus": 4}
+    # A GPU count goes as a text: KFP's driver reads a parameterised accelerator count only from a string.
+    assert submission.parameters == {"cities": OSLO, "steps": 5000, "train_gpus": "4"}
     assert submission.cron == "0 0 3 * * 1"  # KFP's cron has seconds first
     assert submission.token == "secret-token" and submission.experiment == "retraining"
 

@@ -1,6 +1,11 @@
 """The one error type a user sees: a single line that names the input and the fix."""
 
 
+# The fix for a pipeline task that was given GPUs and sees none (train and generate say it alike).
+GPU_NODE_FIX = ("schedule it on a node with NVIDIA GPUs and the NVIDIA device plugin (OPERATORS.md, GPUs), or "
+                "compile the pipelines for a cluster without GPUs (locgen compile --cpu-only)")
+
+
 class LocgenError(Exception):
     """Bad input or an unreachable service. The CLI prints `error: <message>` and exits 2.
 

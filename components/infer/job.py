@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from components.core.colour import ColourCastMeter
-from components.core.errors import LocgenError
+from components.core.errors import GPU_NODE_FIX, LocgenError
 from components.core.onnx_io import check_tile_size, fp16_path
 from components.core.pngmeta import encode_png
 from components.core.storage import Store, cache_folder, local_file, open_file_uri, open_store
@@ -59,6 +59,9 @@ def generate(settings: GenerateSettings) -> dict:
     metadata = read_metadata(model_path)
     tile_px = _check_tiles(all_rows, metadata, settings.tiles)  # a shard with no tile still checks the set
     translator = open_translator(model_path, settings.provider, tile_px, settings.batch_size, settings.cache_dir)
+    if settings.require_gpu and translator.provider == "cpu":
+        raise LocgenError(f"{model_uri}: runs on the CPU here ({', '.join(translator.session.get_providers())}), but "
+                          f"this task was given a GPU; {GPU_NODE_FIX}")
     out_store = open_store(settings.out)
     out_rows = [_generated_row(row, store.uri, model_uri, translator.model_sha256) for row in rows]
     existing = out_store.list_keys()

@@ -29,3 +29,5 @@ class GenerateSettings:
     # with shards > 1: translate every shards-th plain tile from this one on, and publish a part
     shard: int = setting(0, help="this shard's index", cli=False, output=False)
     shards: int = setting(1, help="how many shards translate the tile set", cli=False, output=False)
+    # a pipeline task given a GPU: running on the CPU instead is an error, before any tile
+    require_gpu: bool = setting(False, help="fail unless the model runs on a GPU", cli=False, output=False)
