@@ -224,6 +224,8 @@ def _submit_parser(commands) -> None:
     parser.add_argument("--token-file", type=Path,
                         help=f"a file holding the bearer token (default ${TOKEN_ENV}, or in a pod the "
                              "ServiceAccount token at $KF_PIPELINES_SA_TOKEN_PATH)")
+    parser.add_argument("--namespace", help="on a multi-user Kubeflow: your profile's namespace (default: in a pod, "
+                                            "the pod's own)")
     parser.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
     parser.set_defaults(run=_run_submit)
 
@@ -233,7 +235,7 @@ def _run_submit(args) -> dict:
     from pipeline.submit import describe, plan, send
 
     submission = plan(args.host, args.pipeline, parse_parameters(args.param), args.experiment, args.schedule,
-                      args.token_file)
+                      args.token_file, args.namespace)
     return describe(submission) if args.dry_run else {**describe(submission), **send(submission)}
 
 
@@ -265,12 +267,13 @@ class _StderrHandler(logging.StreamHandler):
 
 def _log_to_stderr() -> None:
     """locgen's own messages (not its libraries' chatter) as `locgen: ...` lines on stderr; stdout is the summary."""
-    logger = logging.getLogger("components")
-    if not logger.handlers:
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("locgen: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    for name in ("components", "pipeline"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("locgen: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
