@@ -176,6 +176,11 @@ def _compile_parser(commands) -> None:
     parser.add_argument("--out-dir", type=Path, help="where to write them (default: the pipeline/ package)")
     parser.add_argument("--cpu-only", action="store_true",
                         help="for a cluster without GPUs: no task asks for one (train and infer run on the CPU)")
+    parser.add_argument("--gpu-node-selector", action="append", default=[], metavar="LABEL=VALUE",
+                        help="GPU tasks run only on nodes with this label, e.g. "
+                             "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3 (repeatable)")
+    parser.add_argument("--max-parallel", type=int, default=8,
+                        help="tasks a loop over cities or shards runs at once (%(default)s)")
     parser.set_defaults(run=_run_compile)
 
 
@@ -184,7 +189,14 @@ def _run_compile(args) -> dict:
     from pipeline.local import PIPELINE_DIR, compile_all  # kfp: installed where pipelines are compiled or run
 
     registry = args.registry or os.environ.get(REGISTRY_ENV, DEFAULT_REGISTRY)
-    written = compile_all(args.out_dir or PIPELINE_DIR, registry, gpus=not args.cpu_only)
+    selector = {}
+    for text in args.gpu_node_selector:
+        label, _, value = text.partition("=")
+        if not label or not value:
+            raise LocgenError(f"--gpu-node-selector {text}: give LABEL=VALUE, e.g. nvidia.com/gpu.present=true")
+        selector[label] = value
+    written = compile_all(args.out_dir or PIPELINE_DIR, registry, gpus=not args.cpu_only, gpu_node_selector=selector,
+                          max_parallel=args.max_parallel)
     return {"written": [str(path) for path in written]}
 
 

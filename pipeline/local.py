@@ -43,12 +43,14 @@ def pipeline_file(name: str) -> Path:
     return PIPELINE_DIR / f"{name}.yaml"
 
 
-def compile_all(out_dir: Path = PIPELINE_DIR, registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> list[Path]:
+def compile_all(out_dir: Path = PIPELINE_DIR, registry: str = DEFAULT_REGISTRY, gpus: bool = True,
+                **cluster) -> list[Path]:
     """Write every pipeline's YAML into out_dir: the images come from `registry`; without `gpus`, no
-    task asks for a GPU (a cluster without any: train and infer run on the CPU)."""
+    task asks for a GPU (a cluster without any: train and infer run on the CPU); `cluster`: the other
+    settings of `build_pipelines` (GPU node selector, parallelism)."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     written = []
-    for name, pipeline in build_pipelines(registry, gpus).items():
+    for name, pipeline in build_pipelines(registry, gpus, **cluster).items():
         path = Path(out_dir) / f"{name}.yaml"
         compiler.Compiler().compile(pipeline, str(path))
         _sort_header(path)

@@ -18,8 +18,8 @@ settings to `render_city`) under the component's own parameter names, so a rende
 naming it in the pipeline's signature.
 
 Training takes a list of cities (`cities`: items {"city", "osm", "locations", "holdout"}): each city's
-pairs are rendered by one task (a ParallelFor over the cities, all at once), and one train task trains
-on all of them; the run's model goes under the cities' names joined ("helsinki+prague"). A city's
+pairs are rendered by one task (a ParallelFor over the cities, MAX_PARALLEL at once), and one train task
+trains on all of them; the run's model goes under the cities' names joined ("helsinki+prague"). A city's
 render is one task, not split in `shards`: kfp.local cannot run a ParallelFor inside another.
 End to end, each city with a held-out box is also evaluated there (a ParallelFor over those cities,
 one render, inference and extract task each).
@@ -30,6 +30,7 @@ from typing import List, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Model, pipeline_channel
 
+from components.core.errors import LocgenError
 from components.core.settings import declared
 from components.render.job import RenderSettings
 from pipeline.components import build_components
@@ -40,6 +41,18 @@ OBJECT_STORE_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_A
 GPU_RESOURCE = "nvidia.com/gpu"
 # (cpu request, cpu limit, memory request, memory limit) per task kind
 RESOURCES = {"cpu": ("1", "4", "2G", "8G"), "gpu": ("4", "8", "16G", "32G")}
+SHM_SIZE = "8Gi"  # /dev/shm of a GPU task (NCCL between DDP processes; Docker's default 64 MB is too small)
+MAX_PARALLEL = 8  # tasks a ParallelFor runs at once (cities, shards), unless compiled with another cap
+# Every task reads or writes the object store, and render may call Overpass or GBFS feeds: a lost
+# connection or a pre-empted node is retried (train resumes its checkpoint, the others publish atomically).
+RETRY = {"num_retries": 3, "backoff_duration": "60s", "backoff_factor": 2.0, "backoff_max_duration": "3600s"}
+# Each component's name in the Kubeflow UI, and its pod's deadline in seconds (a task that hangs fails).
+TASKS = {"shard_indices": ("shards", 600), "render_tiles": ("render tiles", 4 * 3600),
+         "render_city": ("render training pairs", 4 * 3600),
+         "held_out_cities": ("cities with a held-out box", 600), "city_fields": ("city fields", 600),
+         "collect_tiles": ("collect the tile set", 3600), "train_generator": ("train the generator", 72 * 3600),
+         "export_onnx": ("export to ONNX", 2 * 3600), "generate_tiles": ("generate markers", 6 * 3600),
+         "extract_points": ("extract and score the points", 2 * 3600)}
 
 SAMPLE_OSM = "data/osm/helsinki-center.osm.pbf"
 SAMPLE_TARGET_OSM = "data/osm/kotka-karhula.osm.pbf"
@@ -56,23 +69,33 @@ NOT_GIVEN = {"Integer": 0, "Float": 0.0, "String": "", "typing.List[str]": []}  
 class _Tasks:
     """The task groups the pipelines are made of, on one registry's images, with or without GPUs."""
 
-    def __init__(self, registry: str, gpus: bool):
+    def __init__(self, registry: str, gpus: bool, gpu_node_selector: dict[str, str], max_parallel: int):
         self.components = build_components(registry)
         self.gpus = gpus
+        self.gpu_node_selector = gpu_node_selector
+        self.max_parallel = max_parallel
 
     def on_cluster(self, task: dsl.PipelineTask, gpus=None, cache: bool = False) -> dsl.PipelineTask:
-        """Resources, the object-store Secret, and for GPU tasks (gpus: a count or a pipeline parameter)
-        the accelerator and its toleration, unless built for a cluster without GPUs."""
+        """Resources, the object-store Secret, its name in the UI, retries and a deadline, and for GPU tasks
+        (gpus: a count or a pipeline parameter) the accelerator, its toleration, the node selector and a
+        /dev/shm in memory, unless built for a cluster without GPUs."""
         gpu = gpus is not None and self.gpus
         cpu_request, cpu_limit, memory_request, memory_limit = RESOURCES["gpu" if gpu else "cpu"]
         task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
         task.set_memory_request(memory_request).set_memory_limit(memory_limit)
         task.set_caching_options(cache)
+        display_name, deadline_s = TASKS[task.component_spec.name.replace("-", "_")]
+        task.set_display_name(display_name).set_retry(**RETRY)
+        kubernetes.set_timeout(task, deadline_s)
         kubernetes.use_secret_as_env(task, secret_name=OBJECT_STORE_SECRET,
                                      secret_key_to_env={name: name for name in OBJECT_STORE_VARIABLES})
         if gpu:
             task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
             kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+            kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                       size_limit=SHM_SIZE)
+            for key, value in self.gpu_node_selector.items():
+                kubernetes.add_node_selector(task, key, value)
         return task
 
     def gpu_count(self, gpus):
@@ -85,7 +108,7 @@ class _Tasks:
         c = self.components
         render = {**_render_defaults(c.render_tiles), **render}
         indices = self.on_cluster(c.shard_indices(shards=shards), cache=True)
-        with dsl.ParallelFor(items=indices.output) as shard:
+        with dsl.ParallelFor(items=indices.output, parallelism=self.max_parallel) as shard:
             part = self.on_cluster(c.render_tiles(store=store, shard=shard, shards=shards, **render), cache=True)
         return self.on_cluster(c.collect_tiles(parts=dsl.Collected(part.outputs["tiles"])), cache=True)
 
@@ -95,7 +118,7 @@ class _Tasks:
         parameters), all of them trained on together; returns the export task, whose onnx_model is the
         trained model."""
         c = self.components
-        with dsl.ParallelFor(items=cities) as city:
+        with dsl.ParallelFor(items=cities, parallelism=self.max_parallel) as city:
             pairs = self.on_cluster(c.render_city(store=store, city=city, **pair_settings), cache=True)
         training_tiles = dsl.Collected(pairs.outputs["tiles"])
         training = self.on_cluster(c.train_generator(store=store, run_id=RUN_ID, preset=preset, steps=steps,
@@ -114,7 +137,7 @@ class _Tasks:
         plain = self.rendered(store, shards, city=city, osm=osm, **area)
         artifact = {} if onnx_model is None else {"onnx_model": onnx_model}  # none: `model`, else the bundled one
         indices = self.on_cluster(c.shard_indices(shards=shards), cache=True)
-        with dsl.ParallelFor(items=indices.output) as shard:
+        with dsl.ParallelFor(items=indices.output, parallelism=self.max_parallel) as shard:
             part = self.on_cluster(c.generate_tiles(store=store, run_id=RUN_ID, model=model, provider=provider,
                                                     batch_size=infer_batch_size, shard=shard, shards=shards,
                                                     gpus=self.gpu_count("1"), tiles=plain.outputs["tiles"],
@@ -131,7 +154,7 @@ class _Tasks:
         positions; returns the extract task (inside the loop)."""
         c = self.components
         held_out = self.on_cluster(c.held_out_cities(cities=cities), cache=True)
-        with dsl.ParallelFor(items=held_out.output) as city:
+        with dsl.ParallelFor(items=held_out.output, parallelism=self.max_parallel) as city:
             fields = self.on_cluster(c.city_fields(city=city), cache=True)
             render = {**_render_defaults(c.render_tiles), **NO_AREA, "city": fields.outputs["city"],
                       "osm": fields.outputs["osm"], "bbox": fields.outputs["holdout"]}
@@ -161,10 +184,14 @@ def _parameters(scope: dict) -> dict:
     return {name: value for name, value in scope.items() if isinstance(value, pipeline_channel.PipelineChannel)}
 
 
-def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True) -> dict:
+def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True, gpu_node_selector: dict | None = None,
+                    max_parallel: int = MAX_PARALLEL) -> dict:
     """The three pipelines, by the name `locgen compile` and `locgen submit` use, on the stage images
-    of `registry`; without `gpus`, no task asks for a GPU (train and infer then run on the CPU)."""
-    tasks = _Tasks(registry, gpus)
+    of `registry`; without `gpus`, no task asks for a GPU (train and infer then run on the CPU); GPU
+    tasks go to nodes with the labels of `gpu_node_selector`; a ParallelFor runs `max_parallel` tasks at once."""
+    if max_parallel < 1:
+        raise LocgenError(f"--max-parallel {max_parallel}: give 1 or more tasks at once")
+    tasks = _Tasks(registry, gpus, gpu_node_selector or {}, max_parallel)
 
     @dsl.pipeline(name="locgen-train",
                   description="Render training pairs for each city, train FastCUT on all of them, export to ONNX.")

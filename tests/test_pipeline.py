@@ -91,6 +91,40 @@ def test_each_stage_has_its_own_image_and_gpu_secret_toleration_and_caching_sett
     assert {"train-generator", "export-onnx"} <= {_component(name) for name in tasks}
 
 
+def test_every_task_has_a_name_retries_and_a_deadline_and_gpu_tasks_a_shared_memory():
+    from pipeline.pipelines import RETRY, SHM_SIZE, TASKS
+
+    spec, platform = _documents(PIPELINE_DIR / "end-to-end.yaml")
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, task in _all_tasks(spec).items():
+        if name.startswith("for-loop"):
+            assert task["iteratorPolicy"] == {"parallelismLimit": 8}, name  # a loop over cities or shards
+            continue
+        component = _component(name).replace("-", "_")
+        assert task["taskInfo"]["name"] == TASKS[component][0], name  # what the Kubeflow UI shows
+        assert task["retryPolicy"] == {"maxRetryCount": RETRY["num_retries"], "backoffDuration": "60s",
+                                       "backoffFactor": 2.0, "backoffMaxDuration": "3600s"}, name
+        executor = executors[task["componentRef"]["name"].replace("comp-", "exec-", 1)]
+        assert executor["activeDeadlineSeconds"] == str(TASKS[component][1]), name
+        shm = [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": SHM_SIZE, "volumeName": "dshm"}]
+        assert executor.get("emptyDirMounts") == (shm if _component(name) in GPU_COMPONENTS else None), name
+        assert "nodeSelector" not in executor, name  # none unless compiled with one
+
+
+def test_compile_with_a_gpu_node_selector_and_another_parallelism(tmp_path):
+    assert main(["compile", "--out-dir", str(tmp_path), "--max-parallel", "2",
+                 "--gpu-node-selector", "nvidia.com/gpu.product=NVIDIA-H200"]) == 0
+    spec, platform = _documents(tmp_path / "end-to-end.yaml")
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    selected = {_component(name) for name, executor in executors.items() if "nodeSelector" in executor}
+    assert selected == GPU_COMPONENTS
+    assert executors["exec-train-generator"]["nodeSelector"] == {"labels": {"nvidia.com/gpu.product": "NVIDIA-H200"}}
+    loops = [task for name, task in _all_tasks(spec).items() if name.startswith("for-loop")]
+    assert loops and all(task["iteratorPolicy"] == {"parallelismLimit": 2} for task in loops)
+    with pytest.raises(LocgenError, match="--max-parallel 0: give 1 or more"):
+        build_pipelines(max_parallel=0)
+
+
 def _gpu_inputs(spec: dict) -> dict:
     """Each GPU task's accelerator count and the `gpus` it is told, as the compiled YAML says."""
     counts = {_component(name): executor["container"]["resources"].get("accelerator", {}).get("resourceCount")

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from components import __version__
+from components.core.cpus import usable_cpus
 from components.core.errors import LocgenError
 from components.core.geo import (
     Bounds3857,
@@ -98,7 +99,8 @@ class RenderSettings:
                                                       "and real points come along, to validate on",
                                      parse=parse_bbox, metavar="W,S,E,N")
     seed: int = setting(0, help="random seed of the pair placement")
-    workers: int = setting(1, help="processes, 0: all cores (%(default)s)", output=False)
+    workers: int = setting(1, help="processes, 0: every CPU this process may use (its CPU limit in a pod) "
+                                   "(%(default)s)", output=False)
     drop_disabled: bool = setting(True, help="keep GBFS vehicles marked is_disabled", flag="--keep-disabled",
                                   action="store_false")
     drop_reserved: bool = setting(False, help="drop GBFS vehicles marked is_reserved")
@@ -193,7 +195,7 @@ def _check_mode(settings: RenderSettings) -> None:
     if settings.bbox is not None and settings.center is not None:
         raise LocgenError("give either --bbox or --center, not both")
     if settings.workers < 0:
-        raise LocgenError(f"--workers {settings.workers}: give a number of processes, or 0 for all cores")
+        raise LocgenError(f"--workers {settings.workers}: give a number of processes, or 0 for every CPU this process may use")
     if settings.marker_radius_px <= 0:
         raise LocgenError(f"--marker-radius-px {settings.marker_radius_px}: give a radius above 0 (3 by default)")
 
@@ -304,7 +306,7 @@ def _render_all(job: _Job, plan: list[PlannedTile], workers: int, progress: bool
     """Render every planned tile (in parallel when asked); manifest rows in plan order."""
     global _JOB
     _JOB = job
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cpus()
     chunks = [plan[start:start + CHUNK_TILES] for start in range(0, len(plan), CHUNK_TILES)]
     bar = tqdm(total=len(plan), unit="tile", desc=f"render {job.city}", disable=not progress)
     pool = None
