@@ -107,7 +107,7 @@ def test_target_is_pinned_non_root_labelled_and_installs_its_extras(stage):
     copies = [line for line in final if line.startswith(("COPY", "ADD"))]
     assert len(copies) == 1 and re.fullmatch(r"COPY --from=\S+ /opt/venv /opt/venv", copies[0]), copies  # only venv
     assert not any(re.search(r"apt-get|gcc|build-essential|pip install", line) for line in final)  # no build tools
-    assert "USER 1000:1000" in final
+    assert "USER 1000:0" in final  # group 0: what OpenShift's random UID runs in (the runtime stage, below)
     labels = " ".join(line for line in final if line.startswith("LABEL "))
     for label in ("source", "revision", "version", "title"):
         assert f"org.opencontainers.image.{label}=" in labels, label
@@ -126,6 +126,16 @@ def test_target_is_pinned_non_root_labelled_and_installs_its_extras(stage):
     index = re.search(r"--index-url (\S+)", install)
     assert (index[1] if index else None) == INDEXES[stage]
     assert ("-c /src/constraints-gpu.txt" in install) == (stage in GPU_CONSTRAINTS)
+
+
+def test_a_random_uid_in_group_0_can_write_home_and_caches():
+    """OpenShift's restricted SCC runs the image as an arbitrary UID in group 0, with no passwd entry."""
+    runtime = STAGES["runtime"][1]
+    setup = next(line for line in runtime if line.startswith("RUN useradd"))
+    assert "--gid 0" in setup and "chgrp -R 0 /home/locgen" in setup and "chmod -R g=u /home/locgen" in setup
+    environment = " ".join(line for line in runtime if line.startswith("ENV "))
+    for variable in ("HOME=/home/locgen", "XDG_CACHE_HOME=/home/locgen/.cache", "LOCGEN_CACHE=/home/locgen/.cache/"):
+        assert variable in environment, variable
 
 
 def test_hadolint_finds_nothing():

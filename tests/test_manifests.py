@@ -53,6 +53,15 @@ def _by_kind(objects: list[dict], kind: str) -> dict:
     return next(document for document in objects if document["kind"] == kind)
 
 
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_no_pod_fixes_its_user_so_restricted_clusters_can_assign_one(kustomization):
+    """OpenShift's restricted SCC refuses a pod that asks for a UID outside the namespace's range."""
+    for document in _render(kustomization):
+        if document["kind"] in ("Job", "CronJob"):
+            text = yaml.safe_dump(document)
+            assert "runAsUser" not in text and "runAsNonRoot: true" in text, document["metadata"]["name"]
+
+
 def test_overlays_set_namespace_endpoint_images_and_schedule():
     local, gpu = _render("overlays/local"), _render("overlays/gpu")
     assert {document["metadata"]["namespace"] for document in local} == {"kubeflow"}
