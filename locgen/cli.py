@@ -173,6 +173,8 @@ def _compile_parser(commands) -> None:
                                  description="Write pipeline/train.yaml, generate.yaml and end-to-end.yaml.")
     parser.add_argument("--registry", help="the registry the stage images come from "
                                            "(default $LOCGEN_IMAGE_REGISTRY or localhost:5000/locgen)")
+    parser.add_argument("--tag", help="the stage images' tag (default $LOCGEN_IMAGE_TAG or the version; "
+                                      "images/build.sh tags VERSION-COMMIT)")
     parser.add_argument("--out-dir", type=Path, help="where to write them (default: the pipeline/ package)")
     parser.add_argument("--cpu-only", action="store_true",
                         help="for a cluster without GPUs: no task asks for one (train and infer run on the CPU)")
@@ -185,7 +187,7 @@ def _compile_parser(commands) -> None:
 
 
 def _run_compile(args) -> dict:
-    from pipeline.images import DEFAULT_REGISTRY, REGISTRY_ENV
+    from pipeline.images import DEFAULT_REGISTRY, DEFAULT_TAG, REGISTRY_ENV, TAG_ENV
     from pipeline.local import PIPELINE_DIR, compile_all  # kfp: installed where pipelines are compiled or run
 
     registry = args.registry or os.environ.get(REGISTRY_ENV, DEFAULT_REGISTRY)
@@ -195,8 +197,9 @@ def _run_compile(args) -> dict:
         if not label or not value:
             raise LocgenError(f"--gpu-node-selector {text}: give LABEL=VALUE, e.g. nvidia.com/gpu.present=true")
         selector[label] = value
+    tag = args.tag or os.environ.get(TAG_ENV, DEFAULT_TAG)
     written = compile_all(args.out_dir or PIPELINE_DIR, registry, gpus=not args.cpu_only, gpu_node_selector=selector,
-                          max_parallel=args.max_parallel)
+                          max_parallel=args.max_parallel, tag=tag)
     return {"written": [str(path) for path in written]}
 
 

@@ -15,7 +15,7 @@ from typing import List, NamedTuple, Optional
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
-from pipeline.images import image
+from pipeline.images import DEFAULT_TAG, image
 
 
 def shard_indices(shards: int) -> List[int]:
@@ -117,8 +117,8 @@ STAGE_OF = {shard_indices: "render", render_tiles: "render", render_city: "rende
             generate_tiles: "infer", extract_points: "extract"}
 
 
-def build_components(registry: str) -> SimpleNamespace:
-    """The components, by function name, on the stage images of `registry`."""
+def build_components(registry: str, tag: str = DEFAULT_TAG) -> SimpleNamespace:
+    """The components, by function name, on the stage images of `registry` with `tag`."""
     return SimpleNamespace(**{
-        function.__name__: dsl.component(function, base_image=image(stage, registry), install_kfp_package=False)
+        function.__name__: dsl.component(function, base_image=image(stage, registry, tag), install_kfp_package=False)
         for function, stage in STAGE_OF.items()})

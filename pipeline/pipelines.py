@@ -34,7 +34,7 @@ from components.core.errors import LocgenError
 from components.core.settings import declared
 from components.render.job import RenderSettings
 from pipeline.components import build_components
-from pipeline.images import DEFAULT_REGISTRY
+from pipeline.images import DEFAULT_REGISTRY, DEFAULT_TAG
 
 OBJECT_STORE_SECRET = "locgen-object-store"  # keys named as the variables (manifests/ has the template)
 OBJECT_STORE_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
@@ -69,8 +69,8 @@ NOT_GIVEN = {"Integer": 0, "Float": 0.0, "String": "", "typing.List[str]": []}  
 class _Tasks:
     """The task groups the pipelines are made of, on one registry's images, with or without GPUs."""
 
-    def __init__(self, registry: str, gpus: bool, gpu_node_selector: dict[str, str], max_parallel: int):
-        self.components = build_components(registry)
+    def __init__(self, registry: str, tag: str, gpus: bool, gpu_node_selector: dict[str, str], max_parallel: int):
+        self.components = build_components(registry, tag)
         self.gpus = gpus
         self.gpu_node_selector = gpu_node_selector
         self.max_parallel = max_parallel
@@ -185,13 +185,13 @@ def _parameters(scope: dict) -> dict:
 
 
 def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True, gpu_node_selector: dict | None = None,
-                    max_parallel: int = MAX_PARALLEL) -> dict:
+                    max_parallel: int = MAX_PARALLEL, tag: str = DEFAULT_TAG) -> dict:
     """The three pipelines, by the name `locgen compile` and `locgen submit` use, on the stage images
-    of `registry`; without `gpus`, no task asks for a GPU (train and infer then run on the CPU); GPU
+    of `registry` with `tag`; without `gpus`, no task asks for a GPU (train and infer then run on the CPU); GPU
     tasks go to nodes with the labels of `gpu_node_selector`; a ParallelFor runs `max_parallel` tasks at once."""
     if max_parallel < 1:
         raise LocgenError(f"--max-parallel {max_parallel}: give 1 or more tasks at once")
-    tasks = _Tasks(registry, gpus, gpu_node_selector or {}, max_parallel)
+    tasks = _Tasks(registry, tag, gpus, gpu_node_selector or {}, max_parallel)
 
     @dsl.pipeline(name="locgen-train",
                   description="Render training pairs for each city, train FastCUT on all of them, export to ONNX.")

@@ -1,6 +1,7 @@
 """The container images: one Dockerfile with a final target per stage the compiled pipelines name (and no
 other), each pinned, non-root, labelled, lint-clean and installing its stage's extras."""
 
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT
 
-from pipeline.images import STAGE_IMAGES, image
+from pipeline.images import STAGE_IMAGES, commit_tag, image
 
 IMAGES_DIR = PROJECT_ROOT / "images"
 DOCKERFILE = IMAGES_DIR / "Dockerfile"
@@ -148,8 +149,18 @@ def test_build_script_builds_the_tags_the_pipelines_name():
     listed = subprocess.run([sys.executable, "-m", "pipeline.images"], capture_output=True, text=True, check=True,
                             cwd=PROJECT_ROOT).stdout.split()
     assert listed[1::2] == [image(stage) for stage in STAGE_IMAGES] and listed[0::2] == list(STAGE_IMAGES)
+    tagged = subprocess.run([sys.executable, "-m", "pipeline.images"], capture_output=True, text=True, check=True,
+                            cwd=PROJECT_ROOT, env={**os.environ, "LOCGEN_IMAGE_REGISTRY": "r.example/team",
+                                                   "LOCGEN_IMAGE_TAG": commit_tag("0123456789abcdef0123")}).stdout
+    assert "render r.example/team/render:0.1.0-0123456789ab\n" in tagged
     script = (IMAGES_DIR / "build.sh").read_text()
     assert "-m pipeline.images" in script and '--file images/Dockerfile --target "$stage"' in script
+    # Per-commit tags by default; the render image is given the registry and tag to compile its pipelines for.
+    assert "commit_tag('$revision')" in script
+    assert '--build-arg "REGISTRY=$LOCGEN_IMAGE_REGISTRY" --build-arg "TAG=$LOCGEN_IMAGE_TAG"' in script
+    deps = STAGES["deps"][1]
+    assert "ARG REGISTRY=localhost:5000/locgen" in deps and "ARG TAG=0.1.0" in deps
+    assert any('locgen compile --registry "${REGISTRY}" --tag "${TAG}"' in line for line in deps)
     assert subprocess.run(["bash", "-n", str(IMAGES_DIR / "build.sh")]).returncode == 0
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "out"} <= set(ignored)

@@ -111,10 +111,12 @@ def test_every_task_has_a_name_retries_and_a_deadline_and_gpu_tasks_a_shared_mem
         assert "nodeSelector" not in executor, name  # none unless compiled with one
 
 
-def test_compile_with_a_gpu_node_selector_and_another_parallelism(tmp_path):
-    assert main(["compile", "--out-dir", str(tmp_path), "--max-parallel", "2",
+def test_compile_with_a_per_commit_tag_a_gpu_node_selector_and_another_parallelism(tmp_path):
+    assert main(["compile", "--out-dir", str(tmp_path), "--max-parallel", "2", "--tag", "0.1.0-0123456789ab",
                  "--gpu-node-selector", "nvidia.com/gpu.product=NVIDIA-H200"]) == 0
     spec, platform = _documents(tmp_path / "end-to-end.yaml")
+    images = {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()}
+    assert images == {f"localhost:5000/locgen/{stage}:0.1.0-0123456789ab" for stage in STAGE_IMAGES}
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     selected = {_component(name) for name, executor in executors.items() if "nodeSelector" in executor}
     assert selected == GPU_COMPONENTS

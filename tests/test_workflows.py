@@ -43,16 +43,21 @@ def test_ci_runs_the_project_ci_and_builds_images_on_tags():
     assert "bash .ci/run" in _steps(workflow, "test")
     images = workflow["jobs"]["images"]
     assert images["if"] == "startsWith(github.ref, 'refs/tags/v')" and images["needs"] == "test"
-    assert "images/build.sh --push" in _steps(workflow, "images")
-    assert 'locgen compile --registry "$LOCGEN_IMAGE_REGISTRY"' in _steps(workflow, "images")
+    steps = _steps(workflow, "images")
+    # One per-commit tag, chosen before the images are built, for the images and the YAML that names them.
+    assert steps.index("commit_tag('$GITHUB_SHA')") < steps.index("images/build.sh --push") < steps.index(
+        'locgen compile --registry "$LOCGEN_IMAGE_REGISTRY" --tag "$LOCGEN_IMAGE_TAG"')
 
 
 def test_retraining_submits_the_training_pipeline_with_its_parameters():
     text = (WORKFLOWS / "retrain.yml").read_text()
     workflow = yaml.safe_load(text)
     triggers = workflow[True]  # YAML 1.1 reads the key `on` as true
-    assert "components/train/config.py" in triggers["push"]["paths"]
-    assert triggers["schedule"] and "workflow_dispatch" in triggers
+    assert set(triggers) == {"schedule", "workflow_dispatch"}  # a code change reaches the cluster with new images
+    # It submits the YAML that the release's render image carries, compiled for that image's registry and tag.
+    assert workflow["jobs"]["submit"]["container"]["image"] == (
+        "${{ vars.LOCGEN_IMAGE_REGISTRY }}/render:${{ vars.LOCGEN_IMAGE_TAG }}")
+    assert "locgen compile" not in text and "actions/checkout" not in text
     command = _steps(workflow, "submit")
     assert "locgen submit" in command and "--pipeline train" in command
     assert "--token" not in command  # the token travels in the environment, never on a command line
