@@ -90,6 +90,25 @@ def export_onnx(store: str, run_id: str, generator: Input[Model], training_tiles
     export_step(**parameters)
 
 
+def decide_promotion(store: str, run_id: str, generator: Input[Model], training_tiles: Input[List[Dataset]],
+                     metrics: Output[Metrics]) -> bool:
+    """Whether the run's model beats the city set's current one on this run's held-out tiles and boxes (True when
+    there is none)."""
+    parameters = dict(locals())
+    from pipeline.steps import decide_promotion_step
+
+    return decide_promotion_step(**parameters)
+
+
+def promote_model(store: str, run_id: str, onnx_model: Input[Model], generator: Input[Model], model: Output[Model],
+                  metrics: Output[Metrics]):
+    """Make the run's model the city set's current one ({store}/{cities}/models/current.json)."""
+    parameters = dict(locals())
+    from pipeline.steps import promote_step
+
+    promote_step(**parameters)
+
+
 def generate_tiles(store: str, run_id: str, model: str, provider: str, batch_size: int, shard: int, shards: int,
                    gpus: str, tiles: Input[Dataset], generated: Output[Dataset], metrics: Output[Metrics],
                    onnx_model: Optional[Input[Model]] = None):
@@ -114,7 +133,8 @@ def extract_points(count: int, truth: List[str], truth_bbox: str, class_shares: 
 # Each function above, with the stage whose image runs it.
 STAGE_OF = {shard_indices: "render", render_tiles: "render", render_city: "render", held_out_cities: "render",
             city_fields: "render", collect_tiles: "render", train_generator: "train", export_onnx: "export",
-            generate_tiles: "infer", extract_points: "extract"}
+            decide_promotion: "export", promote_model: "render", generate_tiles: "infer",
+            extract_points: "extract"}
 
 
 def build_components(registry: str, tag: str = DEFAULT_TAG) -> SimpleNamespace:

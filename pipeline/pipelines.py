@@ -52,7 +52,8 @@ TASKS = {"shard_indices": ("shards", 600), "render_tiles": ("render tiles", 4 * 
          "held_out_cities": ("cities with a held-out box", 600), "city_fields": ("city fields", 600),
          "collect_tiles": ("collect the tile set", 3600), "train_generator": ("train the generator", 72 * 3600),
          "export_onnx": ("export to ONNX", 2 * 3600), "generate_tiles": ("generate markers", 6 * 3600),
-         "extract_points": ("extract and score the points", 2 * 3600)}
+         "extract_points": ("extract and score the points", 2 * 3600),
+         "decide_promotion": ("compare with the current model", 2 * 3600), "promote_model": ("promote the model", 600)}
 
 SAMPLE_OSM = "data/osm/helsinki-center.osm.pbf"
 SAMPLE_TARGET_OSM = "data/osm/kotka-karhula.osm.pbf"
@@ -115,8 +116,8 @@ class _Tasks:
     def train(self, store: str, cities: List[dict], preset: str, steps: int, train_batch_size: int, init_from: str,
               train_gpus: str, **pair_settings) -> dsl.PipelineTask:
         """The training tasks: each city's pairs rendered by one task (`pair_settings`: render_city's
-        parameters), all of them trained on together; returns the export task, whose onnx_model is the
-        trained model."""
+        parameters), all of them trained on together, exported, and promoted to the cities' current model
+        when it validates better than that one; returns the export task, whose onnx_model is the trained model."""
         c = self.components
         with dsl.ParallelFor(items=cities, parallelism=self.max_parallel) as city:
             pairs = self.on_cluster(c.render_city(store=store, city=city, **pair_settings), cache=True)
@@ -125,8 +126,16 @@ class _Tasks:
                                                      batch_size=train_batch_size, init_from=init_from,
                                                      gpus=self.gpu_count(train_gpus), training_tiles=training_tiles),
                                     gpus=train_gpus)
-        return self.on_cluster(c.export_onnx(store=store, run_id=RUN_ID, generator=training.outputs["generator"],
-                                             training_tiles=dsl.Collected(pairs.outputs["tiles"])))
+        generator = training.outputs["generator"]
+        export = self.on_cluster(c.export_onnx(store=store, run_id=RUN_ID, generator=generator,
+                                               training_tiles=dsl.Collected(pairs.outputs["tiles"])))
+        # The run's model replaces the cities' current one only where it validates better on the same tiles.
+        decision = self.on_cluster(c.decide_promotion(store=store, run_id=RUN_ID, generator=generator,
+                                                      training_tiles=dsl.Collected(pairs.outputs["tiles"])))
+        with dsl.If(decision.outputs["Output"] == True, name="better than the current model"):  # noqa: E712
+            self.on_cluster(c.promote_model(store=store, run_id=RUN_ID, onnx_model=export.outputs["onnx_model"],
+                                            generator=generator))
+        return export
 
     def generate(self, store: str, shards: int, city: str, osm: str, model: str, provider: str,
                  infer_batch_size: int, count: int, truth: List[str], truth_bbox: str, class_shares: str,

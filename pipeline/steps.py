@@ -49,8 +49,9 @@ def timed(step):
     @functools.wraps(step)
     def run(*args, **kwargs):
         started = time.perf_counter()
-        step(*args, **kwargs)
+        result = step(*args, **kwargs)
         log_metrics(kwargs["metrics"], {"seconds": round(time.perf_counter() - started, 2)})
+        return result
     return run
 
 
@@ -367,6 +368,61 @@ def export_step(store: str, run_id: str, generator, training_tiles: list, onnx_m
         opset=summary["opset"], fp16_model=summary["fp16_model"], parity_report=summary["parity_report"],
         fp32_max_abs_diff=summary["fp32_max_abs_diff"], fp16_dot_f1=summary["fp16_dot_f1"]))
     log_metrics(metrics, {"fp32_max_abs_diff": summary["fp32_max_abs_diff"], "fp16_dot_f1": summary["fp16_dot_f1"]})
+
+
+# --- promotion ---------------------------------------------------------------------------------------
+
+CURRENT_KEY = "models/current.json"  # under a city set's folder: which model is in use there, with its lineage
+PROMOTION_NAME = "promotion.json"  # in the run's folder: the decision and both models' validation
+
+
+def current_uri(store: str, city: str) -> str:
+    return f"{city_prefix(store, city)}/{CURRENT_KEY}"
+
+
+def read_current(store: str, city: str) -> dict | None:
+    """The city set's current model (what promote_step published), or None."""
+    store_of, key = open_file_uri(current_uri(store, city))
+    return json.loads(store_of.get_bytes(key)) if store_of.exists(key) else None
+
+
+@timed
+def decide_promotion_step(store: str, run_id: str, generator, training_tiles: list, metrics) -> bool:
+    """Validate the run's generator and the city set's current one on the same held-out tiles and boxes (this
+    run's); True when the run's is better by the rule that chose its checkpoint, or there is none to beat."""
+    from components.train.config import TrainConfig
+    from components.train.train import compare_generators
+
+    city = generator.metadata["city"]
+    current = read_current(store, city)
+    decision = compare_generators(pointed_uri(generator), current["generator"] if current else None,
+                                  [pointed_uri(tiles) for tiles in training_sets(training_tiles)],
+                                  TrainConfig().validation_share, default_cache_dir())
+    report = {**decision, "run_id": run_id, "current_model": current}
+    store_of, key = open_file_uri(run_uri(store, city, run_id, PROMOTION_NAME))
+    store_of.publish_bytes(key, json.dumps(launchable(report), indent=2).encode(), "application/json")
+    log_metrics(metrics, {"promote": int(decision["promote"]),
+                          **_flat_numbers({"new": decision["new"], "current": decision["current"] or {}})})
+    return decision["promote"]
+
+
+@timed
+def promote_step(store: str, run_id: str, onnx_model, generator, model, metrics) -> None:
+    """Make the run's model the city set's current one: one object, {store}/{cities}/models/current.json,
+    published at once, names its files and lineage; `model` is that model, as this task's artifact."""
+    city = onnx_model.metadata["city"]
+    current = {"run_id": run_id, "model": pointed_uri(onnx_model), "fp16_model": onnx_model.metadata["fp16_model"],
+               "parity_report": onnx_model.metadata["parity_report"], "generator": pointed_uri(generator),
+               "validation": generator.metadata.get("validation"), "promotion": run_uri(store, city, run_id,
+                                                                                         PROMOTION_NAME),
+               "lineage": dict(onnx_model.metadata)}
+    store_of, key = open_file_uri(current_uri(store, city))
+    store_of.publish_bytes(key, json.dumps(launchable(current), indent=2).encode(), "application/json")
+    publish_pointer(model, pointed_uri(onnx_model), lineage(
+        city, [pointed_uri(onnx_model)], cities=onnx_model.metadata.get("cities", [city]),
+        area=onnx_model.metadata.get("area"), sources=onnx_model.metadata.get("sources"),
+        current=current_uri(store, city), run_id=run_id))
+    log_metrics(metrics, {"promoted": 1})
 
 
 # --- infer, extract, evaluate -----------------------------------------------------------------------

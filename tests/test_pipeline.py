@@ -42,8 +42,8 @@ def test_committed_yaml_is_what_compile_writes(tmp_path):
 
 STAGE_OF_COMPONENT = {"shard-indices": "render", "render-tiles": "render", "render-city": "render",
                       "held-out-cities": "render", "city-fields": "render", "collect-tiles": "render",
-                      "train-generator": "train", "export-onnx": "export", "generate-tiles": "infer",
-                      "extract-points": "extract"}
+                      "train-generator": "train", "export-onnx": "export", "decide-promotion": "export",
+                      "promote-model": "render", "generate-tiles": "infer", "extract-points": "extract"}
 # and collect-tiles after a render, not after generate-tiles
 CACHED = {"shard-indices", "render-tiles", "render-city", "held-out-cities", "city-fields"}
 
@@ -83,7 +83,7 @@ def test_each_stage_has_its_own_image_and_gpu_secret_toleration_and_caching_sett
         assert ("tolerations" in config) == gpu, name
     tasks = _all_tasks(spec)
     for name, task in tasks.items():
-        if name.startswith("for-loop"):
+        if name.startswith(("for-loop", "condition")):
             continue
         cached = task.get("cachingOptions", {}).get("enableCache", False)
         after_render = _component(name) == "collect-tiles" and "render" in str(task["inputs"])
@@ -99,6 +99,9 @@ def test_every_task_has_a_name_retries_and_a_deadline_and_gpu_tasks_a_shared_mem
     for name, task in _all_tasks(spec).items():
         if name.startswith("for-loop"):
             assert task["iteratorPolicy"] == {"parallelismLimit": 8}, name  # a loop over cities or shards
+            continue
+        if name.startswith("condition"):
+            assert task["taskInfo"]["name"] == "better than the current model", name  # the promotion's branch
             continue
         component = _component(name).replace("-", "_")
         assert task["taskInfo"]["name"] == TASKS[component][0], name  # what the Kubeflow UI shows
@@ -239,7 +242,12 @@ def test_end_to_end_runs_locally_and_every_artifact_names_its_lineage(small_run)
         assert_launchable(meta, key)
     assert "evaluation" not in artifacts["extract-points/points"]  # Kotka's points: no truth, so no evaluation
     pointers = {key: meta for key, meta in artifacts.items() if "uri" in meta}
-    assert {key.split("/")[1] for key in pointers} == {"tiles", "generator", "onnx_model", "generated", "points"}
+    assert {key.split("/")[1] for key in pointers} == {"tiles", "generator", "onnx_model", "generated", "points",
+                                                       "model"}
+    # The first model of the store has none to beat: it is promoted, and models/current.json names it.
+    assert artifacts["decide-promotion/metrics"]["promote"] == 1.0
+    current = json.loads((store / "helsinki" / "models" / "current.json").read_text())
+    assert current["model"] == pointers["export-onnx/onnx_model"]["uri"] == pointers["promote-model/model"]["uri"]
     # the parts of a sharded tile set name no area: their collect task does (a tile set of one task names its own)
     pointers = {key: meta for key, meta in pointers.items() if int(meta.get("shards", 1)) == 1 or "shard" not in meta}
     for key, meta in pointers.items():
@@ -349,6 +357,61 @@ def test_train_task_runs_one_ddp_process_per_gpu(tmp_path):
     assert trained["data"] == model.metadata["parents"] and trained["cities"] == ["helsinki", "kotka"]
     with pytest.raises(LocgenError, match="train: torchrun with 2 processes failed"):
         task(batch_size=3)  # 3 tiles do not split over 2 processes: each process refuses, torchrun fails
+
+
+def test_a_model_is_promoted_only_when_it_validates_better_than_the_current_one(tmp_path):
+    """decide_promotion and promote_model as a training run calls them, on one city with a held-out box."""
+    from kfp.dsl import Dataset, Metrics, Model
+
+    from components.core.geo import parse_bbox
+    from components.pretrained import BUNDLED_GENERATOR
+    from pipeline.pipelines import SAMPLE_HOLDOUT
+    from pipeline.steps import decide_promotion_step, promote_step, publish_tile_set, read_current
+
+    render(RenderSettings(osm=[str(HELSINKI_PBF)], out=str(tmp_path / "pairs"), pairs=12, city="helsinki",
+                          holdout=parse_bbox(SAMPLE_HOLDOUT, "holdout"), marker_radius_px=5.0, progress=False,
+                          locations=["osm:amenity=bicycle_rental,amenity=bicycle_parking"]))
+    tiles = Dataset(name="tiles", uri=str(tmp_path / "tiles"))
+    publish_tile_set(tiles, str(tmp_path / "pairs"), {"city": "helsinki"})
+    store = str(tmp_path / "store")
+    generator = Model(name="generator", uri=str(tmp_path / "generator"))
+    generator.metadata.update({"uri": str(BUNDLED_GENERATOR), "city": "helsinki", "validation": {"step": 0}})
+
+    def decide(run_id: str) -> tuple[bool, dict]:
+        metrics = Metrics(name="m", uri=str(tmp_path / f"metrics-{run_id}"))
+        promote = decide_promotion_step(store=store, run_id=run_id, generator=generator, training_tiles=[tiles],
+                                        metrics=metrics)
+        report = json.loads((tmp_path / "store" / "helsinki" / "runs" / run_id / "promotion.json").read_text())
+        assert_launchable(metrics.metadata, "metrics") and assert_launchable(report, "promotion.json")
+        return promote, report
+
+    promote, report = decide("run-1")
+    assert promote is True and report["reason"] == "no current model" and "current" not in report
+    assert report["new"]["places"]["helsinki"]["real"] == 20  # scored on the held-out box
+    assert read_current(store, "helsinki") is None  # deciding promotes nothing
+    onnx_model = Model(name="onnx_model", uri=str(tmp_path / "onnx"))
+    onnx_model.metadata.update({"uri": f"{store}/helsinki/runs/run-1/model.onnx", "city": "helsinki",
+                                "fp16_model": "model.fp16.onnx", "parity_report": "model.parity.json"})
+    promoted = Model(name="model", uri=str(tmp_path / "promoted"))
+    promote_step(store=store, run_id="run-1", onnx_model=onnx_model, generator=generator, model=promoted,
+                 metrics=Metrics(name="p", uri=str(tmp_path / "p")))
+    current = read_current(store, "helsinki")
+    assert current["run_id"] == "run-1" and current["generator"] == str(BUNDLED_GENERATOR)
+    assert current["model"] == onnx_model.metadata["uri"] and promoted.metadata["current"].endswith(
+        "/helsinki/models/current.json")
+    # The same model again: validated alike on the same tiles, it is not better than itself, so it is not promoted.
+    promote, report = decide("run-2")
+    assert promote is False and report["new"] == report["current"]
+    assert report["reason"] == "not better than the current model by the place score on the held-out tiles"
+    assert report["current_model"]["run_id"] == "run-1"
+    # A current model made for other tiles cannot be compared on these: the run's replaces it, saying why.
+    render(RenderSettings(osm=[str(HELSINKI_PBF)], out=str(tmp_path / "pairs-3px"), pairs=12, city="helsinki",
+                          holdout=parse_bbox(SAMPLE_HOLDOUT, "holdout"), progress=False,
+                          locations=["osm:amenity=bicycle_rental,amenity=bicycle_parking"]))
+    publish_tile_set(tiles, str(tmp_path / "pairs-3px"), {"city": "helsinki"})
+    promote, report = decide("run-3")
+    assert promote is True and report["reason"] == ("the current model was made for tiles of marker radius 5 px, "
+                                                    "these have marker radius 3 px: it cannot be compared here")
 
 
 def assert_launchable(metadata: dict, where: str) -> bool:

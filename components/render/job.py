@@ -195,7 +195,8 @@ def _check_mode(settings: RenderSettings) -> None:
     if settings.bbox is not None and settings.center is not None:
         raise LocgenError("give either --bbox or --center, not both")
     if settings.workers < 0:
-        raise LocgenError(f"--workers {settings.workers}: give a number of processes, or 0 for every CPU this process may use")
+        raise LocgenError(f"--workers {settings.workers}: give a number of processes, or 0 for every CPU this "
+                          "process may use")
     if settings.marker_radius_px <= 0:
         raise LocgenError(f"--marker-radius-px {settings.marker_radius_px}: give a radius above 0 (3 by default)")
 

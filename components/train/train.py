@@ -40,7 +40,7 @@ from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import LocalStore, Store, open_store
 from components.train.config import PRESETS, TrainConfig, TrainSettings
 from components.train.data import TileData, batch, load_tile_sets, to_model_input
-from components.train.generator_file import BUNDLED, GENERATOR_KEY, load_torch, read_model_file
+from components.train.generator_file import BUNDLED, GENERATOR_KEY, load_generator, load_torch, read_model_file
 from components.train.losses import lsgan_loss, patch_nce_loss
 from components.train.networks import Discriminator, Generator, PatchSampleMLP, init_weights
 from components.train.validation import markers_per_tile, painted_dots_per_tile, place_scores, translate
@@ -386,6 +386,30 @@ def _near_real_rate(validation: dict) -> bool:
     return validation["dot_rate_error"] <= DOT_RATE_GATE
 
 
+def compare_generators(new_uri: str, current_uri: str | None, data_uris: list[str], validation_share: float,
+                       cache_dir: Path | None = None) -> dict:
+    """Whether the generator at `new_uri` should replace the one at `current_uri` (None: there is none): both
+    validated now on the same tiles (the held-out tiles and boxes of `data_uris`) and compared by the rule that
+    chose the best checkpoint (`_better`). A current model made for other tiles cannot be compared there and is
+    replaced. Returns {"promote", "reason", "new", "current"}."""
+    device = torch.device("cpu")
+    data = load_tile_sets(data_uris, validation_share, cache_dir)
+    real_rate = markers_per_tile(data.a.permute(0, 2, 3, 1).numpy(), data.marker_area_px)
+    new = _validation(load_generator(new_uri)[0], data, real_rate, 0, device)
+    if current_uri is None:
+        return {"promote": True, "reason": "no current model", "new": new, "current": None}
+    generator, lineage = load_generator(current_uri)
+    differ, made_for, have = _made_for_differences(lineage, data)
+    if differ:
+        return {"promote": True, "reason": f"the current model was made for tiles of {made_for}, these have {have}: "
+                                           "it cannot be compared here", "new": new, "current": None}
+    current = _validation(generator, data, real_rate, 0, device)
+    promote = _better(new, current)
+    basis = "place score" if new.get("place_score") is not None else "dot rate"
+    return {"promote": promote, "reason": f"{'better' if promote else 'not better'} than the current model by the "
+                                          f"{basis} on the held-out tiles", "new": new, "current": current}
+
+
 def _lineage(config: TrainConfig, settings: TrainSettings, data: TileData, metrics: list) -> dict:
     """What the run's models are and were made from: in the generator export (for the export stage) and in
     the checkpoints (for a warm start's checks)."""
@@ -457,12 +481,20 @@ def _option_text(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def _check_made_for(label: str, lineage: dict, data: TileData) -> None:
-    """The model's tiles and the run's must agree in map style, marker radius and ground resolution."""
+def _made_for_differences(lineage: dict, data: TileData) -> tuple[list[tuple], str, str]:
+    """Where a model's tiles (its lineage) and these differ in map style, marker radius or ground resolution:
+    the MADE_FOR entries, and the two sides as text ("marker radius 5 px", ...)."""
     ours = {"style_sha256": data.rows[0]["style_sha256"], "marker_radius_px": data.marker_radius_px,
             "m_per_px": data.rows[0]["m_per_px"]}
     differ = [(name, text, flag) for name, text, flag in MADE_FOR if lineage.get(name) is not None and not (
         lineage[name] == ours[name] if isinstance(ours[name], str) else math.isclose(lineage[name], ours[name]))]
+    made_for, have = (", ".join(text.format(values[name]) for name, text, _ in differ) for values in (lineage, ours))
+    return differ, made_for, have
+
+
+def _check_made_for(label: str, lineage: dict, data: TileData) -> None:
+    """The model's tiles and the run's must agree in map style, marker radius and ground resolution."""
+    differ, made_for, have = _made_for_differences(lineage, data)
     if not differ:
         return
     fixes = ["start from a model trained on tiles of this map style, or train without --init-from"
@@ -470,7 +502,6 @@ def _check_made_for(label: str, lineage: dict, data: TileData) -> None:
     render = " ".join(f"{flag} {lineage[name]:g}" for name, _, flag in differ if flag is not None)
     if render:
         fixes.append(f"render --data again with {render}, or start from a model made for tiles like these")
-    made_for, have = (", ".join(text.format(values[name]) for name, text, _ in differ) for values in (lineage, ours))
     raise LocgenError(f"--init-from {label}: made for tiles of {made_for}, but the tiles of --data have {have}; "
                       f"{'; '.join(fixes)}")
 
