@@ -241,6 +241,9 @@ def _submit_parser(commands) -> None:
                              "ServiceAccount token at $KF_PIPELINES_SA_TOKEN_PATH)")
     parser.add_argument("--namespace", help="on a multi-user Kubeflow: your profile's namespace (default: in a pod, "
                                             "the pod's own)")
+    parser.add_argument("--wait", type=int, metavar="SECONDS",
+                        help="wait up to this long for the run's end; print its state and, for a training run, "
+                             "whether it promoted its model; exit 2 when it did not succeed")
     parser.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
     parser.set_defaults(run=_run_submit)
 
@@ -250,7 +253,7 @@ def _run_submit(args) -> dict:
     from pipeline.submit import describe, plan, send
 
     submission = plan(args.host, args.pipeline, parse_parameters(args.param), args.experiment, args.schedule,
-                      args.token_file, args.namespace)
+                      args.token_file, args.namespace, args.wait)
     return describe(submission) if args.dry_run else {**describe(submission), **send(submission)}
 
 

@@ -61,11 +61,12 @@ class Submission:
     run_name: str
     cron: str | None  # KFP's six fields (seconds first); None: one run now
     token: str | None
+    wait_s: int | None  # wait this long for the run's end and report it; None: do not wait
     namespace: str | None  # the profile's namespace on a multi-user Kubeflow; None: single-user
 
 
 def plan(host: str, pipeline: str, parameters: dict, experiment: str, schedule: str | None,
-         token_file: Path | None, namespace: str | None = None) -> Submission:
+         token_file: Path | None, namespace: str | None = None, wait_s: int | None = None) -> Submission:
     """What `send` would send; every input checked (namespace None: the pod's own, when this runs in one)."""
     from pipeline.pipelines import build_pipelines
 
@@ -75,6 +76,9 @@ def plan(host: str, pipeline: str, parameters: dict, experiment: str, schedule: 
                           "https://kubeflow.example.com/pipeline")
     if pipeline not in pipelines:
         raise LocgenError(f"--pipeline {pipeline}: unknown; give one of {', '.join(pipelines)}")
+    if wait_s is not None and (wait_s <= 0 or schedule is not None):
+        raise LocgenError(f"--wait {wait_s}: give the seconds to wait for a run's end (above 0), without --schedule "
+                          "(a schedule starts runs later)")
     parameters = check_parameters(pipelines[pipeline], parameters, local_files=False)
     check_cluster_inputs(pipelines[pipeline], parameters)
     package = pipeline_file(pipeline)
@@ -82,7 +86,7 @@ def plan(host: str, pipeline: str, parameters: dict, experiment: str, schedule: 
     return Submission(host=host.rstrip("/"), pipeline_name=PIPELINE_NAMES[pipeline], package=package,
                       version_name=f"{__version__}-{digest}", parameters=parameters, experiment=experiment,
                       run_name=f"{PIPELINE_NAMES[pipeline]} {__version__}", cron=_cron(schedule),
-                      token=_token(token_file), namespace=namespace or _pod_namespace())
+                      token=_token(token_file), namespace=namespace or _pod_namespace(), wait_s=wait_s)
 
 
 def check_cluster_inputs(pipeline, given: dict) -> None:
@@ -198,7 +202,29 @@ def _send(submission: Submission) -> dict:
         return {"recurring_run_id": job.recurring_run_id, "cron": submission.cron,
                 "link": f"{submission.host}/#/recurringrun/details/{job.recurring_run_id}"}
     run = client.run_pipeline(**common)
-    return {"run_id": run.run_id, "link": f"{submission.host}/#/runs/details/{run.run_id}"}
+    result = {"run_id": run.run_id, "link": f"{submission.host}/#/runs/details/{run.run_id}"}
+    return result if submission.wait_s is None else {**result, **_wait(client, run.run_id, submission)}
+
+
+def _wait(client, run_id: str, submission: Submission) -> dict:
+    """The run's end: its state and, for a training run, whether it promoted its model (the promotion task
+    ran: the branch `better than the current model` was taken). A run that did not succeed is an error."""
+    from pipeline.pipelines import TASKS
+
+    try:
+        run = client.wait_for_run_completion(run_id, timeout=submission.wait_s)
+    except TimeoutError:
+        raise LocgenError(f"--wait {submission.wait_s}: run {run_id} still running after {submission.wait_s} s; "
+                          f"watch it at {submission.host}/#/runs/details/{run_id}, or wait longer") from None
+    if str(run.state).upper() != "SUCCEEDED":
+        raise LocgenError(f"run {run_id} ended {run.state}; its failing task and log are at "
+                          f"{submission.host}/#/runs/details/{run_id}")
+    tasks = {task.display_name: str(task.state).upper() for task in (run.run_details.task_details or [])} \
+        if run.run_details else {}
+    ended = {"state": "SUCCEEDED"}
+    if TASKS["decide_promotion"][0] in tasks:
+        ended["promoted"] = tasks.get(TASKS["promote_model"][0]) == "SUCCEEDED"
+    return ended
 
 
 def check_server(submission: Submission, token: str | None) -> dict:
@@ -259,4 +285,5 @@ def describe(submission: Submission) -> dict:
     return {"host": submission.host, "pipeline": submission.pipeline_name, "package": str(submission.package),
             "version": submission.version_name, "parameters": json.loads(json.dumps(submission.parameters)),
             "experiment": submission.experiment, "run_name": submission.run_name, "cron": submission.cron,
-            "namespace": submission.namespace, "token": "set" if submission.token else "none"}
+            "namespace": submission.namespace, "wait_s": submission.wait_s,
+            "token": "set" if submission.token else "none"}

@@ -42,6 +42,8 @@ class KfpServer:
     multi_user: bool = False
     tag_name: str | None = "2.15.0"  # the version healthz states; None: it states none
     token: str | None = None  # the bearer token every request must carry; None: any
+    run_state: str = "SUCCEEDED"  # what a started run has ended as, when asked
+    task_details: list = field(default_factory=list)  # its tasks: {"display_name", "state"} each
     requests: list[Received] = field(default_factory=list)
 
     def __enter__(self) -> KfpServer:
@@ -111,6 +113,9 @@ class KfpServer:
                 return 200, {"pipelines": [{"pipeline_id": self.pipelines[name], "display_name": name}],
                              "total_size": 1}
             return 200, {}
+        if received.path.startswith(f"{API}/runs/"):
+            return 200, {"run_id": received.path.rsplit("/", 1)[1], "state": self.run_state,
+                         "run_details": {"task_details": self.task_details}}
         if received.path.startswith(f"{API}/pipelines/") and received.path.endswith("/versions"):
             pipeline_id = received.path.split("/")[-2]
             version_id = self.versions.get(pipeline_id, {}).get(name)

@@ -248,3 +248,34 @@ def test_the_cli_prints_only_its_summary_on_stdout(monkeypatch, capsys):
                      "--param", "osm=s3://osm/oslo.osm.pbf"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["run_id"] == "run-1" and "Run details:" in err
+
+
+@pytest.mark.parametrize("tasks, promoted", [
+    ([{"display_name": "compare with the current model", "state": "SUCCEEDED"},
+      {"display_name": "promote the model", "state": "SUCCEEDED"}], True),
+    ([{"display_name": "compare with the current model", "state": "SUCCEEDED"},
+      {"display_name": "better than the current model", "state": "SKIPPED"}], False),
+])
+def test_wait_reports_the_run_end_and_the_promotion(monkeypatch, tasks, promoted):
+    from kfp_server import KfpServer
+
+    from pipeline.submit import send
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with KfpServer(task_details=tasks) as server:
+        result = send(plan(server.url, "train", ON_CLUSTER["train"], "retraining", None, None, wait_s=3600))
+    assert result["state"] == "SUCCEEDED" and result["promoted"] is promoted
+    assert any(request.path == "/apis/v2beta1/runs/run-1" for request in server.requests)
+
+
+def test_wait_fails_for_a_run_that_did_not_succeed(monkeypatch):
+    from kfp_server import KfpServer
+
+    from pipeline.submit import send
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with KfpServer(run_state="FAILED") as server:
+        with pytest.raises(LocgenError, match=r"^run run-1 ended FAILED; its failing task and log are at http"):
+            send(plan(server.url, "generate", ON_CLUSTER["generate"], "x", None, None, wait_s=60))
+    with pytest.raises(LocgenError, match=r"^--wait 60: give the seconds to wait .* without --schedule"):
+        plan("http://localhost:8080", "train", ON_CLUSTER["train"], "x", "0 3 * * 1", None, wait_s=60)

@@ -61,6 +61,9 @@ def test_retraining_submits_the_training_pipeline_with_its_parameters():
     command = _steps(workflow, "submit")
     assert "locgen submit" in command and "--pipeline train" in command
     assert "--token" not in command  # the token travels in the environment, never on a command line
+    # It waits for the run's end within the job's time, so the job reports the run's state and promotion.
+    wait_s = int(re.search(r"--wait (\d+)", command)[1])
+    assert wait_s < workflow["jobs"]["submit"]["timeout-minutes"] * 60
     submit = next(step for step in workflow["jobs"]["submit"]["steps"] if "locgen submit" in step.get("run", ""))
     assert submit["env"]["KFP_TOKEN"] == "${{ secrets.KFP_TOKEN }}"
     names = set(re.findall(r'--param "(\w+)=', command))
