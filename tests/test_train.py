@@ -22,7 +22,7 @@ from components.train.generator_file import GENERATOR_KEY, load_generator
 from components.train.losses import lsgan_loss
 from components.train.train import (
     BEST_KEY,
-    DOT_RATE_GATE,
+    DOT_RATE_FACTOR,
     LAST_KEY,
     METRICS_KEY,
     Models,
@@ -151,24 +151,27 @@ def test_a_moving_average_of_g_is_validated_and_exported_and_resumes_exactly(pai
                             progress=False))
 
 
-def _checkpoint_row(place_score: float | None, dot_rate_error: float) -> dict:
-    return {"place_score": place_score, "dot_rate_error": dot_rate_error}
+def _checkpoint_row(place_score: float | None, dots_per_tile: float, real: float = 4.0) -> dict:
+    return {"place_score": place_score, "dots_per_tile": dots_per_tile, "real_dots_per_tile": real,
+            "dot_rate_error": abs(dots_per_tile - real) / real}
 
 
 def test_the_best_checkpoint_paints_near_the_real_rate_then_places_best():
-    near, far = DOT_RATE_GATE / 2, DOT_RATE_GATE * 1.5
+    near, far = 5.0, 4.0 * DOT_RATE_FACTOR * 1.5  # 4 real dots a tile
     assert _better(_checkpoint_row(0.1, near), None)
     # Within the gate, places choose; a higher place score far off the real rate does not win.
-    assert _better(_checkpoint_row(0.2, near), _checkpoint_row(0.1, near))
+    assert _better(_checkpoint_row(0.2, near), _checkpoint_row(0.1, 4.0))
     assert not _better(_checkpoint_row(0.1, near), _checkpoint_row(0.2, near))
     assert not _better(_checkpoint_row(0.9, far), _checkpoint_row(0.1, near))
+    assert not _better(_checkpoint_row(0.9, 1.0), _checkpoint_row(0.1, near))  # a quarter of the rate: a few dots
     assert _better(_checkpoint_row(0.0, near), _checkpoint_row(0.9, far))
-    assert _better(_checkpoint_row(0.1, DOT_RATE_GATE), _checkpoint_row(0.0, DOT_RATE_GATE))  # the gate's edge is in
+    assert _better(_checkpoint_row(0.1, 4.0 * DOT_RATE_FACTOR), _checkpoint_row(0.0, 4.0 / DOT_RATE_FACTOR))  # edges in
     # Outside it both: the nearer dot rate, whatever the places say.
     assert _better(_checkpoint_row(0.0, far), _checkpoint_row(0.9, far * 2))
+    assert not _better(_checkpoint_row(0.5, float("nan")), _checkpoint_row(0.1, near))  # no held-out tile
     # No boxes: the dot rate alone.
-    assert _better(_checkpoint_row(None, 0.3), _checkpoint_row(None, 0.4))
-    assert not _better(_checkpoint_row(None, 0.4), _checkpoint_row(None, 0.3))
+    assert _better(_checkpoint_row(None, 5.0), _checkpoint_row(None, 6.0))
+    assert not _better(_checkpoint_row(None, 6.0), _checkpoint_row(None, 5.0))
 
 
 def test_bad_inputs(pairs, tmp_path):

@@ -50,9 +50,11 @@ METRICS_KEY = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 STREAM_A, STREAM_B, STREAM_DRAWS = 1, 2, 3  # a, b and the step's other draws: apart, the domains are unpaired
 SAMPLE_TILES = 4
-# A checkpoint is chosen for its places only when it paints within this share of the real dot rate: set
-# before the three-city runs were compared (the bundled generator's is 0.13), not fitted on them.
-DOT_RATE_GATE = 0.5
+# A checkpoint is chosen for its places only when it paints within this factor of the real dot rate (half to
+# double): what keeps a checkpoint of a few lucky dots from being chosen. First set as 50 % off before the
+# last three-city run; widened to a factor of 2 so that a warm start's own model (53 % over on the bundled
+# sample) stays a candidate. Neither was fitted on the benchmark's cities.
+DOT_RATE_FACTOR = 2.0
 # What may differ between a run and its resumption: how long it goes and how it is watched.
 RESUMABLE_CHANGES = {"steps", "log_every", "sample_every", "checkpoint_every"}
 # The settings that shape the networks: a warm start needs the model's to be the run's. A generator
@@ -365,7 +367,7 @@ def _better(validation: dict, best: dict | None) -> bool:
     """Whether a checkpoint beats the best so far.
 
     Where there are held-out boxes: among the checkpoints that paint near the real dot rate
-    (`DOT_RATE_GATE`), the best place score; a checkpoint outside that gate wins only over another
+    (`DOT_RATE_FACTOR`), the best place score; a checkpoint outside that gate wins only over another
     outside it, by its dot rate. The boxes hold a few dozen real points, so a checkpoint that paints a
     handful of lucky dots can top the place score: the gate keeps it from being chosen for that.
     Without boxes: by its dot rate (the original's markers faded when training ran long). NaN, no
@@ -373,7 +375,9 @@ def _better(validation: dict, best: dict | None) -> bool:
     """
     if best is None:
         return True
-    if validation.get("place_score") is not None and best.get("place_score") is not None:
+    if validation.get("place_score") is not None and best.get("place_score") is None:
+        return True  # places measured beat places unmeasured
+    if validation.get("place_score") is not None:
         gated, best_gated = (_near_real_rate(row) for row in (validation, best))
         if gated and best_gated:
             return validation["place_score"] > best["place_score"]
@@ -383,7 +387,8 @@ def _better(validation: dict, best: dict | None) -> bool:
 
 
 def _near_real_rate(validation: dict) -> bool:
-    return validation["dot_rate_error"] <= DOT_RATE_GATE
+    dots, real = validation["dots_per_tile"], validation["real_dots_per_tile"]
+    return real > 0 and real / DOT_RATE_FACTOR <= dots <= real * DOT_RATE_FACTOR  # NaN dots: outside
 
 
 def compare_generators(new_uri: str, current_uri: str | None, data_uris: list[str], validation_share: float,
