@@ -87,11 +87,16 @@ def parse_parameters(texts: list[str]) -> dict:
     return parameters
 
 
+def pipeline_defaults(pipeline) -> dict:
+    """A pipeline's parameters with their defaults, by name."""
+    return {name: value.default for name, value in inspect.signature(pipeline.pipeline_func).parameters.items()}
+
+
 def check_parameters(pipeline, given: dict, local_files: bool = True) -> dict:
     """One clear error for a parameter no stage could run with, before any stage runs (`local_files`:
     OSM paths that are not s3:// must exist here); returns `given` with a whole number given to a text
     parameter as its text (`--param train_gpus=2` reads as JSON)."""
-    defaults = {name: value.default for name, value in inspect.signature(pipeline.pipeline_func).parameters.items()}
+    defaults = pipeline_defaults(pipeline)
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise LocgenError(f"unknown parameters {unknown} for {pipeline.name}; it takes {', '.join(defaults)}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -30,8 +29,8 @@ from pathlib import Path
 
 from components import __version__
 from components.core.errors import LocgenError, one_line
-from components.sources.locations import PREFIXES as LOCATION_PREFIXES
-from pipeline.local import check_parameters, pipeline_file
+from components.sources.locations import split_spec
+from pipeline.local import check_parameters, pipeline_defaults, pipeline_file
 
 TOKEN_ENV = "KFP_TOKEN"
 # In a pod: the projected ServiceAccount token (kfp.Client's own default path and variable), and the pod's namespace.
@@ -93,7 +92,7 @@ def check_cluster_inputs(pipeline, given: dict) -> None:
     """Every input the pods read must be reachable from them: the store and models on s3://, OSM extracts on
     s3:// (or Overpass), location files on s3:// or the web; a path on this machine (as the local defaults
     are) is refused here, naming the parameter, rather than failing in a pod."""
-    parameters = {**_defaults(pipeline), **given}
+    parameters = {**pipeline_defaults(pipeline), **given}
     for name in OBJECT_STORE_PARAMETERS:
         value = parameters.get(name)
         if value and value != "bundled" and not value.startswith("s3://"):
@@ -111,19 +110,14 @@ def check_cluster_inputs(pipeline, given: dict) -> None:
             _check_cluster_location(f"{label}: locations", spec)
 
 
-def _defaults(pipeline) -> dict:
-    return {name: value.default for name, value in inspect.signature(pipeline.pipeline_func).parameters.items()}
-
-
 def _check_cluster_osm(name: str, value: str) -> None:
     if value != "overpass" and not value.startswith("s3://"):
         _refuse(name, value, "an s3:// URI of the extract, or overpass")
 
 
 def _check_cluster_location(name: str, spec: str) -> None:
-    prefix, colon, rest = spec.partition(":")
-    location = rest if colon and prefix in LOCATION_PREFIXES else spec
-    if prefix == "osm" or location.startswith(("s3://", "https://", "http://")):
+    kind, location = split_spec(spec)
+    if kind == "osm" or location.startswith(("s3://", "https://", "http://")):
         return  # OSM tags are read from the city's OSM data
     _refuse(name, spec, "an s3:// or https:// URI (or osm: tags)")
 

@@ -98,7 +98,7 @@ def load_locations(spec: str, *, osm_files: Sequence[str | Path] = (), drop_disa
 
     `allow_empty` accepts a source with no point (a model's output may rightly hold none).
     """
-    kind, target = _split_spec(spec)
+    kind, target = split_spec(spec)
     if kind == "osm":
         points, sha256 = _osm_points(spec, _parse_osm_terms(spec, target), osm_files)
         kind = "osm-tags"
@@ -135,7 +135,7 @@ def write_locations(sources: Sequence[LocationSource], out_uri: str | Path) -> N
 
 # --- reading bytes, JSON and hashes -------------------------------------------------------------
 
-def _split_spec(spec: str) -> tuple[str | None, str]:
+def split_spec(spec: str) -> tuple[str | None, str]:
     """('gbfs'|'csv'|'geojson'|'osm', rest) for a prefixed spec, else (None, spec)."""
     prefix, colon, rest = spec.partition(":")
     if colon and prefix.lower() in PREFIXES:

@@ -375,9 +375,9 @@ def _better(validation: dict, best: dict | None) -> bool:
     """
     if best is None:
         return True
-    if validation.get("place_score") is not None and best.get("place_score") is None:
-        return True  # places measured beat places unmeasured
     if validation.get("place_score") is not None:
+        if best.get("place_score") is None:
+            return True  # places measured beat places unmeasured
         gated, best_gated = (_near_real_rate(row) for row in (validation, best))
         if gated and best_gated:
             return validation["place_score"] > best["place_score"]
