@@ -10,7 +10,7 @@ images of a registry.
 """
 
 from types import SimpleNamespace
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
@@ -109,10 +109,10 @@ def promote_model(store: str, run_id: str, onnx_model: Input[Model], generator: 
     promote_step(**parameters)
 
 
-def generate_tiles(store: str, run_id: str, model: str, provider: str, batch_size: int, shard: int, shards: int,
-                   gpus: str, tiles: Input[Dataset], generated: Output[Dataset], metrics: Output[Metrics],
-                   onnx_model: Optional[Input[Model]] = None):
-    """Run the generator (the artifact, else `model`, else the bundled model) on one shard of the plain tiles."""
+def generate_tiles(store: str, run_id: str, provider: str, batch_size: int, shard: int, shards: int, gpus: str,
+                   tiles: Input[Dataset], onnx_model: Input[Model], generated: Output[Dataset],
+                   metrics: Output[Metrics]):
+    """Run the generator (an ONNX model artifact: exported by this run, or imported) on one shard of the plain tiles."""
     parameters = dict(locals())
     from pipeline.steps import generate_step
 

@@ -27,7 +27,7 @@ from components.infer.settings import GenerateSettings
 from components.render.job import RenderSettings
 from components.train.config import PRESETS
 from pipeline.images import DEFAULT_REGISTRY
-from pipeline.pipelines import SAMPLE_CITY, SAMPLE_TARGET_OSM, build_pipelines
+from pipeline.pipelines import SAMPLE_CITY, SAMPLE_MODEL, SAMPLE_TARGET_OSM, build_pipelines
 from pipeline.steps import CITY_EXAMPLE, asked_gpus, city_parameters, city_prefix
 
 PIPELINE_DIR = Path(__file__).resolve().parent
@@ -127,6 +127,8 @@ def check_parameters(pipeline, given: dict, local_files: bool = True) -> dict:
             raise LocgenError(f"{name} {value!r}: give one of {', '.join(item.choices)}")
         if item is not None and item.name == "osm":
             _check_osm(name, value, local_files)
+    if "model_uri" in parameters:
+        _check_model(parameters["model_uri"], local_files)
     for prefix in ("", "target_"):
         center, grid, bbox = (parameters.get(f"{prefix}{key}") for key in ("center", "grid", "bbox"))
         if f"{prefix}grid" in parameters and not bbox and not (center and grid):
@@ -160,6 +162,14 @@ def check_cities(cities, local_files: bool = True, held_out: bool = False) -> No
 def _check_osm(name: str, value: str, local_files: bool) -> None:
     if local_files and not value.startswith("s3://") and not Path(value).is_file():
         raise LocgenError(f"{name} {value}: no such file; give an .osm.pbf file or an s3:// URI")
+
+
+def _check_model(value: str, local_files: bool) -> None:
+    if not value:
+        raise LocgenError(f"model_uri '': give the model to generate with: a model.onnx of locgen export, a training "
+                          f"run's Model artifact URI, or the bundled {SAMPLE_MODEL}")
+    if local_files and "://" not in value and not Path(value).is_file():
+        raise LocgenError(f"model_uri {value}: no such file; give a model.onnx of locgen export, or an s3:// URI")
 
 
 def setting_fed_by(parameter: str, classes: tuple = STAGE_SETTINGS) -> Declared | None:
@@ -212,9 +222,10 @@ def run_sample(store: Path, overrides: dict, pretrained: bool) -> dict:
                       "store": str(root), "init_from": "bundled", **overrides}
         outputs = run_locally(pipelines["end-to-end"], parameters, pipeline_root).outputs
         return _where(outputs["target_points"], outputs["holdout_points"])
-    target = {"osm": str(PROJECT_ROOT / SAMPLE_TARGET_OSM), "store": str(root), **overrides}
+    model = str(PROJECT_ROOT / SAMPLE_MODEL)
+    target = {"osm": str(PROJECT_ROOT / SAMPLE_TARGET_OSM), "store": str(root), "model_uri": model, **overrides}
     held_out = {"city": sample["city"], "osm": sample["osm"], "bbox": sample["holdout"], "grid": 0, "center": "",
-                "truth": sample["locations"], "truth_bbox": sample["holdout"], "store": str(root)}
+                "truth": sample["locations"], "truth_bbox": sample["holdout"], "store": str(root), "model_uri": model}
     return _where(run_locally(pipelines["generate"], target, pipeline_root).output,
                   [run_locally(pipelines["generate"], held_out, pipeline_root).output])
 

@@ -13,6 +13,11 @@ the usual GPU taint. A GPU count is a text ("1"): KFP's driver takes a parameter
 only from a string value. Only the render image's tasks are cached: their output is a pure function of
 their inputs; the other tasks write into their run's folder, so a cache hit would leave that folder empty.
 
+The generation pipeline takes its model as an artifact: `model_uri` imported (`dsl.importer`), so that ML Metadata
+links the run to the training run whose Model artifact has that URI (a training run's "promote the model" or
+"export to ONNX" output; models/current.json names the promoted one as `artifact_uri`). The exported and promoted
+Model artifacts hold the ONNX file itself, so the UI's Download gives the model.
+
 Render settings travel by name: a pipeline hands its render parameters to `render_tiles` (and its pair
 settings to `render_city`) under the component's own parameter names, so a render setting is wired by
 naming it in the pipeline's signature.
@@ -61,6 +66,8 @@ SAMPLE_LOCATIONS = ["osm:amenity=bicycle_rental,amenity=bicycle_parking"]
 SAMPLE_HOLDOUT = "24.9351,60.1641,24.9535,60.1680"  # central Helsinki kept out of training, to evaluate on
 SAMPLE_CITY = {"city": "helsinki", "osm": SAMPLE_OSM, "locations": SAMPLE_LOCATIONS, "holdout": SAMPLE_HOLDOUT}
 SAMPLE_STORE = "out/pipeline"
+SAMPLE_MODEL = "components/pretrained/tiny-helsinki.onnx"  # the bundled model, for generation from a checkout
+IMPORTER_NAME = "the model"  # the generation pipeline's importer task, in the Kubeflow UI
 INFER_BATCH_SIZE = 8  # tiles per inference run where a pipeline does not ask (GenerateSettings' default)
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 NO_AREA = {"bbox": "", "center": "", "grid": 0}
@@ -137,20 +144,26 @@ class _Tasks:
                                             generator=generator))
         return export
 
-    def generate(self, store: str, shards: int, city: str, osm: str, model: str, provider: str,
+    @staticmethod
+    def imported_model(model_uri: str) -> dsl.PipelineTask:
+        """The model at `model_uri` as an artifact of the run: ML Metadata finds the artifact of that URI that a
+        training run made (reimport=False), so the generation run's lineage leads to it."""
+        importer = dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False)
+        return importer.set_display_name(IMPORTER_NAME)
+
+    def generate(self, store: str, shards: int, city: str, osm: str, onnx_model, provider: str,
                  infer_batch_size: int, count: int, truth: List[str], truth_bbox: str, class_shares: str,
-                 onnx_model=None, **area) -> dsl.PipelineTask:
-        """The generation tasks for one area (`area`: bbox, center, grid), rendered and translated in
-        `shards` parallel tasks each; returns the extract task."""
+                 **area) -> dsl.PipelineTask:
+        """The generation tasks for one area (`area`: bbox, center, grid) with the model artifact `onnx_model`,
+        rendered and translated in `shards` parallel tasks each; returns the extract task."""
         c = self.components
         plain = self.rendered(store, shards, city=city, osm=osm, **area)
-        artifact = {} if onnx_model is None else {"onnx_model": onnx_model}  # none: `model`, else the bundled one
         indices = self.on_cluster(c.shard_indices(shards=shards), cache=True)
         with dsl.ParallelFor(items=indices.output, parallelism=self.max_parallel) as shard:
-            part = self.on_cluster(c.generate_tiles(store=store, run_id=RUN_ID, model=model, provider=provider,
+            part = self.on_cluster(c.generate_tiles(store=store, run_id=RUN_ID, provider=provider,
                                                     batch_size=infer_batch_size, shard=shard, shards=shards,
                                                     gpus=self.gpu_count("1"), tiles=plain.outputs["tiles"],
-                                                    **artifact), gpus="1")
+                                                    onnx_model=onnx_model), gpus="1")
         generated = self.on_cluster(c.collect_tiles(parts=dsl.Collected(part.outputs["generated"])))
         return self.on_cluster(c.extract_points(count=count, truth=truth, truth_bbox=truth_bbox,
                                                 class_shares=class_shares, osm=osm,
@@ -168,7 +181,7 @@ class _Tasks:
             render = {**_render_defaults(c.render_tiles), **NO_AREA, "city": fields.outputs["city"],
                       "osm": fields.outputs["osm"], "bbox": fields.outputs["holdout"]}
             plain = self.on_cluster(c.render_tiles(store=store, shard=0, shards=1, **render), cache=True)
-            generated = self.on_cluster(c.generate_tiles(store=store, run_id=RUN_ID, model="", provider=provider,
+            generated = self.on_cluster(c.generate_tiles(store=store, run_id=RUN_ID, provider=provider,
                                                          batch_size=INFER_BATCH_SIZE, shard=0, shards=1,
                                                          gpus=self.gpu_count("1"), tiles=plain.outputs["tiles"],
                                                          onnx_model=onnx_model), gpus="1")
@@ -213,11 +226,12 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True, gpu_nod
     @dsl.pipeline(name="locgen-generate",
                   description="Render a city's map, generate vehicle markers with a model, extract their positions.")
     def generation_pipeline(city: str = "kotka", osm: str = SAMPLE_TARGET_OSM, center: str = "60.53,26.95",
-                            grid: int = 5, bbox: str = "", model_uri: str = "", provider: str = "auto",
+                            grid: int = 5, bbox: str = "", model_uri: str = SAMPLE_MODEL, provider: str = "auto",
                             infer_batch_size: int = INFER_BATCH_SIZE, count: int = 0, truth: List[str] = [],
                             truth_bbox: str = "", class_shares: str = "", shards: int = 1,
                             store: str = SAMPLE_STORE) -> Dataset:
-        return tasks.generate(store, shards, city, osm, model_uri, provider, infer_batch_size, count, truth,
+        model = tasks.imported_model(model_uri).output
+        return tasks.generate(store, shards, city, osm, model, provider, infer_batch_size, count, truth,
                               truth_bbox, class_shares, bbox=bbox, center=center, grid=grid).outputs["points"]
 
     @dsl.pipeline(name="locgen-end-to-end",
@@ -234,9 +248,8 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True, gpu_nod
         training = {name: value for name, value in _parameters(locals()).items()
                     if not name.startswith("target_") and name not in ("provider", "class_shares", "shards")}
         model = tasks.train(**training).outputs["onnx_model"]
-        target = tasks.generate(store, shards, target_city, target_osm, "", provider, INFER_BATCH_SIZE, target_count,
-                                [], "", "", onnx_model=model, bbox=target_bbox, center=target_center,
-                                grid=target_grid)
+        target = tasks.generate(store, shards, target_city, target_osm, model, provider, INFER_BATCH_SIZE,
+                                target_count, [], "", "", bbox=target_bbox, center=target_center, grid=target_grid)
         # The held-out box of each training city: ground the model never saw, with its real positions.
         held_out = tasks.held_out(store, cities, provider, class_shares, onnx_model=model)
         outputs = NamedTuple("Outputs", target_points=Dataset, holdout_points=List[Dataset])

@@ -79,6 +79,14 @@ def publish_pointer(artifact, uri: str, metadata: dict) -> None:
     Path(artifact.path).write_text(json.dumps(artifact.metadata, indent=2, ensure_ascii=False))
 
 
+def publish_file(artifact, uri: str, metadata: dict) -> None:
+    """As `publish_pointer`, but the artifact's file is the object at `uri` itself: KFP uploads an artifact's path
+    to its own store, so the UI's Download (and an importer of that artifact) gives the file, a model, not a note."""
+    artifact.metadata.update(launchable({"uri": uri, **metadata}))
+    store, key = open_file_uri(uri)
+    store.download_to(key, Path(artifact.path))
+
+
 def launchable(metadata: dict) -> dict:
     """`metadata` as KFP's launcher takes it: a value that is null, NaN or infinite is left out with its key, at any
     depth (the launcher's converter has no null, and Go's JSON parser refuses NaN and infinity; left out reads as
@@ -125,6 +133,14 @@ def check_gpus_seen(asked: int, seen: int, parameter: str, what: str) -> None:
     count is a request that no runner grants: the task runs on what is here."""
     if asked and seen < asked and in_kfp_pod():
         raise LocgenError(f"{parameter} {asked}: this pod's {what} sees {seen} GPU(s); {GPU_NODE_FIX}")
+
+
+def model_source(onnx_model) -> str:
+    """Where a task reads a model artifact from: the object a locgen task published (its metadata's uri, with the
+    fp16 variant beside it); else, an imported file, from the object store or this machine where it lies there, or
+    from the copy KFP's launcher put at the artifact's path (a URI of KFP's own store, minio:// or gs://)."""
+    uri = onnx_model.metadata.get("uri") or onnx_model.uri
+    return uri if uri.startswith("s3://") or "://" not in uri else onnx_model.path
 
 
 def pointed_uri(artifact) -> str:
@@ -362,7 +378,7 @@ def export_step(store: str, run_id: str, generator, training_tiles: list, onnx_m
     tile_uris = [pointed_uri(tiles) for tiles in training_sets(training_tiles)]
     out = run_uri(store, city, run_id, "model.onnx")
     summary = export(ExportSettings(out=out, checkpoint=pointed_uri(generator), tiles=tile_uris[0]))
-    publish_pointer(onnx_model, out, lineage(
+    publish_file(onnx_model, out, lineage(
         city, [pointed_uri(generator), *tile_uris], cities=generator.metadata.get("cities", [city]),
         area=generator.metadata.get("area"), sources=generator.metadata.get("sources"),
         opset=summary["opset"], fp16_model=summary["fp16_model"], parity_report=summary["parity_report"],
@@ -409,16 +425,18 @@ def decide_promotion_step(store: str, run_id: str, generator, training_tiles: li
 @timed
 def promote_step(store: str, run_id: str, onnx_model, generator, model, metrics) -> None:
     """Make the run's model the city set's current one: one object, {store}/{cities}/models/current.json,
-    published at once, names its files and lineage; `model` is that model, as this task's artifact."""
+    published at once, names its files and lineage; `model` is that model, as this task's artifact (whose URI in
+    KFP's store current.json records as `artifact_uri`: what the generation pipeline's model_uri imports, so ML
+    Metadata links a generation run to the training run of its model)."""
     city = onnx_model.metadata["city"]
     current = {"run_id": run_id, "model": pointed_uri(onnx_model), "fp16_model": onnx_model.metadata["fp16_model"],
                "parity_report": onnx_model.metadata["parity_report"], "generator": pointed_uri(generator),
                "validation": generator.metadata.get("validation"), "promotion": run_uri(store, city, run_id,
                                                                                          PROMOTION_NAME),
-               "lineage": dict(onnx_model.metadata)}
+               "artifact_uri": model.uri, "lineage": dict(onnx_model.metadata)}
     store_of, key = open_file_uri(current_uri(store, city))
     store_of.publish_bytes(key, json.dumps(launchable(current), indent=2).encode(), "application/json")
-    publish_pointer(model, pointed_uri(onnx_model), lineage(
+    publish_file(model, pointed_uri(onnx_model), lineage(
         city, [pointed_uri(onnx_model)], cities=onnx_model.metadata.get("cities", [city]),
         area=onnx_model.metadata.get("area"), sources=onnx_model.metadata.get("sources"),
         current=current_uri(store, city), run_id=run_id))
@@ -428,19 +446,18 @@ def promote_step(store: str, run_id: str, onnx_model, generator, model, metrics)
 # --- infer, extract, evaluate -----------------------------------------------------------------------
 
 @timed
-def generate_step(store: str, run_id: str, model: str, provider: str, batch_size: int, shard: int, shards: int,
-                  gpus: str, onnx_model, tiles, generated, metrics) -> None:
-    """Translate one shard of the plain tiles (every shards-th) with the exported model (an artifact), else
-    `model`, else the bundled model; collect_step publishes the whole, or with one shard this task does. In a
-    KFP pod given a GPU (`gpus`), a model that would run on the CPU is an error before any tile."""
+def generate_step(store: str, run_id: str, provider: str, batch_size: int, shard: int, shards: int, gpus: str,
+                  onnx_model, tiles, generated, metrics) -> None:
+    """Translate one shard of the plain tiles (every shards-th) with the model artifact (exported by this run, or
+    imported); collect_step publishes the whole, or with one shard this task does. In a KFP pod given a GPU
+    (`gpus`), a model that would run on the CPU is an error before any tile."""
     from components.infer.job import generate
     from components.infer.settings import GenerateSettings
 
     city = tiles.metadata["city"]
     area = pointed_uri(tiles).rstrip("/").rsplit("/", 1)[-1]  # the render's hash: areas of one city stay apart
     out = run_uri(store, city, run_id, f"{area}/generated")
-    model = pointed_uri(onnx_model) if onnx_model is not None else model
-    inference = {"model": model, "provider": provider, "batch_size": batch_size}
+    inference = {"model": model_source(onnx_model), "provider": provider, "batch_size": batch_size}
     require_gpu = asked_gpus(gpus, "gpus") > 0 and in_kfp_pod()
     summary = generate(from_parameters(GenerateSettings, inference, tiles=pointed_uri(tiles), out=out, progress=False,
                                        shard=shard, shards=shards, require_gpu=require_gpu))

@@ -42,7 +42,10 @@ CRON_FIELD = r"[\d*/,\-A-Za-z?]+"
 KFP_FLOOR = (2, 15)
 HEALTHZ_TIMEOUT_S = 30
 # A pod reads data from the object store (or the web, for location feeds), never from this machine.
-OBJECT_STORE_PARAMETERS = ("store", "model_uri", "init_from", "class_shares")  # besides "" (none) and "bundled"
+OBJECT_STORE_PARAMETERS = ("store", "init_from", "class_shares")  # besides "" (none) and "bundled"
+# What KFP's launcher downloads an imported artifact from: the object store, or KFP's own store (a Model
+# artifact's URI, minio:// or gs://).
+MODEL_SCHEMES = ("s3://", "minio://", "gs://")
 OSM_PARAMETERS = ("osm", "target_osm")  # an s3:// extract, or "overpass"
 LOCATION_PARAMETERS = ("truth",)  # location specs, as each city's "locations"
 
@@ -97,6 +100,9 @@ def check_cluster_inputs(pipeline, given: dict) -> None:
         value = parameters.get(name)
         if value and value != "bundled" and not value.startswith("s3://"):
             _refuse(name, value, "an s3:// URI")
+    if "model_uri" in parameters and not parameters["model_uri"].startswith(MODEL_SCHEMES):
+        _refuse("model_uri", parameters["model_uri"], "the s3:// URI of a model.onnx, or a training run's Model "
+                "artifact URI (models/current.json's artifact_uri)")
     for name in OSM_PARAMETERS:
         if name in parameters:
             _check_cluster_osm(name, parameters[name])

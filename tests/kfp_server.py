@@ -17,10 +17,10 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
-import threading
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from loopback import LoopbackServer, body_of
 
 API = "/apis/v2beta1"
 
@@ -36,7 +36,7 @@ class Received:
 
 
 @dataclass
-class KfpServer:
+class KfpServer(LoopbackServer):
     pipelines: dict = field(default_factory=dict)  # name -> id, the pipelines "already there"
     versions: dict = field(default_factory=dict)  # pipeline id -> {version name: version id}, "already there"
     multi_user: bool = False
@@ -46,55 +46,25 @@ class KfpServer:
     task_details: list = field(default_factory=list)  # its tasks: {"display_name", "state"} each
     requests: list[Received] = field(default_factory=list)
 
-    def __enter__(self) -> KfpServer:
-        server = self
+    def answer(self, method: str, request) -> tuple[int, dict]:
+        route = {"GET": self._get, "POST": self._post}.get(method)
+        received = self._received(method, request)
+        return self._checked(received, route) if route else (405, {"error": f"no {method}"})
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:
-                self._answer(server._checked(self._received("GET"), server._get))
-
-            def do_POST(self) -> None:
-                self._answer(server._checked(self._received("POST"), server._post))
-
-            def _received(self, method: str) -> Received:
-                url = urllib.parse.urlsplit(self.path)
-                query = {key: values[0] for key, values in urllib.parse.parse_qs(url.query).items()}
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                received = Received(method, url.path, query, authorization=self.headers.get("Authorization"))
-                content_type = self.headers.get("Content-Type", "")
-                if content_type.startswith("multipart/form-data"):
-                    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-                        f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
-                    received.upload = next(part.get_payload(decode=True) for part in message.iter_parts())
-                elif raw:
-                    received.body = json.loads(raw)
-                server.requests.append(received)
-                return received
-
-            def _answer(self, reply: tuple[int, dict]) -> None:
-                status, document = reply
-                body = json.dumps(document).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+    def _received(self, method: str, request) -> Received:
+        url = urllib.parse.urlsplit(request.path)
+        query = {key: values[0] for key, values in urllib.parse.parse_qs(url.query).items()}
+        raw = body_of(request)
+        received = Received(method, url.path, query, authorization=request.headers.get("Authorization"))
+        content_type = request.headers.get("Content-Type", "")
+        if content_type.startswith("multipart/form-data"):
+            message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+            received.upload = next(part.get_payload(decode=True) for part in message.iter_parts())
+        elif raw:
+            received.body = json.loads(raw)
+        self.requests.append(received)
+        return received
 
     def _checked(self, received: Received, route) -> tuple[int, dict]:
         if self.token is not None and received.authorization != f"Bearer {self.token}":

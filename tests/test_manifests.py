@@ -62,6 +62,27 @@ def test_no_pod_fixes_its_user_so_restricted_clusters_can_assign_one(kustomizati
             assert "runAsUser" not in text and "runAsNonRoot: true" in text, document["metadata"]["name"]
 
 
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_task_pods_may_launch_and_watch_training_jobs(kustomization):
+    """train_nodes > 1: the train task creates a TrainJob (or a PyTorchJob), watches it, and replaces a failed one."""
+    from pipeline.trainjob import RBAC
+
+    objects = _render(kustomization)
+    role = next(document for document in objects if document["kind"] == "Role" and document["metadata"]["name"] == RBAC)
+    assert {(group, resource): set(rule["verbs"]) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"]} == {
+        ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "delete"},
+        ("kubeflow.org", "pytorchjobs"): {"create", "get", "list", "watch", "delete"}}
+    binding = next(document for document in objects
+                   if document["kind"] == "RoleBinding" and document["metadata"]["name"] == RBAC)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RBAC}
+    # KFP's task pods: default-editor on multi-user Kubeflow, pipeline-runner on KFP standalone; both in the
+    # RoleBinding's own namespace.
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default-editor"},
+                                   {"kind": "ServiceAccount", "name": "pipeline-runner"}]
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+
+
 def test_overlays_set_namespace_endpoint_images_and_schedule():
     local, gpu = _render("overlays/local"), _render("overlays/gpu")
     assert {document["metadata"]["namespace"] for document in local} == {"kubeflow"}

@@ -3,6 +3,8 @@ lineage, and bad parameters refused before any stage runs."""
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,6 +17,7 @@ from components.core.storage import open_store
 from components.core.tileset import MANIFEST_KEY, merge_manifest_parts, read_manifest
 from components.infer.job import generate
 from components.infer.settings import GenerateSettings
+from components.pretrained import BUNDLED_MODEL
 from components.render.job import RenderSettings, render
 from locgen.cli import main
 from pipeline.images import STAGE_IMAGES
@@ -141,6 +144,26 @@ def _gpu_inputs(spec: dict) -> dict:
     return {name: (counts[name], told[name]) for name in told}
 
 
+def test_generation_imports_its_model_so_its_lineage_leads_to_the_training_run():
+    from pipeline.pipelines import IMPORTER_NAME, SAMPLE_MODEL
+
+    spec, _ = _documents(PIPELINE_DIR / "generate.yaml")
+    assert spec["root"]["inputDefinitions"]["parameters"]["model_uri"]["defaultValue"] == SAMPLE_MODEL
+    importer = spec["root"]["dag"]["tasks"]["importer"]
+    assert importer["taskInfo"]["name"] == IMPORTER_NAME
+    assert importer["inputs"]["parameters"]["uri"] == {"componentInputParameter": "model_uri"}
+    assert spec["deploymentSpec"]["executors"]["exec-importer"]["importer"] == {
+        "artifactUri": {"runtimeParameter": "uri"}, "typeSchema": {"schemaTitle": "system.Model",
+                                                                   "schemaVersion": "0.0.1"}}  # reimport: false
+    generating = [task for name, task in _all_tasks(spec).items() if _component(name) == "generate-tiles"]
+    assert generating and all(task["inputs"]["artifacts"]["onnx_model"] == {
+        "componentInputArtifact": "pipelinechannel--importer-artifact"} for task in generating)
+    with pytest.raises(LocgenError, match=r"^model_uri '': give the model to generate with"):
+        check_parameters(build_pipelines()["generate"], {"model_uri": ""})
+    with pytest.raises(LocgenError, match=r"^model_uri no/model.onnx: no such file; give a model.onnx of locgen "):
+        check_parameters(build_pipelines()["generate"], {"model_uri": "no/model.onnx"})
+
+
 def test_a_gpu_count_reaches_the_driver_as_a_string():
     """KFP's driver sets a pod's nvidia.com/gpu from a parameterised count only when its value is a string."""
     spec, _ = _documents(PIPELINE_DIR / "train.yaml")
@@ -177,10 +200,11 @@ def test_a_task_given_gpus_that_sees_none_fails_in_a_kfp_pod(tmp_path, monkeypat
                    gpus="1", training_tiles=[plain], generator=Model(name="m", uri=str(tmp_path / "m")),
                    metrics=Metrics(name="x", uri=str(tmp_path / "x")))
     generated = Dataset(name="generated", uri=str(tmp_path / "generated"))
-    with pytest.raises(LocgenError, match=r"^bundled:tiny-helsinki.onnx: runs on the CPU here \(CPUExecutionProvider"
-                                          r"\), but this task was given a GPU; schedule it on a node"):
-        generate_step(store=str(tmp_path / "store"), run_id="r", model="", provider="auto", batch_size=8, shard=0,
-                      shards=1, gpus="1", onnx_model=None, tiles=plain, generated=generated,
+    imported = Model(name="artifact", uri=str(BUNDLED_MODEL))  # what the generation pipeline's importer gives
+    with pytest.raises(LocgenError, match="^" + re.escape(str(BUNDLED_MODEL)) + r": runs on the CPU here "
+                                          r"\(CPUExecutionProvider\), but this task was given a GPU; schedule it"):
+        generate_step(store=str(tmp_path / "store"), run_id="r", provider="auto", batch_size=8, shard=0,
+                      shards=1, gpus="1", onnx_model=imported, tiles=plain, generated=generated,
                       metrics=Metrics(name="y", uri=str(tmp_path / "y")))
     assert not (tmp_path / "store").exists()  # nothing written
     with pytest.raises(LocgenError, match=r"^train_gpus 'two': give a whole number of GPUs as a text, e.g. '1'"):
@@ -233,10 +257,11 @@ def test_end_to_end_runs_locally_and_every_artifact_names_its_lineage(small_run)
     assert geojson["type"] == "FeatureCollection" and geojson["attribution"] == OSM_ATTRIBUTION
     assert "| F1 within 50 m |" in open(held_out["evaluation_report"]).read()
     run = next((store / "kfp").iterdir())
-    artifacts = {}
+    artifacts, artifact_uris = {}, {}
     for executor_output in run.rglob("executor_output.json"):  # the shards lie under for-loop-N-iteration-I/
         for name, listing in json.loads(executor_output.read_text()).get("artifacts", {}).items():
             artifacts[f"{executor_output.parent.name}/{name}"] = listing["artifacts"][0]["metadata"]
+            artifact_uris[f"{executor_output.parent.name}/{name}"] = listing["artifacts"][0]["uri"]
     # What KFP's launcher would take from every task of the run, Metrics included: strict JSON, no null.
     for key, meta in artifacts.items():
         assert_launchable(meta, key)
@@ -248,6 +273,12 @@ def test_end_to_end_runs_locally_and_every_artifact_names_its_lineage(small_run)
     assert artifacts["decide-promotion/metrics"]["promote"] == 1.0
     current = json.loads((store / "helsinki" / "models" / "current.json").read_text())
     assert current["model"] == pointers["export-onnx/onnx_model"]["uri"] == pointers["promote-model/model"]["uri"]
+    # The exported and the promoted Model artifacts are the ONNX file itself: the UI's Download gives the model,
+    # and current.json names the promoted artifact, what the generation pipeline's model_uri imports.
+    model_bytes = open(current["model"], "rb").read()
+    for key in ("export-onnx/onnx_model", "promote-model/model"):
+        assert open(artifact_uris[key], "rb").read() == model_bytes, key
+    assert current["artifact_uri"] == artifact_uris["promote-model/model"]
     # the parts of a sharded tile set name no area: their collect task does (a tile set of one task names its own)
     pointers = {key: meta for key, meta in pointers.items() if int(meta.get("shards", 1)) == 1 or "shard" not in meta}
     for key, meta in pointers.items():
@@ -389,8 +420,10 @@ def test_a_model_is_promoted_only_when_it_validates_better_than_the_current_one(
     assert promote is True and report["reason"] == "no current model" and "current" not in report
     assert report["new"]["places"]["helsinki"]["real"] == 20  # scored on the held-out box
     assert read_current(store, "helsinki") is None  # deciding promotes nothing
+    exported = tmp_path / "store" / "helsinki" / "runs" / "run-1" / "model.onnx"
+    shutil.copyfile(BUNDLED_MODEL, exported)  # what export_step left in the run's folder
     onnx_model = Model(name="onnx_model", uri=str(tmp_path / "onnx"))
-    onnx_model.metadata.update({"uri": f"{store}/helsinki/runs/run-1/model.onnx", "city": "helsinki",
+    onnx_model.metadata.update({"uri": str(exported), "city": "helsinki",
                                 "fp16_model": "model.fp16.onnx", "parity_report": "model.parity.json"})
     promoted = Model(name="model", uri=str(tmp_path / "promoted"))
     promote_step(store=store, run_id="run-1", onnx_model=onnx_model, generator=generator, model=promoted,
@@ -399,6 +432,7 @@ def test_a_model_is_promoted_only_when_it_validates_better_than_the_current_one(
     assert current["run_id"] == "run-1" and current["generator"] == str(BUNDLED_GENERATOR)
     assert current["model"] == onnx_model.metadata["uri"] and promoted.metadata["current"].endswith(
         "/helsinki/models/current.json")
+    assert Path(promoted.path).read_bytes() == BUNDLED_MODEL.read_bytes()  # the UI's Download gives the model
     # The same model again: validated alike on the same tiles, it is not better than itself, so it is not promoted.
     promote, report = decide("run-2")
     assert promote is False and report["new"] == report["current"]
@@ -458,10 +492,10 @@ def test_compile_for_another_registry_and_a_cluster_without_gpus(tmp_path):
     written = compile_all(tmp_path / "cpu", registry="registry.example.com/team", gpus=False)
     for path in written:
         spec, platform = _documents(path)
-        images = {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()}
-        assert all(image.startswith("registry.example.com/team/") for image in images), images
-        assert not any("accelerator" in executor["container"]["resources"]
-                       for executor in spec["deploymentSpec"]["executors"].values())
+        containers = [executor["container"] for executor in spec["deploymentSpec"]["executors"].values()
+                      if "container" in executor]  # not the generation pipeline's importer
+        assert all(container["image"].startswith("registry.example.com/team/") for container in containers)
+        assert not any("accelerator" in container["resources"] for container in containers)
         assert "tolerations" not in path.read_text()
     again = compile_all(tmp_path / "default")  # the settings do not leak into the next compile
     assert all(path.read_text() == (PIPELINE_DIR / path.name).read_text() for path in again)

@@ -15,7 +15,8 @@ OSLO = [{"city": "oslo", "osm": "s3://osm/oslo.osm.pbf", "locations": ["https://
          "holdout": "10.74,59.91,10.76,59.92"}]
 # What a cluster run needs beside the defaults: the object store, and the data there.
 ON_CLUSTER = {"end-to-end": {"cities": OSLO, "store": "s3://locgen/cities", "target_osm": "s3://osm/kotka.osm.pbf"},
-              "generate": {"store": "s3://locgen/cities", "osm": "s3://osm/oslo.osm.pbf"},
+              "generate": {"store": "s3://locgen/cities", "osm": "s3://osm/oslo.osm.pbf",
+                           "model_uri": "s3://locgen/cities/helsinki/runs/run-1/model.onnx"},
               "train": {"cities": OSLO, "store": "s3://locgen/cities"}}
 
 
@@ -39,7 +40,8 @@ def test_the_token_comes_from_the_environment_and_the_cli_never_prints_it(monkey
     monkeypatch.setenv(TOKEN_ENV, "from-env")
     assert plan("http://localhost:8080", "generate", ON_CLUSTER["generate"], "locgen", None, None).token == "from-env"
     assert main(["submit", "--host", "http://localhost:8080", "--pipeline", "generate", "--param", "grid=3",
-                 "--param", "store=s3://locgen/cities", "--param", "osm=s3://osm/oslo.osm.pbf", "--dry-run"]) == 0
+                 "--param", "store=s3://locgen/cities", "--param", "osm=s3://osm/oslo.osm.pbf", "--param",
+                 f"model_uri={ON_CLUSTER['generate']['model_uri']}", "--dry-run"]) == 0
     printed = capsys.readouterr().out
     described = json.loads(printed)
     assert described["token"] == "set" and "from-env" not in printed
@@ -130,6 +132,9 @@ def test_send_schedules_recurring_runs_of_an_existing_pipeline(monkeypatch):
     ("generate", {"truth": ["positions/oslo.geojson"], "truth_bbox": "10.7,59.9,10.8,60.0"},
      "truth 'positions/oslo.geojson': not readable"),
     ("generate", {"model_uri": "model.onnx"}, "model_uri 'model.onnx': not readable"),
+    ("generate", {"model_uri": "components/pretrained/tiny-helsinki.onnx"},  # the default: the bundled one, here
+     "model_uri 'components/pretrained/tiny-helsinki.onnx': not readable from the pipeline's pods; give the s3:// "
+     "URI of a model.onnx, or a training run's Model artifact URI (models/current.json's artifact_uri)"),
     ("generate", {"class_shares": "shares.json"}, "class_shares 'shares.json': not readable"),
 ])
 def test_an_input_on_this_machine_is_refused_before_any_request(pipeline, parameters, message):
@@ -245,7 +250,8 @@ def test_the_cli_prints_only_its_summary_on_stdout(monkeypatch, capsys):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     with KfpServer() as server:
         assert main(["submit", "--host", server.url, "--pipeline", "generate", "--param", "store=s3://locgen/cities",
-                     "--param", "osm=s3://osm/oslo.osm.pbf"]) == 0
+                     "--param", "osm=s3://osm/oslo.osm.pbf", "--param",
+                     "model_uri=s3://locgen/cities/helsinki/runs/run-1/model.onnx"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["run_id"] == "run-1" and "Run details:" in err
 
