@@ -130,7 +130,7 @@ def _train_parser(commands) -> None:
     parser.add_argument("--batch-size", type=int, help="tiles per step (default: the preset's)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override any setting of the preset, e.g. --set lr=1e-4 (repeatable)")
-    add_settings(parser, TrainSettings, only=("resume", "init_from", "device", "cache_dir"))
+    add_settings(parser, TrainSettings, only=("resume", "resume_if_any", "init_from", "device", "cache_dir"))
     parser.set_defaults(run=_run_train)
 
 

@@ -70,10 +70,17 @@ def collect_tiles(parts: Input[List[Dataset]], tiles: Output[Dataset], metrics: 
     collect_step(**parameters)
 
 
+def train_pod_gpus(gpus: str, nodes: int) -> str:
+    """The GPUs of the train task's own pod: `gpus` when it trains there (nodes 1), none when it launches a job
+    on `nodes` nodes and waits for it."""
+    return gpus if nodes == 1 else "0"
+
+
 def train_generator(store: str, run_id: str, preset: str, steps: int, batch_size: int, init_from: str, gpus: str,
-                    training_tiles: Input[List[Dataset]], generator: Output[Model], metrics: Output[Metrics]):
-    """Train FastCUT on the training pairs of every city together, one DDP process per GPU (resuming the run's
-    checkpoint after a retry)."""
+                    nodes: int, job: dict, training_tiles: Input[List[Dataset]], generator: Output[Model],
+                    metrics: Output[Metrics]):
+    """Train FastCUT on the training pairs of every city together, one DDP process per GPU, in this pod or (nodes > 1)
+    in a distributed job on that many (resuming the run's checkpoint after a retry)."""
     parameters = dict(locals())
     from pipeline.steps import train_step
 
@@ -132,8 +139,8 @@ def extract_points(count: int, truth: List[str], truth_bbox: str, class_shares: 
 
 # Each function above, with the stage whose image runs it.
 STAGE_OF = {shard_indices: "render", render_tiles: "render", render_city: "render", held_out_cities: "render",
-            city_fields: "render", collect_tiles: "render", train_generator: "train", export_onnx: "export",
-            decide_promotion: "export", promote_model: "render", generate_tiles: "infer",
+            city_fields: "render", collect_tiles: "render", train_pod_gpus: "render", train_generator: "train",
+            export_onnx: "export", decide_promotion: "export", promote_model: "render", generate_tiles: "infer",
             extract_points: "extract"}
 
 

@@ -39,7 +39,7 @@ from components.core.errors import LocgenError
 from components.core.settings import declared
 from components.render.job import RenderSettings
 from pipeline.components import build_components
-from pipeline.images import DEFAULT_REGISTRY, DEFAULT_TAG
+from pipeline.images import DEFAULT_REGISTRY, DEFAULT_TAG, image
 
 OBJECT_STORE_SECRET = "locgen-object-store"  # keys named as the variables (manifests/ has the template)
 OBJECT_STORE_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
@@ -55,7 +55,8 @@ RETRY = {"num_retries": 3, "backoff_duration": "60s", "backoff_factor": 2.0, "ba
 TASKS = {"shard_indices": ("shards", 600), "render_tiles": ("render tiles", 4 * 3600),
          "render_city": ("render training pairs", 4 * 3600),
          "held_out_cities": ("cities with a held-out box", 600), "city_fields": ("city fields", 600),
-         "collect_tiles": ("collect the tile set", 3600), "train_generator": ("train the generator", 72 * 3600),
+         "collect_tiles": ("collect the tile set", 3600), "train_pod_gpus": ("GPUs of the train task", 600),
+         "train_generator": ("train the generator", 72 * 3600),
          "export_onnx": ("export to ONNX", 2 * 3600), "generate_tiles": ("generate markers", 6 * 3600),
          "extract_points": ("extract and score the points", 2 * 3600),
          "decide_promotion": ("compare with the current model", 2 * 3600), "promote_model": ("promote the model", 600)}
@@ -79,6 +80,7 @@ class _Tasks:
 
     def __init__(self, registry: str, tag: str, gpus: bool, gpu_node_selector: dict[str, str], max_parallel: int):
         self.components = build_components(registry, tag)
+        self.train_job = _train_job(image("train", registry, tag), gpus, gpu_node_selector)
         self.gpus = gpus
         self.gpu_node_selector = gpu_node_selector
         self.max_parallel = max_parallel
@@ -121,18 +123,27 @@ class _Tasks:
         return self.on_cluster(c.collect_tiles(parts=dsl.Collected(part.outputs["tiles"])), cache=True)
 
     def train(self, store: str, cities: List[dict], preset: str, steps: int, train_batch_size: int, init_from: str,
-              train_gpus: str, **pair_settings) -> dsl.PipelineTask:
+              train_gpus: str, train_nodes: int, **pair_settings) -> dsl.PipelineTask:
         """The training tasks: each city's pairs rendered by one task (`pair_settings`: render_city's
-        parameters), all of them trained on together, exported, and promoted to the cities' current model
-        when it validates better than that one; returns the export task, whose onnx_model is the trained model."""
+        parameters), all of them trained on together (in the train task's pod, or with train_nodes > 1 in a
+        distributed job that it launches, `train_gpus` GPUs a node), exported, and promoted to the cities'
+        current model when it validates better than that one; returns the export task, whose onnx_model is the
+        trained model."""
         c = self.components
         with dsl.ParallelFor(items=cities, parallelism=self.max_parallel) as city:
             pairs = self.on_cluster(c.render_city(store=store, city=city, **pair_settings), cache=True)
         training_tiles = dsl.Collected(pairs.outputs["tiles"])
-        training = self.on_cluster(c.train_generator(store=store, run_id=RUN_ID, preset=preset, steps=steps,
-                                                     batch_size=train_batch_size, init_from=init_from,
-                                                     gpus=self.gpu_count(train_gpus), training_tiles=training_tiles),
-                                    gpus=train_gpus)
+        training = c.train_generator(store=store, run_id=RUN_ID, preset=preset, steps=steps,
+                                     batch_size=train_batch_size, init_from=init_from, gpus=self.gpu_count(train_gpus),
+                                     nodes=train_nodes, job=self.train_job, training_tiles=training_tiles)
+        pod_gpus = None
+        if self.gpus:  # a train task that launches a distributed job only waits for it: its pod needs no GPU
+            placement = self.on_cluster(c.train_pod_gpus(gpus=train_gpus, nodes=train_nodes), cache=True)
+            # A count from a task's output is no dependency to the compiler: without after(), the backend
+            # (and kfp.local) could start training before the count exists.
+            training.after(placement)
+            pod_gpus = placement.output
+        self.on_cluster(training, gpus=pod_gpus)
         generator = training.outputs["generator"]
         export = self.on_cluster(c.export_onnx(store=store, run_id=RUN_ID, generator=generator,
                                                training_tiles=dsl.Collected(pairs.outputs["tiles"])))
@@ -192,6 +203,17 @@ class _Tasks:
         return points
 
 
+def _train_job(train_image: str, gpus: bool, gpu_node_selector: dict[str, str]) -> dict:
+    """The pods of a distributed training job (train_nodes > 1), as a train task's own pod would be: its image,
+    resources, object-store Secret and GPU placement (pipeline.trainjob.DistributedTraining's fields)."""
+    cpu_request, cpu_limit, memory_request, memory_limit = RESOURCES["gpu" if gpus else "cpu"]
+    return {"image": train_image, "cpu_request": cpu_request, "cpu_limit": cpu_limit, "memory_request": memory_request,
+            "memory_limit": memory_limit, "secret": OBJECT_STORE_SECRET,
+            "secret_variables": list(OBJECT_STORE_VARIABLES), "shm_size": SHM_SIZE,
+            # built for a cluster without GPUs: no GPU resource, so a job asking for GPUs is refused
+            "gpu_resource": GPU_RESOURCE if gpus else "", "gpu_node_selector": dict(gpu_node_selector) if gpus else {}}
+
+
 def _render_defaults(render_tiles) -> dict:
     """render_tiles' settings at RenderSettings' defaults, as pipeline values: what a render that does
     not name a setting (a plain render names no training pair setting) gives it."""
@@ -220,7 +242,7 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True, gpu_nod
     def training_pipeline(cities: List[dict] = [SAMPLE_CITY], pairs: int = 400, sampling: str = "points",
                           empty_share: float = 0.1, marker_radius_px: float = 5.0, seed: int = 0, preset: str = "tiny",
                           steps: int = 0, train_batch_size: int = 0, init_from: str = "", train_gpus: str = "1",
-                          store: str = SAMPLE_STORE) -> Model:
+                          train_nodes: int = 1, store: str = SAMPLE_STORE) -> Model:
         return tasks.train(**_parameters(locals())).outputs["onnx_model"]
 
     @dsl.pipeline(name="locgen-generate",
@@ -240,7 +262,8 @@ def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True, gpu_nod
     def end_to_end_pipeline(cities: List[dict] = [SAMPLE_CITY], pairs: int = 400, sampling: str = "points",
                             empty_share: float = 0.1, marker_radius_px: float = 5.0, seed: int = 0,
                             preset: str = "tiny", steps: int = 0, train_batch_size: int = 0, init_from: str = "",
-                            train_gpus: str = "1", target_city: str = "kotka", target_osm: str = SAMPLE_TARGET_OSM,
+                            train_gpus: str = "1", train_nodes: int = 1, target_city: str = "kotka",
+                            target_osm: str = SAMPLE_TARGET_OSM,
                             target_center: str = "60.53,26.95", target_grid: int = 5, target_bbox: str = "",
                             target_count: int = 0, class_shares: str = "", provider: str = "auto", shards: int = 1,
                             store: str = SAMPLE_STORE) -> NamedTuple("Outputs", target_points=Dataset,

@@ -297,38 +297,48 @@ def training_city(tile_sets: list) -> str:
 
 @timed
 def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int, init_from: str, gpus: str,
-               training_tiles: list, generator, metrics) -> None:
-    """Train on every city's tile set together (one process per GPU through torchrun when gpus > 1),
-    resuming the run's checkpoint after a retry; steps and batch_size 0: the preset's; init_from (a
-    generator, a checkpoint or "bundled"; "": none) the model a new run starts from."""
+               nodes: int, job: dict, training_tiles: list, generator, metrics) -> None:
+    """Train on every city's tile set together (one process per GPU through torchrun when gpus > 1; on `nodes`
+    pods of a distributed job, `gpus` processes each, when nodes > 1), resuming the run's checkpoint after a
+    retry; steps and batch_size 0: the preset's; init_from (a generator, a checkpoint or "bundled"; "": none) the
+    model a new run starts from; job: the settings of a distributed job's pods (the pipeline's)."""
     import torch
 
     from components.train.config import TrainSettings, preset_config
     from components.train.generator_file import GENERATOR_KEY, load_generator
     from components.train.train import train
+    from pipeline import trainjob
 
     processes = asked_gpus(gpus, "train_gpus")
-    check_gpus_seen(processes, torch.cuda.device_count(), "train_gpus", "PyTorch")
+    if nodes < 1:
+        raise LocgenError(f"train_nodes {nodes}: give 1 (this task's pod) or more (a distributed job)")
+    cluster = trainjob.in_cluster_client() if nodes > 1 else None  # first: outside a cluster, one line at once
+    if nodes == 1:
+        check_gpus_seen(processes, torch.cuda.device_count(), "train_gpus", "PyTorch")
     tile_sets = training_sets(training_tiles)
     uris = [pointed_uri(tiles) for tiles in tile_sets]
     city = training_city(tile_sets)
     config = preset_config(preset, unset(steps), unset(batch_size))
     out = run_uri(store, city, run_id, "train")
-    resume = open_store(out).exists("checkpoints/last.pt")
     started_from = unset(init_from)
-    init = None if resume else started_from  # a retry resumes its run, whatever that started from
-    if processes > 1:
-        _torchrun(processes, [*(argument for uri in uris for argument in ("--data", uri)), "--out", out, "--preset",
-                              preset, "--steps", str(config.steps), "--batch-size", str(config.batch_size),
-                              *(["--resume"] if resume else []), *(["--init-from", init] if init else [])])
+    # Every way of training resumes the run's checkpoint where there is one: a retried task, a replaced job.
+    arguments = [*(argument for uri in uris for argument in ("--data", uri)), "--out", out, "--preset", preset,
+                 "--steps", str(config.steps), "--batch-size", str(config.batch_size), "--resume-if-any",
+                 *(["--init-from", started_from] if started_from else [])]
+    if cluster:
+        api_client, namespace = cluster
+        trainjob.launch_and_wait(distributed_training(job, run_id, namespace, nodes, processes, arguments), api_client)
+    elif processes > 1:
+        _torchrun(processes, arguments)
     else:
-        train(TrainSettings(data=uris, out=out, config=config, resume=resume, init_from=init, progress=False))
+        train(TrainSettings(data=uris, out=out, config=config, resume_if_any=True, init_from=started_from,
+                            progress=False))
     best = load_generator(f"{out}/{GENERATOR_KEY}")[1]["validation"]
     publish_pointer(generator, f"{out}/{GENERATOR_KEY}", lineage(
         city, uris, cities=[tiles.metadata["city"] for tiles in tile_sets], area=_union_area(tile_sets),
         sources=_union_sources(tile_sets), preset=preset, steps=config.steps,
         **({"init_from": started_from} if started_from else {}), batch_size=config.batch_size,
-        processes=max(processes, 1),
+        nodes=nodes, processes=nodes * max(processes, 1),
         training_manifest_sha256=[tiles.metadata["manifest_sha256"] for tiles in tile_sets],
         validation=best))
     rows = _train_metrics(out)
@@ -339,6 +349,18 @@ def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int
     log_metrics(metrics, {**{f"last_{k}": v for k, v in last_losses.items() if k.startswith("loss_")},
                           **_flat_numbers(best, "validation_"),
                           **(_flat_numbers(start, "started_from_") if start else {})})
+
+
+def distributed_training(job: dict, run_id: str, namespace: str, nodes: int, gpus_per_node: int,
+                         train_arguments: list[str]):
+    """The distributed job of a run, in `namespace`: `job` (the pipeline's pod settings, named as
+    DistributedTraining's fields), named and labelled after the run."""
+    from pipeline.trainjob import DistributedTraining, job_labels, job_name
+
+    settings = {**job, "secret_variables": tuple(job["secret_variables"]),
+                "gpu_node_selector": dict(job.get("gpu_node_selector") or {})}
+    return DistributedTraining(name=job_name(run_id), namespace=namespace, train_arguments=train_arguments,
+                               nodes=nodes, gpus_per_node=gpus_per_node, labels=job_labels(run_id), **settings)
 
 
 def _union_area(tile_sets: list) -> list[float]:

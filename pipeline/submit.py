@@ -31,11 +31,11 @@ from components import __version__
 from components.core.errors import LocgenError, one_line
 from components.sources.locations import split_spec
 from pipeline.local import check_parameters, pipeline_defaults, pipeline_file
+from pipeline.trainjob import POD_NAMESPACE_FILE
 
 TOKEN_ENV = "KFP_TOKEN"
 # In a pod: the projected ServiceAccount token (kfp.Client's own default path and variable), and the pod's namespace.
 SA_TOKEN_ENV, SA_TOKEN_PATH = "KF_PIPELINES_SA_TOKEN_PATH", "/var/run/secrets/kubeflow/pipelines/token"
-POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 PIPELINE_NAMES = {"train": "locgen-train", "generate": "locgen-generate", "end-to-end": "locgen-end-to-end"}
 CRON_FIELD = r"[\d*/,\-A-Za-z?]+"
 # kfp-kubernetes 2.17 writes secretAsEnv.optional (KFP 2.15, Kubeflow 1.11); artifact fan-in needs 2.14.

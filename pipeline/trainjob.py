@@ -34,9 +34,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from components.core.errors import LocgenError, one_line
-from pipeline.submit import POD_NAMESPACE_FILE
 
 RUNTIME = "torch-distributed"  # the ClusterTrainingRuntime Kubeflow 1.11 installs
+POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"  # in every pod of a ServiceAccount
 RUNTIME_JOB = "node"  # its replicated job and container (Trainer's constants.Node)
 TORCHRUN = ["python", "-m", "torch.distributed.run", "-m", "locgen", "train"]
 PYTORCHJOB_PORT = {"name": "pytorchjob-port", "containerPort": 23456}  # the Training Operator's defaults
@@ -84,6 +84,9 @@ class DistributedTraining:
                               "(train_nodes 1 trains in the task's own pod)")
         if self.gpus_per_node < 0:
             raise LocgenError(f"train_gpus {self.gpus_per_node}: give 0 (CPU) or more GPUs per node")
+        if self.gpus_per_node and not self.gpu_resource:
+            raise LocgenError(f"train_gpus {self.gpus_per_node}: this pipeline was compiled for a cluster without "
+                              "GPUs (locgen compile --cpu-only); give train_gpus 0, or compile it with GPUs")
         if not (DNS_1035_LABEL.fullmatch(self.name) and len(self.name) <= MAX_JOB_NAME):
             raise LocgenError(f"training job name {self.name!r}: give a DNS-1035 label of at most {MAX_JOB_NAME} "
                               "characters (job_name makes one from the run id)")

@@ -20,6 +20,7 @@ from components.infer.settings import GenerateSettings
 from components.pretrained import BUNDLED_MODEL
 from components.render.job import RenderSettings, render
 from locgen.cli import main
+from pipeline.components import train_pod_gpus
 from pipeline.images import STAGE_IMAGES
 from pipeline.local import PIPELINE_DIR, check_parameters, compile_all, run_sample
 from pipeline.pipelines import OBJECT_STORE_SECRET, SAMPLE_CITY, build_pipelines
@@ -45,10 +46,11 @@ def test_committed_yaml_is_what_compile_writes(tmp_path):
 
 STAGE_OF_COMPONENT = {"shard-indices": "render", "render-tiles": "render", "render-city": "render",
                       "held-out-cities": "render", "city-fields": "render", "collect-tiles": "render",
-                      "train-generator": "train", "export-onnx": "export", "decide-promotion": "export",
-                      "promote-model": "render", "generate-tiles": "infer", "extract-points": "extract"}
+                      "train-pod-gpus": "render", "train-generator": "train", "export-onnx": "export",
+                      "decide-promotion": "export", "promote-model": "render", "generate-tiles": "infer",
+                      "extract-points": "extract"}
 # and collect-tiles after a render, not after generate-tiles
-CACHED = {"shard-indices", "render-tiles", "render-city", "held-out-cities", "city-fields"}
+CACHED = {"shard-indices", "render-tiles", "render-city", "held-out-cities", "city-fields", "train-pod-gpus"}
 
 
 def _component(name: str) -> str:
@@ -117,6 +119,21 @@ def test_every_task_has_a_name_retries_and_a_deadline_and_gpu_tasks_a_shared_mem
         assert "nodeSelector" not in executor, name  # none unless compiled with one
 
 
+@pytest.mark.parametrize("name", ["train", "generate", "end-to-end"])
+def test_every_task_waits_for_the_tasks_whose_outputs_it_reads(name):
+    """The backend orders a DAG by dependentTasks alone: a task reading another's output (its GPU count too)
+    must name it there, or it may start before that output exists."""
+    spec, _ = _documents(PIPELINE_DIR / f"{name}.yaml")
+    dags = [spec["root"]["dag"], *(component["dag"] for component in spec["components"].values() if "dag" in component)]
+    for dag in dags:
+        for task_name, task in dag["tasks"].items():
+            inputs = task.get("inputs", {})
+            producers = {source[kind]["producerTask"] for group in ("parameters", "artifacts")
+                         for source in inputs.get(group, {}).values()
+                         for kind in ("taskOutputParameter", "taskOutputArtifact") if kind in source}
+            assert producers <= set(task.get("dependentTasks", [])), task_name
+
+
 def test_compile_with_a_per_commit_tag_a_gpu_node_selector_and_another_parallelism(tmp_path):
     assert main(["compile", "--out-dir", str(tmp_path), "--max-parallel", "2", "--tag", "0.1.0-0123456789ab",
                  "--gpu-node-selector", "nvidia.com/gpu.product=NVIDIA-H200"]) == 0
@@ -169,8 +186,15 @@ def test_a_gpu_count_reaches_the_driver_as_a_string():
     spec, _ = _documents(PIPELINE_DIR / "train.yaml")
     assert spec["root"]["inputDefinitions"]["parameters"]["train_gpus"] == {
         "defaultValue": "1", "isOptional": True, "parameterType": "STRING"}
+    # The train pod's own count: train_gpus, or none when it launches a job on train_nodes > 1 nodes.
     assert _gpu_inputs(spec) == {"train-generator": (
-        "{{$.inputs.parameters['pipelinechannel--train_gpus']}}", {"componentInputParameter": "train_gpus"})}
+        "{{$.inputs.parameters['pipelinechannel--train-pod-gpus-Output']}}", {"componentInputParameter": "train_gpus"})}
+    assert spec["root"]["dag"]["tasks"]["train-pod-gpus"]["inputs"]["parameters"] == {
+        "gpus": {"componentInputParameter": "train_gpus"}, "nodes": {"componentInputParameter": "train_nodes"}}
+    assert spec["root"]["dag"]["tasks"]["train-generator"]["inputs"]["parameters"]["pipelinechannel--train-pod-gpus-"
+                                                                                   "Output"] == {
+        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "train-pod-gpus"}}
+    assert (train_pod_gpus("4", 1), train_pod_gpus("4", 3)) == ("4", "0")
     assert spec["components"]["comp-train-generator"]["inputDefinitions"]["parameters"]["gpus"]["parameterType"] == \
         "STRING"
     spec, _ = _documents(PIPELINE_DIR / "end-to-end.yaml")
@@ -197,7 +221,8 @@ def test_a_task_given_gpus_that_sees_none_fails_in_a_kfp_pod(tmp_path, monkeypat
     with pytest.raises(LocgenError, match=r"^train_gpus 1: this pod's PyTorch sees 0 GPU\(s\); schedule it on a "
                                           r"node with NVIDIA GPUs"):
         train_step(store=str(tmp_path / "store"), run_id="r", preset="tiny", steps=2, batch_size=0, init_from="",
-                   gpus="1", training_tiles=[plain], generator=Model(name="m", uri=str(tmp_path / "m")),
+                   gpus="1", nodes=1, job={}, training_tiles=[plain],
+                   generator=Model(name="m", uri=str(tmp_path / "m")),
                    metrics=Metrics(name="x", uri=str(tmp_path / "x")))
     generated = Dataset(name="generated", uri=str(tmp_path / "generated"))
     imported = Model(name="artifact", uri=str(BUNDLED_MODEL))  # what the generation pipeline's importer gives
@@ -210,6 +235,26 @@ def test_a_task_given_gpus_that_sees_none_fails_in_a_kfp_pod(tmp_path, monkeypat
     with pytest.raises(LocgenError, match=r"^train_gpus 'two': give a whole number of GPUs as a text, e.g. '1'"):
         check_parameters(build_pipelines()["train"], {"train_gpus": "two"})
     assert check_parameters(build_pipelines()["train"], {"train_gpus": 2}) == {"train_gpus": "2"}  # --param reads 2
+
+
+def test_training_on_several_nodes_outside_a_cluster_stops_at_once(tmp_path):
+    """train_nodes > 1 launches a job through the pod's ServiceAccount: here there is none, and nothing is done."""
+    from kfp.dsl import Metrics, Model
+
+    from pipeline.steps import train_step
+
+    def train_on(nodes: int) -> None:
+        train_step(store=str(tmp_path / "store"), run_id="r", preset="tiny", steps=2, batch_size=0, init_from="",
+                   gpus="4", nodes=nodes, job={}, training_tiles=[], generator=Model(name="m", uri=str(tmp_path / "m")),
+                   metrics=Metrics(name="x", uri=str(tmp_path / "x")))
+
+    with pytest.raises(LocgenError, match=r"^train_nodes > 1 launches a training job from a pipeline pod, through its "
+                                          r"ServiceAccount; this is not one \(.+\): run it in the cluster, or "
+                                          r"train_nodes 1$"):
+        train_on(2)
+    with pytest.raises(LocgenError, match=r"^train_nodes 0: give 1 \(this task's pod\) or more \(a distributed job\)$"):
+        train_on(0)
+    assert not (tmp_path / "store").exists()
 
 
 def test_two_shards_make_the_tiles_one_makes(tmp_path):
@@ -370,7 +415,8 @@ def test_train_task_runs_one_ddp_process_per_gpu(tmp_path):
     def task(batch_size: int) -> tuple[Model, Metrics]:
         model, metrics = Model(name="m", uri=str(tmp_path / "model")), Metrics(name="x", uri=str(tmp_path / "x"))
         train_step(store=str(tmp_path / "store"), run_id=f"run-{batch_size}", preset="tiny", steps=2, init_from="",
-                   batch_size=batch_size, gpus=2, training_tiles=tile_sets, generator=model, metrics=metrics)
+                   batch_size=batch_size, gpus=2, nodes=1, job={}, training_tiles=tile_sets, generator=model,
+                   metrics=metrics)
         return model, metrics
 
     model, metrics = task(batch_size=2)
@@ -379,7 +425,8 @@ def test_train_task_runs_one_ddp_process_per_gpu(tmp_path):
     assert_launchable(model.metadata, "generator") and assert_launchable(metrics.metadata, "metrics")
     assert "place_score" not in model.metadata["validation"] and "validation_place_score" not in metrics.metadata
     assert metrics.metadata["validation_step"] == 2
-    assert model.metadata["processes"] == 2 and metrics.metadata["steps"] == 2 and metrics.metadata["cities"] == 2
+    assert (model.metadata["nodes"], model.metadata["processes"]) == (1, 2)
+    assert metrics.metadata["steps"] == 2 and metrics.metadata["cities"] == 2
     assert model.metadata["uri"].endswith("/helsinki-kotka/runs/run-2/train/generator.pt")
     assert model.metadata["cities"] == ["helsinki", "kotka"]  # by name, whatever order the tasks were collected in
     assert model.metadata["parents"] == [str(tmp_path / "helsinki"), str(tmp_path / "kotka")]

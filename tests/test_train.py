@@ -117,6 +117,23 @@ def test_resume_continues_exactly(pairs, tmp_path):
         assert torch.equal(tensor, two["models"][name]), name
 
 
+def test_resume_if_any_starts_from_its_model_then_resumes_its_own_checkpoint(pairs, tmp_path):
+    """What a retried or restarted training task runs: a new run from --init-from at first, its own run after."""
+    first = str(tmp_path / "first")
+    train(TrainSettings([pairs], first, TEST_CONFIG.override(steps=2), device="cpu", progress=False))
+    straight, retried = str(tmp_path / "straight"), str(tmp_path / "retried")
+    start = open_store(first).url(GENERATOR_KEY)
+    train(TrainSettings([pairs], straight, TEST_CONFIG, init_from=start, device="cpu", progress=False))
+    begun = train(TrainSettings([pairs], retried, TEST_CONFIG, resume_if_any=True, init_from=start, device="cpu",
+                                progress=False, stop_at=2))
+    again = train(TrainSettings([pairs], retried, TEST_CONFIG, resume_if_any=True, init_from=start, device="cpu",
+                                progress=False))
+    assert (begun["resumed_from"], again["resumed_from"]) == (0, 2)
+    one, two = (torch.load(open_store(path).url(LAST_KEY), weights_only=True) for path in (straight, retried))
+    assert one["step"] == two["step"] == 4
+    assert all(torch.equal(tensor, two["models"][name]) for name, tensor in one["models"].items())
+
+
 def test_a_moving_average_of_g_is_validated_and_exported_and_resumes_exactly(pairs, tmp_path):
     config = TEST_CONFIG.override(ema_decay=0.5, checkpoint_every=4)
     straight = str(tmp_path / "straight")

@@ -2,6 +2,8 @@
 schemas (../shared/crds), strictly, and launching one against a loopback Kubernetes API server (tests/kube_server.py)
 creates it once, attaches to it on a retry, falls back to the Training Operator, and fails in one line."""
 
+import dataclasses
+import functools
 import re
 from pathlib import Path
 
@@ -9,10 +11,12 @@ import jsonschema
 import pytest
 import yaml
 from conftest import PROJECT_ROOT
+from google.protobuf import json_format
 from kube_server import KubeServer
 
 from components.core.errors import LocgenError
-from pipeline.pipelines import GPU_RESOURCE, OBJECT_STORE_SECRET, OBJECT_STORE_VARIABLES, RESOURCES, SHM_SIZE
+from pipeline.pipelines import build_pipelines
+from pipeline.steps import distributed_training
 from pipeline.trainjob import (
     MAX_JOB_NAME,
     MAX_NODES,
@@ -44,15 +48,20 @@ CREATED = {"type": "Created", "status": "True", "reason": "JobsCreationSucceeded
            "message": "Succeeded to create Jobs"}
 
 
+@functools.cache
+def _pipeline_job() -> dict:
+    """The pods' settings that a train pipeline, compiled for a registry and GPU nodes, gives its train task."""
+    pipelines = build_pipelines(registry="registry.example.com/locgen",
+                                gpu_node_selector={"nvidia.com/gpu.present": "true"})
+    tasks = json_format.MessageToDict(pipelines["train"].pipeline_spec)["root"]["dag"]["tasks"]
+    return tasks["train-generator"]["inputs"]["parameters"]["job"]["runtimeValue"]["constant"]
+
+
 def _spec(**changes) -> DistributedTraining:
-    """What train_step passes for 3 nodes of 4 GPUs each."""
-    cpu_request, cpu_limit, memory_request, memory_limit = RESOURCES["gpu"]
-    values = dict(name=job_name(RUN_ID), namespace="team-a", image="registry.example.com/locgen/train:0.1.0",
-                  train_arguments=TRAIN_ARGUMENTS, nodes=3, gpus_per_node=4, secret=OBJECT_STORE_SECRET,
-                  secret_variables=OBJECT_STORE_VARIABLES, cpu_request=cpu_request, cpu_limit=cpu_limit,
-                  memory_request=memory_request, memory_limit=memory_limit, gpu_resource=GPU_RESOURCE,
-                  gpu_node_selector={"nvidia.com/gpu.present": "true"}, shm_size=SHM_SIZE, labels=job_labels(RUN_ID))
-    return DistributedTraining(**{**values, **changes})
+    """What train_step passes for 3 nodes of 4 GPUs each, from the compiled pipeline's settings."""
+    spec = distributed_training(_pipeline_job(), RUN_ID, "team-a", nodes=3, gpus_per_node=4,
+                                train_arguments=TRAIN_ARGUMENTS)
+    return dataclasses.replace(spec, **changes)
 
 
 CPU_SPEC = dict(gpus_per_node=0, cpu_request="1", cpu_limit="4", memory_request="2G", memory_limit="8G")
@@ -253,6 +262,18 @@ def test_a_bad_setting_is_one_line(changes, message):
     with pytest.raises(LocgenError) as raised:
         _spec(**changes)
     assert str(raised.value) == message
+
+
+def test_a_pipeline_compiled_without_gpus_trains_its_job_on_cpus_only():
+    tasks = json_format.MessageToDict(build_pipelines(gpus=False)["train"].pipeline_spec)["root"]["dag"]["tasks"]
+    job = tasks["train-generator"]["inputs"]["parameters"]["job"]["runtimeValue"]["constant"]
+    assert (job["gpu_resource"], job["gpu_node_selector"]) == ("", {})
+    assert trainjob_manifest(distributed_training(job, RUN_ID, "team-a", nodes=2, gpus_per_node=0,
+                                                  train_arguments=TRAIN_ARGUMENTS))["spec"]["trainer"]["numNodes"] == 2
+    with pytest.raises(LocgenError) as raised:
+        distributed_training(job, RUN_ID, "team-a", nodes=2, gpus_per_node=1, train_arguments=TRAIN_ARGUMENTS)
+    assert str(raised.value) == ("train_gpus 1: this pipeline was compiled for a cluster without GPUs (locgen "
+                                 "compile --cpu-only); give train_gpus 0, or compile it with GPUs")
 
 
 # --- launching against the API server ------------------------------------------------------------------

@@ -93,6 +93,9 @@ class TrainSettings:
     out: str = setting(help="checkpoints, generator.pt, metrics, samples", metavar="URI", output=False)
     config: TrainConfig = setting(help="the training values", cli=False)
     resume: bool = setting(False, help="continue from OUT/checkpoints/last.pt", output=False)
+    resume_if_any: bool = setting(
+        False, help="continue from OUT/checkpoints/last.pt where there is one, else start a new run (from --init-from "
+                    "where given): what a retried or restarted task runs", output=False)
     init_from: str | None = setting(
         None, help="fine-tune: start the networks from this generator.pt or checkpoint (local or s3://, or "
                    "'bundled' for the bundled generator); the steps, optimisers and schedulers start anew",

@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +122,7 @@ def train(settings: TrainSettings) -> dict:
     gradients are averaged across them, which equals one process with the whole batch.
     """
     config = settings.config
+    settings = _resume_if_any(settings)
     if settings.resume and settings.init_from:
         raise LocgenError(f"--resume with --init-from {settings.init_from}: --resume continues the run in --out "
                           "(its step, optimisers and weights), --init-from starts a new one from a model's weights; "
@@ -207,6 +208,18 @@ def _board_scalars(board, step: int, values: dict) -> None:
     if board is not None:
         for name, value in values.items():
             board.add_scalar(name, value, step)
+
+
+def _resume_if_any(settings: TrainSettings) -> TrainSettings:
+    """--resume-if-any as --resume where --out holds a checkpoint (whatever the run started from), else as a new
+    run. Decided before the process group forms (`_device`), so every process of a distributed run decides alike:
+    none writes a checkpoint before all have joined."""
+    if not settings.resume_if_any:
+        return settings
+    if settings.resume:
+        raise LocgenError("--resume with --resume-if-any: give one of them (--resume-if-any resumes where it can)")
+    found = open_store(settings.out).exists(LAST_KEY)
+    return replace(settings, resume=found, resume_if_any=False, init_from=None if found else settings.init_from)
 
 
 def _device(name: str) -> torch.device:
