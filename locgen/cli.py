@@ -11,11 +11,12 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import typing
 from pathlib import Path
 
-from components.core.errors import LocgenError
+from components.core.errors import LocgenError, redacted
 from components.core.settings import declared, is_list
 from components.export.settings import ExportSettings
 from components.extract.evaluate import EvaluateSettings, FitBaselineSettings, evaluate, fit_baseline
@@ -23,6 +24,45 @@ from components.extract.job import ExtractSettings, extract
 from components.infer.settings import GenerateSettings
 from components.render.job import RenderSettings, render
 from components.train.config import PRESETS, TrainConfig, TrainSettings, preset_config
+
+# A value such as -87.64,41.88,-87.62,41.89 (west of Greenwich) or -33.9,18.4 (south of the equator): argparse
+# takes a word that starts with "-" and is not a plain number for an option, so --bbox would get no value.
+_NEGATIVE_VALUE = re.compile(r"-\.?[0-9]")
+
+
+class Parser(argparse.ArgumentParser):
+    """locgen's argument parser, and each command's: options are spelt out whole (a prefix such as --token would
+    otherwise be taken for --token-file and its value shown in the error); a value that starts with a minus
+    sign is taken as the value of the option before it; a bad command line is one line `locgen: error: ...`
+    that names the command and shows no value it did not recognise (one may be a secret)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
+    def parse_known_args(self, args=None, namespace=None):
+        # the options that take exactly one value, those of mutually exclusive groups included
+        value_options = {option for action in self._actions if action.nargs is None for option in action.option_strings}
+        joined = []
+        for word in sys.argv[1:] if args is None else args:
+            if joined and joined[-1] in value_options and _NEGATIVE_VALUE.match(word):
+                joined[-1] = f"{joined[-1]}={word}"
+            else:
+                joined.append(word)
+        return super().parse_known_args(joined, namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            options = sorted({word.partition("=")[0] for word in extras if word.startswith("-")})
+            named = (f"unknown options {', '.join(options)}" if options else
+                     f"{len(extras)} unexpected value{'s' if len(extras) > 1 else ''}")
+            command = " ".join([self.prog, *([parsed.command] if getattr(parsed, "command", None) else [])])
+            self.error(f"{named} (values not shown); see `{command} --help` for what it takes")
+        return parsed
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]  # "render" of "locgen render"; "" for locgen itself
+        self.exit(2, redacted(f"locgen: error: {command + ': ' if command else ''}{message}\n"))
 
 
 def add_settings(parser: argparse.ArgumentParser, cls, only: tuple[str, ...] | None = None) -> None:
@@ -258,7 +298,7 @@ def _run_submit(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="locgen", description=__doc__.splitlines()[0])
+    parser = Parser(prog="locgen", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for command in SETTINGS_COMMANDS:
         _settings_command(commands, *command)
@@ -283,13 +323,18 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redacted(super().format(record))
+
+
 def _log_to_stderr() -> None:
     """locgen's own messages (not its libraries' chatter) as `locgen: ...` lines on stderr; stdout is the summary."""
     for name in ("components", "pipeline"):
         logger = logging.getLogger(name)
         if not logger.handlers:
             handler = _StderrHandler()
-            handler.setFormatter(logging.Formatter("locgen: %(message)s"))
+            handler.setFormatter(_RedactingFormatter("locgen: %(message)s"))
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
 
@@ -301,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         summary = args.run(args)
     except LocgenError as error:
-        parser.exit(2, f"locgen: error: {error}\n")
+        parser.exit(2, redacted(f"locgen: error: {error}\n"))
     except KeyboardInterrupt:
         parser.exit(130, "locgen: interrupted; run the same command again to resume\n")
-    print(json.dumps(summary, indent=2))
+    print(redacted(json.dumps(summary, indent=2)))
     return 0
 

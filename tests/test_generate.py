@@ -211,4 +211,4 @@ def test_bad_inputs(kotka, generated, tmp_path):
     fails("ONNX Runtime cannot load it", model=str(tmp_path / "broken.onnx"))
     fails("give the .onnx file that locgen export wrote", model=str(tmp_path / "model.pt"))
     fails("no such file", model=str(tmp_path / "missing.onnx"))
-    fails("--batch-size 0: give 1 or more", batch_size=0)
+    fails("--batch-size 0: give a whole number of at least 1", batch_size=0)

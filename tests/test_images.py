@@ -71,7 +71,9 @@ def _pipeline_images() -> set[str]:
     names = set()
     for path in (PROJECT_ROOT / "pipeline").glob("*.yaml"):
         spec = next(yaml.safe_load_all(path.read_text()))
-        names |= {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()}
+        # an importer's executor (the generation pipeline's model) runs no image of ours
+        names |= {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()
+                  if "container" in executor}
     return names
 
 

@@ -643,3 +643,57 @@ def test_csv_round_trip_is_exact(lonlats):
         out = Path(folder) / "points.csv"
         write_locations([source], out)
         assert [(p.lon, p.lat) for p in load_locations(str(out)).points] == lonlats
+
+
+# --- what a feed may make locgen read -----------------------------------------------------------
+
+@pytest.mark.parametrize("feed_url", ["s3://locgen/secret/free_bike_status.json", "file:///etc/passwd"])
+def test_a_remote_discovery_file_names_http_feeds_only(tmp_path, feed_url):
+    feeds = v1_feeds()
+    feeds["gbfs"]["data"]["en"]["feeds"] = [{"name": "free_bike_status", "url": feed_url}]
+    served = write_feeds(tmp_path / "served", {"gbfs": feeds["gbfs"]})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler,
+                                                                                 directory=served.parent))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    discovery = f"http://127.0.0.1:{server.server_address[1]}/gbfs.json"
+    try:
+        with pytest.raises(LocgenError) as excinfo:
+            load_locations(discovery)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert one_line_error(excinfo) == (
+        f"{discovery}: names the feed {feed_url!r}, which is not an http(s) URL; a discovery file's feeds are read "
+        "over http(s) only (or from a file of that name beside a local gbfs.json): give the feed itself as a source")
+
+
+def test_a_local_discovery_file_reads_no_other_local_file_it_names(tmp_path):
+    elsewhere = write_feeds(tmp_path / "elsewhere", v1_feeds()).parent / "free_bike_status.json"
+    feeds = v1_feeds()
+    feeds["gbfs"]["data"]["en"]["feeds"] = [{"name": "free_bike_status", "url": str(tmp_path / "x" / "bikes.json")}]
+    discovery = write_feeds(tmp_path / "here", {"gbfs": feeds["gbfs"]})
+    assert elsewhere.is_file()
+    with pytest.raises(LocgenError, match=r"names the feed '.*/x/bikes.json', which is not an http\(s\) URL"):
+        load_locations(str(discovery))
+
+
+@pytest.mark.parametrize("lat, lon", [(True, 24.94), (60.17, False)])
+def test_a_boolean_is_no_coordinate(tmp_path, lat, lon):
+    feeds = v1_feeds()
+    feeds["free_bike_status"]["data"]["bikes"][0].update(lat=lat, lon=lon)
+    write_feeds(tmp_path, feeds)
+    with pytest.raises(LocgenError) as excinfo:
+        load_locations(str(tmp_path / "gbfs.json"))
+    assert one_line_error(excinfo) == (f"{tmp_path / 'free_bike_status.json'}: vehicle b1: longitude/latitude "
+                                       f"{lon!r}, {lat!r} are not numbers; fix or remove it")
+
+
+def test_json_nested_beyond_reading_is_one_line(tmp_path):
+    path = tmp_path / "deep.geojson"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(LocgenError) as excinfo:
+        load_locations(str(path))
+    assert one_line_error(excinfo) == (f"{path}: JSON nested deeper than Python reads; no location source is, so "
+                                       "give the real feed or file")

@@ -94,7 +94,7 @@ def _corrupt_pbf(tmp_path):
     ("corrupt pbf", "not a readable OSM file"),
     ("unreachable store", "is unreachable"),
     ("GBFS with no positions", "free_bike_status.json"),
-    ("negative workers", "--workers -1: give a number of processes"),
+    ("negative workers", "--workers -1: give a whole number of at least 0"),
 ])
 def test_bad_input_gives_one_clear_line_and_writes_nothing(case, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")

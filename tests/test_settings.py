@@ -23,8 +23,7 @@ from pipeline.images import DEFAULT_REGISTRY
 from pipeline.local import setting_fed_by
 
 # Parameters the pipeline decides for a task, not settings of its stage.
-STEP_PARAMETERS = {"store", "run_id", "shard", "shards", "gpus"}
-# The component, the settings its parameters feed, and the command whose options are those settings.
+STEP_PARAMETERS = {"store", "run_id", "shard", "shards", "gpus", "nodes"}  # what a step decides, not a setting
 # The component, and the settings its parameters feed (the first that has a name wins), each with its command.
 COMPONENTS = [("render_tiles", ((RenderSettings, "render"),)), ("generate_tiles", ((GenerateSettings, "generate"),)),
               ("extract_points", ((ExtractSettings, "extract"), (EvaluateSettings, "evaluate")))]

@@ -1,9 +1,21 @@
 """The one error type a user sees: a single line that names the input and the fix."""
 
+import re
 
 # The fix for a pipeline task that was given GPUs and sees none (train and generate say it alike).
 GPU_NODE_FIX = ("schedule it on a node with NVIDIA GPUs and the NVIDIA device plugin (OPERATORS.md, GPUs), or "
                 "compile the pipelines for a cluster without GPUs (locgen compile --cpu-only)")
+
+
+# The user and password of a URL (http://user:secret@host/, an AWS_ENDPOINT_URL or a --host with credentials):
+# what comes between "//" and the first "@" before any "/".
+_URL_USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
+
+
+def redacted(text: str) -> str:
+    """`text` with the user and password of every URL in it replaced by ***: what is shown (errors, logs, the
+    summary) never carries credentials."""
+    return _URL_USERINFO.sub("***@", text)
 
 
 class LocgenError(Exception):

@@ -56,6 +56,18 @@ def check_lonlat(lon: float, lat: float, what: str = "point") -> None:
         raise LocgenError(f"{what}: longitude {lon} is outside ±180; give a longitude between -180 and 180")
 
 
+def check_bounds_3857(bounds: Bounds3857, what: str, fix: str) -> None:
+    """Raise a LocgenError naming `what` and `fix` unless the bounds are finite, ordered and inside the
+    square Web Mercator world."""
+    west, south, east, north = bounds
+    if not all(math.isfinite(value) and abs(value) <= WORLD_HALF_3857 for value in bounds):
+        raise LocgenError(f"{what}: EPSG:3857 bounds {west:g},{south:g},{east:g},{north:g} reach beyond the Web "
+                          f"Mercator world (±{WORLD_HALF_3857:.0f} m); {fix}")
+    if not (west < east and south < north):
+        raise LocgenError(f"{what}: EPSG:3857 bounds {west:g},{south:g},{east:g},{north:g} are empty or inverted; "
+                          f"{fix}")
+
+
 def check_bbox(bbox: LonLatBounds, what: str = "--bbox") -> LonLatBounds:
     """Validate a lon/lat bbox (west, south, east, north) and return it as LonLatBounds."""
     west, south, east, north = bbox

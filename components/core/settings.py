@@ -10,6 +10,8 @@ A field made with `setting(...)` says, besides its default:
 - `flag`, `action`, `metavar`, `group`, `choices`: how the option is spelt, when the plain `--field-name`
   does not say it (`--keep-disabled` sets `drop_disabled` to False; options of one `group` exclude
   each other);
+- `within`: the numbers it takes (`Within`), checked whenever the settings are made (`Checked`), so the
+  command line, the pipeline and code get the same one-line error;
 - `cli=False`: set by the code that runs the stage, never by a person (progress bars, shards);
 - `output=False`: does not change what the stage writes (where it goes, how many processes):
   left out of `output_identity`, so a tile set is named by every other field, by construction.
@@ -21,6 +23,7 @@ every setting whose default is None (`from_parameters`), the one rule for both.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -28,16 +31,76 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from components.core.errors import LocgenError
+
 _KEY = "locgen"  # the key of our part of a field's metadata
+
+
+class Within(typing.NamedTuple):
+    """The numbers a setting takes: from `low` to `high` (None: no bound on that side), `low` itself excluded
+    when `above`, `high` when `below`; never NaN or infinite. Each element of a tuple or list is checked."""
+
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+    below: bool = False
+
+    def holds(self, number: float) -> bool:
+        low_ok = self.low is None or number > self.low or (number == self.low and not self.above)
+        high_ok = self.high is None or number < self.high or (number == self.high and not self.below)
+        return math.isfinite(number) and low_ok and high_ok
+
+    def text(self, whole: bool) -> str:
+        """What to give, e.g. 'a whole number of at least 1', 'a number above 0 and at most 1000'."""
+        if self.low is not None and self.high is not None and not (self.above or self.below):
+            bounds = [f"from {_number_text(self.low)} to {_number_text(self.high)}"]
+        else:
+            bounds = [f"{'above' if self.above else 'of at least'} {_number_text(self.low)}"] if self.low is not None \
+                else []
+            bounds += [f"{'below' if self.below else 'at most'} {_number_text(self.high)}"] if self.high is not None \
+                else []
+        return " ".join(["a whole number" if whole else "a number", " and ".join(bounds)]).strip()
+
+
+def check_number(what: str, value: Any, within: Within, whole: bool = False) -> None:
+    """`value` (a number, or a tuple or list of them) within `within`; else one line naming `what`, the value
+    and what to give."""
+    numbers = value if isinstance(value, (tuple, list)) else (value,)
+    for number in numbers:
+        typed = isinstance(number, int if whole else (int, float)) and not isinstance(number, bool)
+        if not (typed and within.holds(number)):
+            raise LocgenError(f"{what} {','.join(map(_number_text, numbers))}: give {within.text(whole)}")
+
+
+def _number_text(value: Any) -> str:
+    """A number as a person would write it: 4294967295, 0.5, 1e+30."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+SEED = Within(0, 2**32 - 1)  # what every random generator here (numpy, torch) takes
+
+
+class Checked:
+    """A settings dataclass whose numbers are checked against their `within` as it is made: from the command
+    line, from pipeline parameters and from code alike."""
+
+    def __post_init__(self) -> None:
+        for item in declared(type(self)):
+            value = getattr(self, item.name)
+            if item.within is not None and value is not None:
+                element = typing.get_args(item.kind)[0] if typing.get_args(item.kind) else item.kind
+                check_number(item.flag, value, item.within, whole=element is int)
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, parse: Callable[[str, str], Any] | None = None,
             flag: str | None = None, action: str | None = None, metavar: str | None = None,
-            group: str | None = None, choices: tuple | None = None, cli: bool = True, output: bool = True,
-            default_factory: Callable[[], Any] | None = None) -> Any:
+            group: str | None = None, choices: tuple | None = None, within: Within | None = None, cli: bool = True,
+            output: bool = True, default_factory: Callable[[], Any] | None = None) -> Any:
     """A dataclass field with what the command line and the pipeline need to know of it."""
     metadata = {_KEY: {"help": help, "parse": parse, "flag": flag, "action": action, "metavar": metavar,
-                       "group": group, "choices": choices, "cli": cli, "output": output}}
+                       "group": group, "choices": choices, "within": within, "cli": cli, "output": output}}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -58,6 +121,7 @@ class Declared(typing.NamedTuple):
     metavar: str | None
     group: str | None
     choices: tuple | None
+    within: Within | None
     cli: bool
     output: bool
 
@@ -82,7 +146,7 @@ def declared(cls) -> list[Declared]:
             field.name, kind, optional, field.default is dataclasses.MISSING
             and field.default_factory is dataclasses.MISSING, default, meta["help"], meta["parse"],
             meta["flag"] or "--" + field.name.replace("_", "-"), meta["action"], meta["metavar"], meta["group"],
-            meta["choices"], meta["cli"], meta["output"]))
+            meta["choices"], meta["within"], meta["cli"], meta["output"]))
     return result
 
 

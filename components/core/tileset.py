@@ -38,6 +38,9 @@ from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import Store
 from components.core.style import STYLE_VERSION, style_sha256
 
+# Tile sides a tile set may have: a 4096 px tile is 48 MiB decoded, which every reader can hold; the model
+# works at 256 px.
+MIN_TILE_PX, MAX_TILE_PX = 16, 4096
 MANIFEST_KEY = "manifest.jsonl"
 MANIFEST_PARTS = "manifest-parts"  # one part per shard, merged into the manifest when every shard is done
 GEOREF_TEXT_KEY = "locgen:georef"

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.core.settings import setting
+from components.core.settings import SEED, Checked, setting
 
 
 @dataclass
-class ExportSettings:
+class ExportSettings(Checked):
     """Everything `locgen export` takes, with its defaults and help, in one place (components.core.settings)."""
 
     out: str = setting(help="the model to write, local or s3://", metavar="URI.onnx", output=False)
@@ -18,4 +18,4 @@ class ExportSettings:
     tiles: str | None = setting(
         None, help="tile set whose plain tiles the parity check runs on (default: the training tile set)",
         metavar="URI")
-    seed: int = setting(0, help="random seed of the parity check's random inputs (%(default)s)")
+    seed: int = setting(0, help="random seed of the parity check's random inputs (%(default)s)", within=SEED)

@@ -35,7 +35,7 @@ from components.core.geo import (
 from components.core.points import read_scored_points
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.scoring import DEFAULT_RADII_M, check_scoring, in_area, lonlat_array, score_points
-from components.core.settings import setting
+from components.core.settings import SEED, Checked, Within, setting
 from components.core.storage import Store, open_file_uri
 from components.core.style import STYLE_VERSION, style_sha256
 from components.extract.baseline import (
@@ -78,7 +78,7 @@ def _radii_m(text: str, what: str) -> tuple[float, ...]:
 
 
 @dataclass
-class EvaluateSettings:
+class EvaluateSettings(Checked):
     """Everything `locgen evaluate` takes, with its defaults and help, in one place (components.core.settings)."""
 
     generated: str = setting(help="the points to score (CSV or GeoJSON)", metavar="FILE")
@@ -92,7 +92,7 @@ class EvaluateSettings:
     class_shares: str | None = setting(None, help="map class shares fitted on training cities (locgen fit-baseline; "
                                        "local or s3://): a third baseline, fitted, placed by them on the --osm map",
                                        metavar="FILE.json")
-    seed: int = setting(0, help="random seed of the baselines (%(default)s)")
+    seed: int = setting(0, help="random seed of the baselines (%(default)s)", within=SEED)
     radii_m: tuple[float, ...] = setting(DEFAULT_RADII_M, help="the ground distances of the matches, in metres "
                                          "(%(default)s)", parse=_radii_m, metavar="M,M,...")
     grid_m: float = setting(100.0, help="ground size of the rank correlation's cells, in metres (%(default)s)")
@@ -105,7 +105,7 @@ class EvaluateSettings:
 
 
 @dataclass
-class FitBaselineSettings:
+class FitBaselineSettings(Checked):
     """Everything `locgen fit-baseline` takes: the training cities' real points and maps (components.core.settings)."""
 
     locations: list[str] = setting(help="real positions in the training cities: any location source (repeatable)",
@@ -114,7 +114,7 @@ class FitBaselineSettings:
     out: str = setting(help="the class shares, as JSON (local or s3://), for evaluate --class-shares",
                        metavar="FILE.json", output=False)
     near_m: float = setting(NEAR_M, help="a point this close to a drawn map feature has its class, in ground metres "
-                            "(%(default)s)")
+                            "(%(default)s)", within=Within(0, above=True))
 
 
 class ClassShares(NamedTuple):
@@ -202,8 +202,6 @@ def fit_baseline(settings: FitBaselineSettings) -> dict:
     The points of every source are pooled; those outside the extent the OSM files state are left out
     (nothing is known of the map there).
     """
-    if not (math.isfinite(settings.near_m) and settings.near_m > 0):
-        raise LocgenError(f"--near-m {settings.near_m}: give a positive number of ground metres")
     if not settings.locations or not settings.osm:
         raise LocgenError("fit-baseline needs --locations (the real points) and --osm (the map they are classed on)")
     osm_files = _local_osm_files(settings.osm)

@@ -26,7 +26,7 @@ from components.core.markers import MarkerRange
 from components.core.pngmeta import read_png_text
 from components.core.points import points_file, write_points
 from components.core.provenance import OSM_ATTRIBUTION
-from components.core.settings import setting
+from components.core.settings import Checked, Within, setting
 from components.core.storage import Store, open_file_uri, open_store
 from components.core.tileset import (
     GEOREF_TEXT_KEY,
@@ -49,11 +49,14 @@ def _hue_deg(text: str, what: str) -> tuple[float, float]:
         low, high = (float(value) for value in text.split(","))
     except ValueError:
         raise LocgenError(f"{what} {text}: give LOW,HIGH in degrees, e.g. 260,340") from None
+    if not low <= high:
+        raise LocgenError(f"{what} {text}: give LOW,HIGH with LOW at most HIGH, e.g. 260,340 (a range across 0, "
+                          "red, is not supported)")
     return low, high
 
 
 @dataclass
-class ExtractSettings:
+class ExtractSettings(Checked):
     """Everything `locgen extract` takes, with its defaults and help, in one place (components.core.settings)."""
 
     tiles: str = setting(help="tile set: local path or s3://bucket/prefix", metavar="URI")
@@ -61,7 +64,7 @@ class ExtractSettings:
                              "them all", metavar="FILE", output=False)
     # a dot cut by a tile border comes back as two parts up to ~one dot radius apart
     dedupe_m: float = setting(6.0, help="merge a dot seen in two tiles within this geodesic distance "
-                              "(%(default)s m)")
+                              "(%(default)s m)", within=Within(0))
     preview: str | None = setting(None, help="also write a preview: the points over the plain map (the tiles a "
                                              "generator translated, else these)", metavar="FILE.png", output=False)
     preview_generated: str | None = setting(None, help="also write the points over these tiles themselves (what "
@@ -69,16 +72,16 @@ class ExtractSettings:
     # a rendered set holds a and b
     domain: str | None = setting(None, help="only the tiles of this domain, e.g. a (default: every tile)")
     hue_deg: tuple[float, float] = setting(_DETECT.marker_range.hue_deg, parse=_hue_deg, metavar="LOW,HIGH",
-                                           help="marker hue range in degrees (%(default)s)")
+                                           help="marker hue range in degrees (%(default)s)", within=Within(0, 360))
     min_saturation: float = setting(_DETECT.marker_range.min_saturation,
-                                    help="least saturation of a marker pixel, 0-1 (%(default)s)")
+                                    help="least saturation of a marker pixel, 0-1 (%(default)s)", within=Within(0, 1))
     min_value: float = setting(_DETECT.marker_range.min_value,
-                               help="least brightness of a marker pixel, 0-1 (%(default)s)")
-    min_area_px: int = setting(_DETECT.min_area_px, help="smallest dot in pixels (%(default)s)")
-    count: int | None = setting(None, metavar="N", group="count",
+                               help="least brightness of a marker pixel, 0-1 (%(default)s)", within=Within(0, 1))
+    min_area_px: int = setting(_DETECT.min_area_px, help="smallest dot in pixels (%(default)s)", within=Within(1))
+    count: int | None = setting(None, metavar="N", group="count", within=Within(1),
                                 help="keep the N best-scoring points (how marker-like and how magenta), e.g. the "
                                      "fleet's size (default: one point per dot)")
-    per_km2: float | None = setting(None, metavar="D", group="count",
+    per_km2: float | None = setting(None, metavar="D", group="count", within=Within(0, above=True),
                                     help="keep the best-scoring points at D per km2 of the area with map data")
     progress: bool = setting(True, help="a progress bar on stderr", cli=False, output=False)
 
@@ -92,8 +95,7 @@ class ExtractSettings:
 def extract(settings: ExtractSettings) -> dict:
     """Extract the points of a tile set once, write them to every file of `settings.out` (and the
     preview); returns a summary."""
-    _check_out(settings.out)
-    _check_count(settings)
+    _check_out(settings)
     store = open_store(settings.tiles)
     rows = [row for row in _tile_rows(store) if settings.domain in (None, row.get("domain"))]
     if not rows:
@@ -165,15 +167,6 @@ def _split_crowded_blobs(store: Store, rows: list[dict], found: list[Found], set
         found[index] = find_markers(decode_tile(png, store.url(rows[index]["path"])), settings, dot_core_px)
 
 
-def _check_count(settings: ExtractSettings) -> None:
-    if settings.count is not None and settings.count < 1:
-        raise LocgenError(f"--count {settings.count}: give 1 or more points, or leave --count out for one point per "
-                          "dot")
-    if settings.per_km2 is not None and not settings.per_km2 > 0:
-        raise LocgenError(f"--per-km2 {settings.per_km2}: give a density above 0, or leave it out for one point per "
-                          "dot")
-
-
 def _best(settings: ExtractSettings, records: list[dict], rows: list[dict]) -> list[dict]:
     """The records to write: with a count (or a density over the area with map data), the best-scoring
     ones, in their order; else all."""
@@ -196,15 +189,18 @@ def mapped_km2(rows: list[dict]) -> float:
                * row.get("data_share", 1.0) for row in by_id.values()) / 1e6
 
 
-def _check_out(out: list[str]) -> None:
+def _check_out(settings: ExtractSettings) -> None:
     """Fail before any work when the points could not be written: no file, or one that is not
-    FILE.csv or FILE.geojson."""
-    if isinstance(out, str):
-        raise TypeError(f"ExtractSettings.out is a list of files, not the string {out!r}")
-    if not out:
+    FILE.csv or FILE.geojson; a preview that is not FILE.png (it is written as PNG)."""
+    if isinstance(settings.out, str):
+        raise TypeError(f"ExtractSettings.out is a list of files, not the string {settings.out!r}")
+    if not settings.out:
         raise LocgenError("no output file; give at least one FILE.csv or FILE.geojson (local or s3://)")
-    for path in out:
+    for path in settings.out:
         points_file(path)
+    for flag, path in (("--preview", settings.preview), ("--preview-generated", settings.preview_generated)):
+        if path and not path.lower().endswith(".png"):
+            raise LocgenError(f"{flag} {path}: a preview is written as a PNG image; give a FILE.png")
 
 
 def _tile_rows(store: Store) -> list[dict]:

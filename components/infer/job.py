@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 
 def generate(settings: GenerateSettings) -> dict:
     """Translate every plain tile of settings.tiles into settings.out; returns a summary."""
-    if settings.batch_size < 1:
-        raise LocgenError(f"--batch-size {settings.batch_size}: give 1 or more tiles per batch")
     published = manifest_key(settings.shard, settings.shards)
     store = open_store(settings.tiles)
     all_rows = plain_rows(store, "--tiles")

@@ -39,10 +39,18 @@ from components.core.geo import (
     parse_latlon,
 )
 from components.core.pngmeta import encode_png
-from components.core.settings import setting
+from components.core.settings import SEED, Checked, Within, setting
 from components.core.storage import Store, default_cache_dir, local_file, open_store
 from components.core.style import style_sha256
-from components.core.tileset import manifest_bytes, manifest_key, manifest_row, png_text, tile_key
+from components.core.tileset import (
+    MAX_TILE_PX,
+    MIN_TILE_PX,
+    manifest_bytes,
+    manifest_key,
+    manifest_row,
+    png_text,
+    tile_key,
+)
 from components.render.plan import (
     SAMPLINGS,
     PairSettings,
@@ -65,10 +73,12 @@ CHUNK_TILES = 16  # tiles a worker renders before it waits for their uploads
 SIMPLIFY_PX = 0.25  # map lines lose the vertices that move them by less than this: invisible, and faster
 UPLOAD_THREADS = 8  # concurrent uploads per process: enough to hide an object store's round trips
 COVERAGE_SAMPLES = 64  # per side: a tile's data share to 1/4096
+MAX_M_PER_PX = 1000.0  # 1 km a pixel: a 256 px tile is a region; coarser, the map is no longer a street map
+MAX_MARKER_RADIUS_PX = 64.0  # a disc wider than a default tile's overlap (64 px) would not be a marker
 
 
 @dataclass
-class RenderSettings:
+class RenderSettings(Checked):
     """Everything `locgen render` takes, with its defaults and help, in one place (components.core.settings)."""
 
     osm: list[str] = setting(help="OSM data: .osm.pbf/.osm/.osm.bz2 path, s3:// URI, or 'overpass' (repeatable)",
@@ -78,29 +88,35 @@ class RenderSettings:
                                   group="area")
     center: tuple[float, float] | None = setting(None, help="centre of an N x N grid", parse=parse_latlon,
                                                  metavar="LAT,LON", group="area")  # lon, lat
-    grid: int | None = setting(None, help="tiles per side around --center (15: the original's grid)", metavar="N")
-    pairs: int | None = setting(None, help="training pairs placed around the locations", metavar="N")
+    grid: int | None = setting(None, help="tiles per side around --center (15: the original's grid)", metavar="N",
+                               within=Within(1))
+    pairs: int | None = setting(None, help="training pairs placed around the locations", metavar="N",
+                                within=Within(1))
     locations: list[str] = setting(
         help="GBFS gbfs.json/feed (file or URL), CSV, GeoJSON, or osm:KEY=VALUE (repeatable)", metavar="SRC",
         default_factory=list)
     city: str | None = setting(None, help="city name recorded with every tile (default: the OSM file's name)")
-    size_px: int = setting(256, help="tile size in pixels (%(default)s)")
-    m_per_px: float = setting(2.0, help="ground metres per pixel at the tile centre (%(default)s)")
+    size_px: int = setting(256, help="tile size in pixels (%(default)s)", within=Within(MIN_TILE_PX, MAX_TILE_PX))
+    m_per_px: float = setting(2.0, help="ground metres per pixel at the tile centre (%(default)s)",
+                             within=Within(0, MAX_M_PER_PX, above=True))
     # 64: the bundled generator paints 18-37 % fewer dots within 32 px of a tile's edge than deeper in
     # (benchmarks/bench_seams.py); each tile owns the points of its core, half the overlap inside its edges.
     overlap_px: int = setting(64, help="overlap of neighbouring area tiles in pixels; each tile keeps the points "
-                                       "at least half of it inside its edges (%(default)s; 0: abutting tiles)")
-    marker_radius_px: float = setting(3.0, help="marker disc radius (%(default)s)")
-    empty_share: float = setting(0.1, help="share of pairs with no location, with --sampling points (%(default)s)")
+                                       "at least half of it inside its edges (%(default)s; 0: abutting tiles)",
+                             within=Within(0))
+    marker_radius_px: float = setting(3.0, help="marker disc radius in pixels (%(default)s)",
+                                     within=Within(0, MAX_MARKER_RADIUS_PX, above=True))
+    empty_share: float = setting(0.1, help="share of pairs with no location, with --sampling points (%(default)s)",
+                                within=Within(0, 1))
     sampling: str = setting("points", choices=SAMPLINGS,
                             help="how training pairs are placed: around the locations (points), or covering the "
                                  "training area as it is, empty places as often as they occur (area) (%(default)s)")
     holdout: LonLatBounds | None = setting(None, help="held-out region: no training pair touches it; its plain tiles "
                                                       "and real points come along, to validate on",
                                      parse=parse_bbox, metavar="W,S,E,N")
-    seed: int = setting(0, help="random seed of the pair placement")
+    seed: int = setting(0, help="random seed of the pair placement", within=SEED)
     workers: int = setting(1, help="processes, 0: every CPU this process may use (its CPU limit in a pod) "
-                                   "(%(default)s)", output=False)
+                                   "(%(default)s)", output=False, within=Within(0))
     drop_disabled: bool = setting(True, help="keep GBFS vehicles marked is_disabled", flag="--keep-disabled",
                                   action="store_false")
     drop_reserved: bool = setting(False, help="drop GBFS vehicles marked is_reserved")
@@ -110,8 +126,9 @@ class RenderSettings:
                               default_factory=default_cache_dir, output=False)
     progress: bool = setting(True, help="a progress bar on stderr", cli=False, output=False)
     # with shards > 1: render every shards-th planned tile from this one on, and publish a part
-    shard: int = setting(0, help="this shard's index", cli=False, output=False)
-    shards: int = setting(1, help="how many shards render the tile set", cli=False, output=False)
+    shard: int = setting(0, help="this shard's index", cli=False, output=False, within=Within(0))
+    shards: int = setting(1, help="how many shards render the tile set", cli=False, output=False,
+                         within=Within(1))
 
 
 @dataclass
@@ -194,11 +211,6 @@ def _check_mode(settings: RenderSettings) -> None:
         raise LocgenError("--pairs needs --locations SRC: training tiles are placed around the locations")
     if settings.bbox is not None and settings.center is not None:
         raise LocgenError("give either --bbox or --center, not both")
-    if settings.workers < 0:
-        raise LocgenError(f"--workers {settings.workers}: give a number of processes, or 0 for every CPU this "
-                          "process may use")
-    if settings.marker_radius_px <= 0:
-        raise LocgenError(f"--marker-radius-px {settings.marker_radius_px}: give a radius above 0 (3 by default)")
 
 
 def _osm_files(settings: RenderSettings) -> list[Path]:

@@ -30,6 +30,7 @@ from components.core.geo import (
     LonLatBounds,
     Tile,
     bounds_to_3857,
+    check_bounds_3857,
     contains,
     intersects,
     lonlat_from_3857,
@@ -38,6 +39,9 @@ from components.core.geo import (
 )
 
 MAX_TRIES_PER_TILE = 1000
+# A plan is checked against this before it is made: a whole region (Greater London at the defaults, 2 m/px and
+# 256 px tiles overlapping by 64, is ~20,000 tiles) fits many times over; a typo (--grid 100000) does not.
+MAX_PLAN_TILES = 1_000_000
 
 
 class PlannedTile(NamedTuple):
@@ -56,6 +60,21 @@ def _area_scale(lat: float, m_per_px: float) -> float:
     return m_per_px * mercator_scale(lat)
 
 
+def _check_tile_count(tiles: int, what: str) -> None:
+    if tiles > MAX_PLAN_TILES:
+        raise LocgenError(f"{what}: {tiles} tiles, more than the {MAX_PLAN_TILES} a plan may hold; give a smaller "
+                          "area, or a larger --m-per-px or --size-px")
+
+
+def _inside_world(plan: list[PlannedTile], what: str) -> list[PlannedTile]:
+    """The plan, once its tiles are known to lie inside the Web Mercator world (their corners are lon/lat)."""
+    corners = np.array([planned.tile.bounds_3857 for planned in plan])
+    union = Bounds3857(corners[:, 0].min(), corners[:, 1].min(), corners[:, 2].max(), corners[:, 3].max())
+    check_bounds_3857(union, what, "give a smaller area or --m-per-px, or one farther from the poles and the "
+                                   "antimeridian")
+    return plan
+
+
 def _check_step(size_px: int, overlap_px: int) -> int:
     if not 0 <= overlap_px < size_px / 2:
         raise LocgenError(f"--overlap-px {overlap_px}: give at least 0 and less than half the tile size "
@@ -68,13 +87,14 @@ def grid_plan(centre_lonlat: tuple[float, float], grid: int, size_px: int = 256,
     """An N x N grid of tiles centred on lon/lat; ids r{row}c{col}, row 0 to the north."""
     if grid < 1:
         raise LocgenError(f"--grid {grid}: give at least 1 (tiles per side)")
+    _check_tile_count(grid * grid, f"--grid {grid}")
     step_px = _check_step(size_px, overlap_px)
     centre = tile_at(*centre_lonlat, size_px=size_px, m_per_px=m_per_px)
     step_3857 = step_px * centre.mpp_3857
     half = (grid - 1) / 2
-    return [_area_tile(f"r{row:03d}c{col:03d}", centre.centre_x_3857 + (col - half) * step_3857,
+    return _inside_world([_area_tile(f"r{row:03d}c{col:03d}", centre.centre_x_3857 + (col - half) * step_3857,
                        centre.centre_y_3857 - (row - half) * step_3857, size_px, centre.mpp_3857, overlap_px)
-            for row in range(grid) for col in range(grid)]
+            for row in range(grid) for col in range(grid)], f"--grid {grid} around the centre")
 
 
 def bbox_plan(bbox_lonlat: LonLatBounds, size_px: int = 256, m_per_px: float = 2.0,
@@ -87,10 +107,13 @@ def bbox_plan(bbox_lonlat: LonLatBounds, size_px: int = 256, m_per_px: float = 2
     step_3857 = step_px * mpp_3857
     cols = max(1, math.ceil((bbox_3857.east - bbox_3857.west) / step_3857))
     rows = max(1, math.ceil((bbox_3857.north - bbox_3857.south) / step_3857))
+    _check_tile_count(rows * cols, f"the area {','.join(f'{value:g}' for value in bbox_lonlat)}")
     centre_x_3857, centre_y_3857 = (bbox_3857.west + bbox_3857.east) / 2, (bbox_3857.south + bbox_3857.north) / 2
-    return [_area_tile(f"r{row:03d}c{col:03d}", centre_x_3857 + (col - (cols - 1) / 2) * step_3857,
-                       centre_y_3857 - (row - (rows - 1) / 2) * step_3857, size_px, mpp_3857, overlap_px)
-            for row in range(rows) for col in range(cols)]
+    return _inside_world([_area_tile(f"r{row:03d}c{col:03d}", centre_x_3857 + (col - (cols - 1) / 2) * step_3857,
+                                     centre_y_3857 - (row - (rows - 1) / 2) * step_3857, size_px, mpp_3857,
+                                     overlap_px)
+                          for row in range(rows) for col in range(cols)],
+                         f"the tiles over {','.join(f'{value:g}' for value in bbox_lonlat)}")
 
 
 SAMPLINGS = ("points", "area")  # how training pairs are placed (the module's docstring)
@@ -111,6 +134,7 @@ def pairs_plan(points_3857: np.ndarray, weights: np.ndarray, area_3857: Bounds38
     """Training tiles: around weighted locations (EPSG:3857 metres) and on empty ground, ids p00000..."""
     if settings.pairs < 1:
         raise LocgenError(f"--pairs {settings.pairs}: give at least 1")
+    _check_tile_count(settings.pairs, f"--pairs {settings.pairs}")
     if not 0 <= settings.empty_share <= 1:
         raise LocgenError(f"--empty-share {settings.empty_share}: give a share between 0 and 1")
     if settings.sampling not in SAMPLINGS:
@@ -118,11 +142,12 @@ def pairs_plan(points_3857: np.ndarray, weights: np.ndarray, area_3857: Bounds38
     rng = np.random.default_rng(settings.seed)
     if settings.sampling == "area":
         tiles = _area_tiles(area_3857, settings, holdout_3857, rng)
-        return [PlannedTile(f"g{index:05d}", tile) for index, tile in enumerate(tiles)]
+        return _inside_world([PlannedTile(f"g{index:05d}", tile) for index, tile in enumerate(tiles)], "the pairs")
     empty_count = round(settings.pairs * settings.empty_share)
     located = _located_tiles(points_3857, weights, settings, holdout_3857, rng, settings.pairs - empty_count)
     empty = _empty_tiles(points_3857, area_3857, settings, holdout_3857, rng, empty_count)
-    return [PlannedTile(f"p{index:05d}", tile) for index, tile in enumerate(located + empty)]
+    return _inside_world([PlannedTile(f"p{index:05d}", tile) for index, tile in enumerate(located + empty)],
+                         "the pairs")
 
 
 def holdout_plan(holdout_lonlat: LonLatBounds, size_px: int, m_per_px: float, overlap_px: int) -> list[PlannedTile]:
@@ -187,6 +212,8 @@ def _area_tiles(area_3857: Bounds3857, settings: PairSettings, holdout_3857: Bou
     if width_3857 < step_3857 or height_3857 < step_3857:
         raise LocgenError("--sampling area: the training area is smaller than one tile; give a larger --bbox or "
                           "more OSM data")
+    _check_tile_count(math.floor(width_3857 / step_3857) * math.floor(height_3857 / step_3857),
+                      "--sampling area: a grid over the training area")
     tiles: list[Tile] = []
     empty_grids = 0  # in a row: a grid at an unlucky offset may lie wholly on the held-out box, not every grid
     while len(tiles) < settings.pairs:

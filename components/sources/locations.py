@@ -176,6 +176,9 @@ def _parse_json(raw: bytes, name: str) -> Any:
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise LocgenError(f"{name}: is not valid JSON ({exc}); re-download or fix the file "
                           "(a CSV source needs the .csv suffix or the csv: prefix)") from None
+    except RecursionError:
+        raise LocgenError(f"{name}: JSON nested deeper than Python reads; no location source is, so give the "
+                          "real feed or file") from None
 
 
 def _combined_sha256(digests: Sequence[str]) -> str:
@@ -201,6 +204,8 @@ def _kind_from_json(doc: Any, name: str) -> str:
 
 def _location(lon_raw: Any, lat_raw: Any, weight: float, kind: str, ref: str, what: str) -> Location:
     """A checked Location; `what` names the record in errors (file and record)."""
+    if isinstance(lon_raw, bool) or isinstance(lat_raw, bool):  # float(True) is 1.0: a position off Africa
+        raise LocgenError(f"{what}: longitude/latitude {lon_raw!r}, {lat_raw!r} are not numbers; fix or remove it")
     try:
         lon, lat = float(lon_raw), float(lat_raw)
     except (TypeError, ValueError):
@@ -261,11 +266,21 @@ def _discovery_feeds(data: dict) -> dict[str, str] | None:
 
 
 def _feed_location(discovery: str, feed_url: str) -> str:
-    """Where to read a feed: beside a local gbfs.json when a file of that name is there, else its URL."""
+    """Where to read a feed: beside a local gbfs.json when a file of that name is there, else its http(s) URL.
+    Never an s3:// object or a local path that the discovery file names: a feed publisher's file would
+    otherwise have locgen read the user's object store with the user's keys, or the user's files."""
     if _is_url(discovery):
-        return urllib.parse.urljoin(discovery, feed_url)
-    beside = Path(discovery).parent / Path(urllib.parse.urlparse(feed_url).path).name
-    return str(beside) if beside.is_file() else feed_url
+        location = urllib.parse.urljoin(discovery, feed_url)
+    else:
+        beside = Path(discovery).parent / Path(urllib.parse.urlparse(feed_url).path).name
+        if beside.is_file():
+            return str(beside)
+        location = feed_url
+    if not _is_url(location):
+        raise LocgenError(f"{discovery}: names the feed {feed_url!r}, which is not an http(s) URL; a discovery "
+                          "file's feeds are read over http(s) only (or from a file of that name beside a local "
+                          "gbfs.json): give the feed itself as a source")
+    return location
 
 
 def _feed_data(doc: Any, name: str) -> dict:

@@ -8,11 +8,28 @@ steps in minutes on 2 CPU cores, for the demo, CI and the bundled generator.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from components.core.settings import setting
+from components.core.errors import LocgenError
+from components.core.settings import SEED, Within, check_number, setting
 from components.core.storage import default_cache_dir
+from components.core.tileset import MAX_TILE_PX, MIN_TILE_PX
+
+SHARE = Within(0, 1, above=True, below=True)
+COUNT = Within(1)
+# The numbers each training value takes (TrainConfig.__post_init__); flip_equivariance and the speed switches are
+# booleans.
+TRAIN_VALUES = {
+    "ngf": COUNT, "n_blocks": Within(0), "ndf": COUNT, "d_layers": COUNT, "nce_layers": Within(0),
+    "num_patches": COUNT, "nce_channels": COUNT, "nce_temperature": Within(0, above=True), "lambda_nce": Within(0),
+    "lambda_gan": Within(0), "lr": Within(0, 1, above=True), "beta1": Within(0, 1, below=True),
+    "beta2": Within(0, 1, below=True), "batch_size": COUNT, "steps": COUNT, "decay_share": Within(0, 1),
+    "crop_px": Within(MIN_TILE_PX, MAX_TILE_PX), "seed": SEED, "ema_decay": Within(0, 1, below=True),
+    "log_every": COUNT, "sample_every": COUNT, "checkpoint_every": COUNT, "validation_share": SHARE,
+}
+CROP_MULTIPLE_PX = 4  # the generator halves a crop twice and doubles it back: a crop not of 4s changes size
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,15 @@ class TrainConfig:
     compile: bool = False
     cudnn_benchmark: bool = True  # time cuDNN's algorithms once per shape: the crops never change size
 
+    def __post_init__(self) -> None:
+        """One line for a value no training could run with: from a preset, --steps, --set or a pipeline."""
+        for name, within in TRAIN_VALUES.items():
+            check_number(f"training setting {name}", getattr(self, name), within,
+                         whole=isinstance(getattr(TrainConfig, name, 0.0), (int, tuple)))
+        if self.crop_px % CROP_MULTIPLE_PX:
+            raise LocgenError(f"training setting crop_px {self.crop_px}: give a multiple of {CROP_MULTIPLE_PX} pixels "
+                              "(the generator halves a crop twice)")
+
     def override(self, **values) -> TrainConfig:
         """A copy with some values changed; unknown names are an error, not silently ignored."""
         known = {field.name for field in fields(self)}
@@ -83,6 +109,12 @@ def preset_config(preset: str, steps: int | None = None, batch_size: int | None 
     return PRESETS[preset].override(**values)
 
 
+def _device_name(text: str, what: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", text):
+        raise LocgenError(f"{what} {text}: give auto (CUDA when there is one), cpu, cuda or cuda:N")
+    return text
+
+
 @dataclass
 class TrainSettings:
     """Everything `locgen train` takes besides the training values (`TrainConfig`), in one place
@@ -100,7 +132,8 @@ class TrainSettings:
         None, help="fine-tune: start the networks from this generator.pt or checkpoint (local or s3://, or "
                    "'bundled' for the bundled generator); the steps, optimisers and schedulers start anew",
         metavar="MODEL")
-    device: str = setting("auto", help="auto (CUDA when there is one), cpu or cuda", output=False)
+    device: str = setting("auto", help="auto (CUDA when there is one), cpu, cuda or cuda:N", output=False,
+                          parse=_device_name)
     progress: bool = setting(True, help="a progress bar on stderr", cli=False, output=False)
     # stop (with a checkpoint) at this step, to resume later; None: config.steps
     stop_at: int | None = setting(None, help="stop at this step", cli=False, output=False)

@@ -14,7 +14,7 @@ import pickle
 
 import torch
 
-from components.core.errors import LocgenError
+from components.core.errors import LocgenError, one_line
 from components.core.storage import open_file_uri
 from components.pretrained import BUNDLED_GENERATOR
 from components.train.networks import Generator
@@ -55,4 +55,6 @@ def load_torch(raw: bytes, uri: str, device: torch.device, what: str, fix: str):
     try:
         return torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise LocgenError(f"{uri}: not a readable {what} ({str(error).splitlines()[0]}); {fix}") from None
+        # its first sentence (torch's go on for lines); an empty file's EOFError says nothing
+        reason = one_line(error).split(". ")[0][:200] or type(error).__name__
+        raise LocgenError(f"{uri}: not a readable {what} ({reason}); {fix}") from None

@@ -182,8 +182,6 @@ def _generator_average(models: Models, config: TrainConfig) -> torch.optim.swa_u
     """The moving average of G's weights when `ema_decay` asks for one, starting from G as it is now."""
     if not config.ema_decay:
         return None
-    if not 0 < config.ema_decay < 1:
-        raise LocgenError(f"ema_decay {config.ema_decay:g}: give a share between 0 and 1 (e.g. 0.999), or 0 for none")
     return torch.optim.swa_utils.AveragedModel(
         models.generator, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
 

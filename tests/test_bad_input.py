@@ -1,0 +1,203 @@
+"""Bad command lines and bad values: each ends with one line `locgen: error: ...` that names the input and
+the fix, exit status 2, and nothing written."""
+
+import pytest
+from conftest import HELSINKI_PBF
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from s3server import refusing_port
+
+from components.core.errors import LocgenError, redacted
+from components.core.geo import LonLatBounds
+from components.extract.job import ExtractSettings
+from components.render.job import RenderSettings
+from components.train.config import TRAIN_VALUES, preset_config
+from locgen.cli import build_parser, main
+
+CHICAGO = "-87.64,41.88,-87.62,41.89"  # west of Greenwich
+CAPE_TOWN = "-33.9,18.4"  # south of the equator, LAT,LON
+
+
+def _fails(capsys, tmp_path, *argv: str) -> str:
+    """The one stderr line of a command that must fail with exit 2 and write nothing (under tmp_path, where only
+    tmp_path/in may hold its input)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("locgen: error: "), lines
+    assert {path.name for path in tmp_path.iterdir()} <= {"in"}
+    return lines[0].removeprefix("locgen: error: ")
+
+
+# --- negative coordinates ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, name, expected", [
+    (["render", "--osm", "x.pbf", "--out", "o", "--bbox", CHICAGO], "bbox", LonLatBounds(-87.64, 41.88, -87.62, 41.89)),
+    (["render", "--osm", "x.pbf", "--out", "o", "--center", CAPE_TOWN, "--grid", "2"], "center", (18.4, -33.9)),
+    (["render", "--osm", "x.pbf", "--out", "o", "--pairs", "2", "--holdout", CHICAGO], "holdout",
+     LonLatBounds(-87.64, 41.88, -87.62, 41.89)),
+    (["evaluate", "--generated", "g.csv", "--truth", "t.csv", "--out", "r.json", "--bbox", CHICAGO], "bbox",
+     LonLatBounds(-87.64, 41.88, -87.62, 41.89)),
+    (["render", "--osm", "x.pbf", "--out", "o", "--bbox", "-0.1,51.5,0.1,51.6"], "bbox",
+     LonLatBounds(-0.1, 51.5, 0.1, 51.6)),
+])
+def test_an_area_west_of_greenwich_or_south_of_the_equator_is_read_as_given(argv, name, expected):
+    assert getattr(build_parser().parse_args(argv), name) == expected
+
+
+def test_a_negative_value_still_reads_with_an_equals_sign_and_as_a_plain_number():
+    args = build_parser().parse_args(["render", "--osm", "x.pbf", "--out", "o", f"--bbox={CHICAGO}", "--seed", "-1"])
+    assert args.bbox == LonLatBounds(-87.64, 41.88, -87.62, 41.89) and args.seed == -1
+
+
+# --- options are spelt out whole -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["submit", "--host", "http://127.0.0.1:9", "--token", "s3cr3t-t0ken"],
+     "unknown options --token (values not shown); see `locgen submit --help` for what it takes"),
+    (["submit", "--host", "http://127.0.0.1:9", "--token=s3cr3t-t0ken"],
+     "unknown options --token (values not shown); see `locgen submit --help` for what it takes"),
+    (["render", "--osm", "x.pbf", "--out", "out", "--m-per", "2"],
+     "unknown options --m-per (values not shown); see `locgen render --help` for what it takes"),
+    (["train", "--data", "d", "--out", "out", "--resume-if"],
+     "unknown options --resume-if (values not shown); see `locgen train --help` for what it takes"),
+    (["extract", "--tiles", "t", "--out", "out.csv", "s3cr3t-t0ken"],
+     "1 unexpected value (values not shown); see `locgen extract --help` for what it takes"),
+    (["render", "--osm", "x.pbf", "--out", "out", "--size-px", "abc"],
+     "render: argument --size-px: invalid int value: 'abc'"),
+    (["render", "--osm", "x.pbf", "--out", "out", "--bbox"], "render: argument --bbox: expected one argument"),
+])
+def test_an_option_given_in_part_is_refused_and_its_value_not_shown(argv, message, capsys, tmp_path):
+    assert _fails(capsys, tmp_path, *argv) == message
+
+
+# --- values out of range -------------------------------------------------------------------------------------
+
+RENDER = ["render", "--osm", str(HELSINKI_PBF), "--center", "60.17,24.94", "--grid", "2"]
+EXTRACT = ["extract", "--tiles", "tiles"]
+TRAIN = ["train", "--data", "tiles"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (RENDER + ["--m-per-px", "-2"], "--m-per-px -2: give a number above 0 and at most 1000"),
+    (RENDER + ["--m-per-px", "0"], "--m-per-px 0: give a number above 0 and at most 1000"),
+    (RENDER + ["--m-per-px", "100000"], "--m-per-px 100000: give a number above 0 and at most 1000"),
+    (RENDER + ["--m-per-px", "nan"], "--m-per-px nan: give a number above 0 and at most 1000"),
+    (RENDER + ["--size-px", "0"], "--size-px 0: give a whole number from 16 to 4096"),
+    (RENDER + ["--size-px", "100000"], "--size-px 100000: give a whole number from 16 to 4096"),
+    (RENDER + ["--marker-radius-px", "1e6"], "--marker-radius-px 1000000: give a number above 0 and at most 64"),
+    (RENDER + ["--overlap-px", "-1"], "--overlap-px -1: give a whole number of at least 0"),
+    (RENDER + ["--seed", "-1"], "--seed -1: give a whole number from 0 to 4294967295"),
+    (RENDER + ["--workers", "-1"], "--workers -1: give a whole number of at least 0"),
+    (RENDER[:3] + ["--center", "60.17,24.94", "--grid", "0"], "--grid 0: give a whole number of at least 1"),
+    (RENDER[:3] + ["--center", "60.17,24.94", "--grid", "100000"],
+     "--grid 100000: 10000000000 tiles, more than the 1000000 a plan may hold; give a smaller area, or a larger "
+     "--m-per-px or --size-px"),
+    (RENDER[:3] + ["--bbox", "-180,-85,180,85"],
+     "the area -180,-85,180,85: 10855943623 tiles, more than the 1000000 a plan may hold; give a smaller area, or "
+     "a larger --m-per-px or --size-px"),
+    (RENDER[:3] + ["--center", "60.17,24.94", "--grid", "20", "--m-per-px", "1000", "--size-px", "4096"],
+     "--grid 20 around the centre: EPSG:3857 bounds -7.83449e+07,-7.26836e+07,8.38976e+07,8.95589e+07 reach beyond "
+     "the Web Mercator world (±20037508 m); give a smaller area or --m-per-px, or one farther from the poles and "
+     "the antimeridian"),
+    (RENDER[:3] + ["--pairs", "2", "--empty-share", "1.5"], "--empty-share 1.5: give a number from 0 to 1"),
+    (EXTRACT + ["--hue-deg", "340,260"], "--hue-deg 340,260: give LOW,HIGH with LOW at most HIGH, e.g. 260,340 (a "
+                                         "range across 0, red, is not supported)"),
+    (EXTRACT + ["--hue-deg", "0,1000"], "--hue-deg 0,1000: give a number from 0 to 360"),
+    (EXTRACT + ["--min-saturation", "5"], "--min-saturation 5: give a number from 0 to 1"),
+    (EXTRACT + ["--min-value", "-0.1"], "--min-value -0.1: give a number from 0 to 1"),
+    (EXTRACT + ["--min-area-px", "0"], "--min-area-px 0: give a whole number of at least 1"),
+    (EXTRACT + ["--min-area-px", "-5"], "--min-area-px -5: give a whole number of at least 1"),
+    (EXTRACT + ["--dedupe-m", "-1"], "--dedupe-m -1: give a number of at least 0"),
+    (EXTRACT + ["--dedupe-m", "nan"], "--dedupe-m nan: give a number of at least 0"),
+    (EXTRACT + ["--count", "0"], "--count 0: give a whole number of at least 1"),
+    (EXTRACT + ["--per-km2", "0"], "--per-km2 0: give a number above 0"),
+    (EXTRACT + ["--preview", "x.jpg"],
+     "--preview x.jpg: a preview is written as a PNG image; give a FILE.png"),
+    (TRAIN + ["--steps", "0"], "training setting steps 0: give a whole number of at least 1"),
+    (TRAIN + ["--steps", "-3"], "training setting steps -3: give a whole number of at least 1"),
+    (TRAIN + ["--batch-size", "0"], "training setting batch_size 0: give a whole number of at least 1"),
+    (TRAIN + ["--set", "validation_share=2"], "training setting validation_share 2: give a number above 0 and "
+                                              "below 1"),
+    (TRAIN + ["--set", "crop_px=0"], "training setting crop_px 0: give a whole number from 16 to 4096"),
+    (TRAIN + ["--set", "crop_px=130"], "training setting crop_px 130: give a multiple of 4 pixels (the generator "
+                                       "halves a crop twice)"),
+    (TRAIN + ["--set", "lr=nan"], "training setting lr nan: give a number above 0 and at most 1"),
+    (TRAIN + ["--device", "gpu"], "--device gpu: give auto (CUDA when there is one), cpu, cuda or cuda:N"),
+    (["generate", "--tiles", "tiles", "--batch-size", "0"], "--batch-size 0: give a whole number of at least 1"),
+    (["evaluate", "--generated", "g.csv", "--truth", "t.csv", "--bbox", CHICAGO, "--seed", "-1"],
+     "--seed -1: give a whole number from 0 to 4294967295"),
+    (["fit-baseline", "--locations", "l.csv", "--osm", "x.pbf", "--near-m", "0"], "--near-m 0: give a number above 0"),
+    (["export", "--seed", "-1"], "--seed -1: give a whole number from 0 to 4294967295"),
+])
+def test_a_value_out_of_range_is_one_line_naming_it_and_what_to_give(argv, message, capsys, tmp_path):
+    out = str(tmp_path / {"evaluate": "out.json", "fit-baseline": "out.json", "extract": "out/points.csv"}.get(
+        argv[0], "out"))
+    assert _fails(capsys, tmp_path, *argv, "--out", out) == message
+
+
+# --- random values: a setting takes them or refuses them in one line, never with a traceback ------------------
+
+NUMBERS = st.one_of(st.integers(min_value=-2**70, max_value=2**70),
+                    st.floats(allow_nan=True, allow_infinity=True), st.just(0), st.just(-0.0))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["size_px", "m_per_px", "overlap_px", "marker_radius_px", "empty_share", "seed",
+                        "workers", "grid", "pairs"]), NUMBERS)
+def test_any_number_for_a_render_setting_is_taken_or_refused_in_one_line(name, number):
+    _taken_or_refused(lambda: RenderSettings(osm=["x.pbf"], out="o", **{name: number}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["dedupe_m", "min_saturation", "min_value", "min_area_px", "count", "per_km2"]), NUMBERS)
+def test_any_number_for_an_extract_setting_is_taken_or_refused_in_one_line(name, number):
+    _taken_or_refused(lambda: ExtractSettings(tiles="t", out=["p.csv"], **{name: number}))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(sorted(TRAIN_VALUES)), NUMBERS)
+def test_any_number_for_a_training_value_is_taken_or_refused_in_one_line(name, number):
+    value = (number,) if name == "nce_layers" else number
+    _taken_or_refused(lambda: preset_config("tiny", **{name: value}))
+
+
+def _taken_or_refused(make) -> None:
+    try:
+        make()
+    except LocgenError as error:
+        assert "\n" not in str(error) and ": give " in str(error)
+
+
+# --- credentials in URLs are never shown ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, shown", [
+    ("http://minio:s3cret@127.0.0.1:9000/bucket", "http://***@127.0.0.1:9000/bucket"),
+    ("https://token@kfp.example.com/pipeline", "https://***@kfp.example.com/pipeline"),
+    ("see http://a:b@h/ and s3://k:s@bucket/x", "see http://***@h/ and s3://***@bucket/x"),
+    ("mailto-like path http://host/a@b stays", "mailto-like path http://host/a@b stays"),
+    ("no URL at all", "no URL at all"),
+])
+def test_the_user_and_password_of_a_url_are_redacted(text, shown):
+    assert redacted(text) == shown
+
+
+def test_an_object_store_endpoint_with_credentials_is_shown_without_them(capsys, tmp_path, monkeypatch):
+    with refusing_port() as port:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://minio:s3cret-key@127.0.0.1:{port}")
+        line = _fails(capsys, tmp_path, *RENDER, "--out", "s3://tiles/helsinki")
+    assert "s3cret" not in line and f"http://***@127.0.0.1:{port}" in line, line
+
+
+# --- unreadable files ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content, reason", [(b"", "EOFError"), (b"PK\x03\x04" + bytes(60), "PytorchStreamReader "
+                                                                  "failed reading zip archive: failed finding central "
+                                                                  "directory")])
+def test_an_empty_or_truncated_model_file_is_one_line(content, reason, capsys, tmp_path):
+    model = tmp_path / "in" / "generator.pt"
+    model.parent.mkdir()
+    model.write_bytes(content)
+    assert _fails(capsys, tmp_path, "export", "--checkpoint", str(model), "--out", str(tmp_path / "out" / "m.onnx")) \
+        == f"{model}: not a readable generator ({reason}); give the generator.pt that locgen train wrote"
