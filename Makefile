@@ -35,7 +35,8 @@ pretrained: install
 	$(VENV)/bin/locgen render --osm data/osm/helsinki-center.osm.pbf --city helsinki --out out/pretrained/train \
 		--pairs 400 --locations osm:amenity=bicycle_rental,amenity=bicycle_parking --marker-radius-px 5 \
 		--holdout 24.9351,60.1641,24.9535,60.1680 --seed 0 --workers 0
-	$(VENV)/bin/locgen train --data out/pretrained/train --out out/pretrained/run --preset tiny --steps 8000
+	$(VENV)/bin/locgen train --data out/pretrained/train --out out/pretrained/run --preset tiny --steps 8000 \
+		--resume-if-any
 	cp out/pretrained/run/generator.pt components/pretrained/tiny-helsinki.pt
 	$(VENV)/bin/locgen export --out components/pretrained/tiny-helsinki.onnx
 

@@ -54,7 +54,7 @@ def kotka_tiles(folder: str, count: int) -> np.ndarray:
     render(RenderSettings(osm=[str(KOTKA_PBF)], out=out, center=(26.95, 60.53), grid=5, city="kotka",
                           progress=False))
     store = open_store(out)
-    tiles = np.stack([decode_tile(store.get_bytes(row["path"]), row["path"]) for row in read_manifest(store)])
+    tiles = np.stack([decode_tile(store.get_bytes(row["path"]), row["path"], row) for row in read_manifest(store)])
     return np.resize(tiles, (count, *tiles.shape[1:]))
 
 

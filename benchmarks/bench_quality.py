@@ -103,7 +103,7 @@ def train(work: Path, cities: list[City], args) -> str:
              "--holdout", city.holdout, "--seed", "0", "--workers", "0",
              *[option for spec in _truth(city) for option in ("--locations", spec)])
         data += ["--data", str(out)]
-    _run("train", *data, "--out", str(work / "model"), "--preset", args.preset,
+    _run("train", *data, "--out", str(work / "model"), "--preset", args.preset, "--resume-if-any",
          *(["--steps", str(args.steps)] if args.steps else []),
          *(["--init-from", args.init_from] if args.init_from else []),
          *(option for setting in args.set for option in ("--set", setting)))

@@ -55,7 +55,7 @@ def edge_profile(tiles_uris: list[str], size_px: int) -> dict:
         grid_rows = read_manifest(store)
         rows += grid_rows
         for row, png in zip(grid_rows, fetch_all(store, [row["path"] for row in grid_rows])):
-            for dot in detect_markers(decode_tile(png, row["path"])):
+            for dot in detect_markers(decode_tile(png, row["path"], row)):
                 distances.append(min(dot.col, dot.row, size_px - dot.col, size_px - dot.row))
     distances = np.array(distances)
     pixels = [_band_pixels(size_px, low, high) for low, high in zip(BANDS_PX[:-1], BANDS_PX[1:])]

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -170,7 +171,8 @@ def _train_parser(commands) -> None:
     parser.add_argument("--batch-size", type=int, help="tiles per step (default: the preset's)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override any setting of the preset, e.g. --set lr=1e-4 (repeatable)")
-    add_settings(parser, TrainSettings, only=("resume", "resume_if_any", "init_from", "device", "cache_dir"))
+    add_settings(parser, TrainSettings, only=("resume", "resume_if_any", "overwrite", "init_from", "device",
+                                              "cache_dir"))
     parser.set_defaults(run=_run_train)
 
 
@@ -339,16 +341,27 @@ def _log_to_stderr() -> None:
             logger.setLevel(logging.INFO)
 
 
+def _resume_command(argv: list[str], args: argparse.Namespace) -> str:
+    """The command that continues an interrupted one: training needs --resume (without --overwrite, which
+    would start afresh); every other command resumes when it runs again."""
+    if args.command != "train" or args.resume or args.resume_if_any:
+        return shlex.join(["locgen", *argv])
+    return shlex.join(["locgen", *(word for word in argv if word != "--overwrite"), "--resume"])
+
+
 def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
         args = parser.parse_args(argv)
         summary = args.run(args)
     except LocgenError as error:
         parser.exit(2, redacted(f"locgen: error: {error}\n"))
     except KeyboardInterrupt:
-        parser.exit(130, "locgen: interrupted; run the same command again to resume\n")
+        again = f"resume with: {_resume_command(argv, args)}" if args else "run the command again"
+        parser.exit(130, redacted(f"locgen: interrupted; {again}\n"))
     print(redacted(json.dumps(summary, indent=2)))
     return 0
 

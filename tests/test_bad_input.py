@@ -1,6 +1,12 @@
 """Bad command lines and bad values: each ends with one line `locgen: error: ...` that names the input and
 the fix, exit status 2, and nothing written."""
 
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
 import pytest
 from conftest import HELSINKI_PBF
 from hypothesis import HealthCheck, given, settings
@@ -8,12 +14,15 @@ from hypothesis import strategies as st
 from s3server import refusing_port
 
 from components.core.errors import LocgenError, redacted
-from components.core.geo import LonLatBounds
+from components.core.geo import LonLatBounds, lonlat_from_3857, mercator_scale
+from components.core.pngmeta import encode_png
+from components.core.tileset import MANIFEST_KEY, decode_tile, parse_manifest
 from components.extract.job import ExtractSettings
 from components.render.job import RenderSettings
 from components.train.config import TRAIN_VALUES, preset_config
 from locgen.cli import build_parser, main
 
+PROGRESS = re.compile(r"[\w ]+: +\d+%\|")
 CHICAGO = "-87.64,41.88,-87.62,41.89"  # west of Greenwich
 CAPE_TOWN = "-33.9,18.4"  # south of the equator, LAT,LON
 
@@ -24,7 +33,8 @@ def _fails(capsys, tmp_path, *argv: str) -> str:
     with pytest.raises(SystemExit) as exit_:
         main(list(argv))
     assert exit_.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
+    # what stderr says besides its progress bars (tqdm's "extract:   0%|...", redrawn with carriage returns)
+    lines = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line and not PROGRESS.match(line)]
     assert len(lines) == 1 and lines[0].startswith("locgen: error: "), lines
     assert {path.name for path in tmp_path.iterdir()} <= {"in"}
     return lines[0].removeprefix("locgen: error: ")
@@ -201,3 +211,101 @@ def test_an_empty_or_truncated_model_file_is_one_line(content, reason, capsys, t
     model.write_bytes(content)
     assert _fails(capsys, tmp_path, "export", "--checkpoint", str(model), "--out", str(tmp_path / "out" / "m.onnx")) \
         == f"{model}: not a readable generator ({reason}); give the generator.pt that locgen train wrote"
+
+
+# --- tampered tile sets ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tile_set(tmp_path_factory) -> Path:
+    """A real tile set: 2 x 2 plain tiles of central Helsinki."""
+    out = tmp_path_factory.mktemp("tiles") / "helsinki"
+    assert main(["render", "--osm", str(HELSINKI_PBF), "--out", str(out), "--center", "60.17,24.94", "--grid",
+                 "2"]) == 0
+    return out
+
+
+def _tampered(tile_set: Path, tmp_path: Path, change) -> Path:
+    """A copy of the tile set under tmp_path/in, its first manifest line replaced by change(row) (a row, or the
+    line's bytes)."""
+    copy = tmp_path / "in" / "tiles"
+    shutil.copytree(tile_set, copy)
+    lines = (copy / MANIFEST_KEY).read_bytes().splitlines()
+    changed = change(json.loads(lines[0]))
+    lines[0] = changed if isinstance(changed, bytes) else json.dumps(changed).encode()
+    (copy / MANIFEST_KEY).write_bytes(b"\n".join(lines) + b"\n")
+    return copy
+
+
+def _shifted(row: dict, by_3857: float) -> dict:
+    return {**row, "bounds_3857": [value + by_3857 for value in row["bounds_3857"]]}
+
+
+FIX = "render (or generate) the tile set again: its manifest was changed or cut short"
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda row: b"{not json", "not a JSON object"),
+    (lambda row: b"\x89PNG\r\n\x1a\n\x00\xff", "not a JSON object"),
+    (lambda row: b"[1, 2, 3]", "not a JSON object"),
+    (lambda row: b"[" * 100_000, "not a JSON object"),
+    (lambda row: {key: value for key, value in row.items() if key != "path"}, "no path or domain"),
+    (lambda row: {key: value for key, value in row.items() if key != "bounds_3857"},
+     "bounds_3857 None are not four numbers"),
+    (lambda row: {**row, "size_px": "256"}, "size_px '256' is not a whole number from 16 to 4096"),
+    (lambda row: {**row, "size_px": 0}, "size_px 0 is not a whole number from 16 to 4096"),
+    (lambda row: {**row, "bounds_3857": row["bounds_3857"][2:] + row["bounds_3857"][:2]},
+     "bounds_3857: EPSG:3857 bounds {e},{n},{w},{s} are empty or inverted"),
+    (lambda row: {**row, "bounds_3857": [0, 0, 0, 0]}, "bounds_3857: EPSG:3857 bounds 0,0,0,0 are empty or inverted"),
+    (lambda row: {**row, "bounds_3857": [value * 1e30 for value in row["bounds_3857"]]},
+     "bounds_3857: EPSG:3857 bounds {w30},{s30},{e30},{n30} reach beyond the Web Mercator world (±20037508 m)"),
+    (lambda row: {**row, "bounds_3857": row["bounds_3857"][:3] + [row["bounds_3857"][3] + 100]},
+     "bounds_3857 {w},{s},{e},{n100} are not a square tile"),
+    (lambda row: _shifted(row, 1000.0), "m_per_px {m} disagrees with its bounds ({m_shifted})"),
+    (lambda row: {**row, "m_per_px": 1e30}, "m_per_px 1e+30 disagrees with its bounds ({m6})"),
+])
+def test_a_tampered_manifest_row_is_one_line_naming_its_line(tile_set, change, problem, capsys, tmp_path):
+    row = json.loads((tile_set / MANIFEST_KEY).read_bytes().splitlines()[0])
+    west, south, east, north = row["bounds_3857"]
+    shifted = _shifted(row, 1000.0)["bounds_3857"]
+    lat = lonlat_from_3857(0.0, (shifted[1] + shifted[3]) / 2)[1]
+    problem = problem.format(w=f"{west:g}", s=f"{south:g}", e=f"{east:g}", n=f"{north:g}", n100=f"{north + 100:g}",
+                             w30=f"{west * 1e30:g}", s30=f"{south * 1e30:g}", e30=f"{east * 1e30:g}",
+                             n30=f"{north * 1e30:g}", m=repr(row["m_per_px"]), m6=f"{row['m_per_px']:.6g}",
+                             m_shifted=f"{row['mpp_3857'] / mercator_scale(lat):.6g}")
+    tiles = _tampered(tile_set, tmp_path, change)
+    line = _fails(capsys, tmp_path, "extract", "--tiles", str(tiles), "--out", str(tmp_path / "out" / "p.csv"))
+    assert line == f"{tiles / MANIFEST_KEY} line 1: {problem}; {FIX}"
+
+
+def test_a_tile_of_another_size_or_place_than_its_row_is_one_line(tile_set, capsys, tmp_path):
+    tiles = _tampered(tile_set, tmp_path, lambda row: row)
+    first, second = (json.loads(line) for line in (tiles / MANIFEST_KEY).read_bytes().splitlines()[:2])
+    (tiles / first["path"]).write_bytes(encode_png(np.zeros((64, 64, 3), dtype=np.uint8), {}))
+    line = _fails(capsys, tmp_path, "extract", "--tiles", str(tiles), "--out", str(tmp_path / "out" / "p.csv"))
+    assert line == (f"{tiles / first['path']}: not a readable tile (64x64 px, but its manifest row says 256x256 px); "
+                    "render or generate it again")
+    shutil.copy(tiles / second["path"], tiles / first["path"])  # a real tile, of another place
+    line = _fails(capsys, tmp_path, "extract", "--tiles", str(tiles), "--out", str(tmp_path / "out" / "p.csv"))
+    assert line == (f"{tiles / first['path']}: not a readable tile (its own georeference places it elsewhere than "
+                    "its manifest row); render or generate it again")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n", b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00"])
+def test_an_empty_or_undersized_tile_is_one_line(tile_set, content, capsys, tmp_path):
+    tiles = _tampered(tile_set, tmp_path, lambda row: row)
+    first = json.loads((tiles / MANIFEST_KEY).read_bytes().splitlines()[0])
+    (tiles / first["path"]).write_bytes(content)
+    line = _fails(capsys, tmp_path, "extract", "--tiles", str(tiles), "--out", str(tmp_path / "out" / "p.csv"))
+    assert line == (f"{tiles / first['path']}: not a readable tile (not a PNG file (no PNG signature and header)); "
+                    "render or generate it again")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_random_bytes_as_a_manifest_or_a_tile_are_refused_in_one_line(raw):
+    for read in (lambda: parse_manifest(raw, "manifest.jsonl"),
+                 lambda: decode_tile(raw, "tile.png", {"size_px": 256, "bounds_3857": [0, 0, 512, 512]})):
+        try:
+            read()
+        except LocgenError as error:
+            assert "\n" not in str(error)

@@ -239,7 +239,7 @@ def test_bad_inputs_give_one_clear_line(tmp_path, capsys):
     row = read_manifest(open_store(tiles))[0]
     (tmp_path / "tiles" / row["path"]).write_bytes(b"\x89PNG\r\n\x1a\n" + b"cut short")
     errors = run_failing(capsys, "extract", "--tiles", tiles, "--out", out)
-    assert len(errors) == 1 and "not a readable PNG" in errors[0] and row["path"] in errors[0]
+    assert len(errors) == 1 and "not a readable tile" in errors[0] and row["path"] in errors[0]
 
     errors = run_failing(capsys, "extract", "--tiles", tiles, "--out", str(tmp_path / "points.txt"))
     assert len(errors) == 1 and "give a path ending in .csv or .geojson" in errors[0]

@@ -3,6 +3,7 @@
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def generated(kotka, tmp_path_factory):
 
 
 def _tiles(store, rows) -> np.ndarray:
-    return np.stack([decode_tile(store.get_bytes(row["path"]), row["path"]) for row in rows])
+    return np.stack([decode_tile(store.get_bytes(row["path"]), row["path"], row) for row in rows])
 
 
 def test_generated_tiles_keep_the_exact_georeference_of_their_inputs(kotka, generated):
@@ -212,3 +213,13 @@ def test_bad_inputs(kotka, generated, tmp_path):
     fails("give the .onnx file that locgen export wrote", model=str(tmp_path / "model.pt"))
     fails("no such file", model=str(tmp_path / "missing.onnx"))
     fails("--batch-size 0: give a whole number of at least 1", batch_size=0)
+
+
+def test_the_generated_tiles_never_replace_the_tiles_they_come_from(kotka):
+    manifest = (Path(kotka) / MANIFEST_KEY).read_bytes()
+    for out in (kotka, f"{kotka}/", str(Path(kotka) / ".")):
+        with pytest.raises(LocgenError) as raised:
+            generate(GenerateSettings(tiles=kotka, out=out, progress=False))
+        assert str(raised.value) == (f"--out {out}: is the tile set of --tiles; give the generated tiles a folder of "
+                                     "their own")
+    assert (Path(kotka) / MANIFEST_KEY).read_bytes() == manifest

@@ -48,8 +48,9 @@ def test_paints_markers_at_about_the_real_rate_on_unseen_ground(bundled, area, t
                                   progress=False)
     render(settings)
     store = open_store(str(tmp_path))
-    keys = [row["path"] for row in read_manifest(store)]
-    tiles = np.stack([decode_tile(png, key) for key, png in zip(keys, fetch_all(store, keys))])
+    rows = read_manifest(store)
+    tiles = np.stack([decode_tile(png, row["path"], row)
+                      for row, png in zip(rows, fetch_all(store, [row["path"] for row in rows]))])
     generated = translate(generator, torch.from_numpy(tiles).permute(0, 3, 1, 2), torch.device("cpu"))
     painted = markers_per_tile(generated, np.pi * MARKER_RADIUS_PX ** 2)
     real = metadata["validation"]["real_dots_per_tile"]  # lone markers per real Helsinki tile

@@ -37,7 +37,7 @@ from components.train.train import (
     warm_start,
 )
 from components.train.validation import markers_per_tile, painted_dots_per_tile, translate
-from locgen.cli import main
+from locgen.cli import _resume_command, build_parser, main
 
 # The tiny preset, smaller still: a CPU test, not a model.
 TEST_CONFIG = PRESETS["tiny"].override(ngf=8, ndf=8, num_patches=16, nce_channels=16, batch_size=2, crop_px=64,
@@ -199,7 +199,7 @@ def test_bad_inputs(pairs, tmp_path):
         load_tiles(plain, 0.1)
     store = open_store(str(tmp_path / "mixed"))
     rows = read_manifest(open_store(pairs))[:2]
-    rows[1] = {**rows[1], "size_px": 128}
+    rows[1] = {**rows[1], "size_px": 128, "mpp_3857": rows[1]["mpp_3857"] * 2, "m_per_px": rows[1]["m_per_px"] * 2}
     store.put_bytes(MANIFEST_KEY, "".join(json.dumps(row) + "\n" for row in rows).encode())
     with pytest.raises(LocgenError, match=r"several sizes \[128, 256\]"):
         load_tiles(str(tmp_path / "mixed"), 0.1)
@@ -225,6 +225,35 @@ def test_cli_overrides_and_their_errors(pairs, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["train", "--data", pairs, "--out", str(tmp_path / "x"), "--set", bad])
         assert message in capsys.readouterr().err
+
+
+def test_a_new_run_never_replaces_a_run_unless_told_to(pairs, tmp_path, capsys):
+    small = ["--steps", "2", "--batch-size", "1", "--set", "ngf=8", "--set", "ndf=8", "--set", "crop_px=64",
+             "--set", "num_patches=16", "--set", "nce_channels=16", "--set", "checkpoint_every=2"]
+    out = tmp_path / "run"
+    command = ["train", "--data", pairs, "--out", str(out), *small]
+    assert main(command) == 0
+    capsys.readouterr()
+    checkpoint = (out / LAST_KEY).read_bytes()
+    assert _train_error(capsys, *command[1:]) == (
+        f"locgen: error: --out {out} holds a training run ({LAST_KEY}); continue it with --resume, or start afresh "
+        "there with --overwrite (its checkpoints are replaced)")
+    assert (out / LAST_KEY).read_bytes() == checkpoint  # refused before anything was written
+    assert main([*command, "--overwrite", "--set", "seed=1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["resumed_from"], summary["steps"]) == (0, 2) and (out / LAST_KEY).read_bytes() != checkpoint
+
+
+@pytest.mark.parametrize("argv, resume", [
+    (["train", "--data", "d", "--out", "o"], "locgen train --data d --out o --resume"),
+    (["train", "--data", "d", "--out", "o", "--overwrite"], "locgen train --data d --out o --resume"),
+    (["train", "--data", "d", "--out", "o", "--resume"], "locgen train --data d --out o --resume"),
+    (["train", "--data", "d", "--out", "o", "--resume-if-any"], "locgen train --data d --out o --resume-if-any"),
+    (["render", "--osm", "x.pbf", "--out", "my tiles", "--pairs", "3"],
+     "locgen render --osm x.pbf --out 'my tiles' --pairs 3"),
+])
+def test_an_interrupted_command_says_the_exact_command_that_resumes_it(argv, resume):
+    assert _resume_command(argv, build_parser().parse_args(argv)) == resume
 
 
 def _ddp_worker(rank: int, port: int, data: str, out: str) -> None:

@@ -76,7 +76,8 @@ def test_places_score_a_generator_as_the_extraction_and_evaluation_stages_would_
     drawn = _render(tmp_path / "drawn", bbox=HOLDOUT)
     store = open_store(drawn)
     by_id = {row["id"]: row for row in read_manifest(store) if row["domain"] == "a"}
-    images = torch.from_numpy(np.stack([decode_tile(store.get_bytes(by_id[row["id"][1:]]["path"]), "drawn")
+    images = torch.from_numpy(np.stack([decode_tile(store.get_bytes(by_id[row["id"][1:]]["path"]), "drawn",
+                                                    by_id[row["id"][1:]])
                                         for row in box.rows])).permute(0, 3, 1, 2)
     painted = place_scores(ReplayGenerator(images), [box], 5.0, torch.device("cpu"))["places"]["helsinki"]
     extract(ExtractSettings(tiles=drawn, out=[str(tmp_path / "points.csv")], domain="a", progress=False))

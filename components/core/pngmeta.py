@@ -20,6 +20,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # best filters (row filters only help photographs), at a fifth of the time.
 DEFLATE_LEVEL = 2
 RGB_COLOUR_TYPE = 2
+# The sides a tile may have: a 4096 px tile is 48 MiB decoded, which every reader can hold; the model works at
+# 256 px. A PNG that declares more is refused before anything is inflated.
+MIN_TILE_PX, MAX_TILE_PX = 16, 4096
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -64,12 +67,27 @@ def read_png_text(png: bytes) -> dict[str, str]:
     return text
 
 
-def decode_png(png: bytes) -> np.ndarray:
-    """(H, W, 3) RGB uint8 array of PNG bytes.
+def png_size_px(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's header chunk, which the format puts first."""
+    start = len(PNG_SIGNATURE)
+    if not png.startswith(PNG_SIGNATURE) or len(png) < start + 16 or png[start + 4:start + 8] != b"IHDR":
+        raise ValueError("not a PNG file (no PNG signature and header)")
+    return struct.unpack(">II", png[start + 8:start + 16])
 
-    PNGs as encode_png writes them (8-bit RGB, no row filter) are inflated with ISA-L and used as
-    they are, twice as fast as a general decoder; any other PNG goes through OpenCV.
+
+def decode_png(png: bytes, size_px: int | None = None) -> np.ndarray:
+    """(H, W, 3) RGB uint8 array of PNG bytes: a square of `size_px` when given, else of any side from
+    MIN_TILE_PX to MAX_TILE_PX; a PNG that declares another size is refused before it is inflated.
+
+    PNGs as encode_png writes them (8-bit RGB, no row filter) are inflated with ISA-L, never beyond their
+    declared pixels, and used as they are, twice as fast as a general decoder; any other PNG goes through
+    OpenCV, which inflates no more than the declared pixels either.
     """
+    width, height = png_size_px(png)
+    if size_px is not None and (width, height) != (size_px, size_px):
+        raise ValueError(f"{width}x{height} px, but its manifest row says {size_px}x{size_px} px")
+    if not (MIN_TILE_PX <= width <= MAX_TILE_PX and MIN_TILE_PX <= height <= MAX_TILE_PX):
+        raise ValueError(f"{width}x{height} px, beyond the {MIN_TILE_PX} to {MAX_TILE_PX} px a tile may have")
     rgb = _decode_unfiltered_rgb(png)
     if rgb is not None:
         return rgb
@@ -93,9 +111,15 @@ def _decode_unfiltered_rgb(png: bytes) -> np.ndarray | None:
     if not png.startswith(PNG_SIGNATURE) or header is None or header[2:] != (8, RGB_COLOUR_TYPE, 0, 0, 0):
         return None
     width, height = header[:2]
+    expected = height * (1 + width * 3)
+    inflater = isal_zlib.decompressobj()
     try:
-        rows = np.frombuffer(isal_zlib.decompress(b"".join(data)), dtype=np.uint8).reshape(height, 1 + width * 3)
-    except (isal_zlib.error, ValueError):
+        # Never more than the declared pixels: a small file may inflate to gigabytes.
+        raw = inflater.decompress(b"".join(data), expected)
+        if inflater.unconsumed_tail or len(raw) != expected:
+            raise ValueError(f"{width}x{height} px, but its image data inflates to another size")
+        rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, 1 + width * 3)
+    except isal_zlib.error:
         return None  # cut short or corrupt: the general decoder says so
     if rows[:, 0].any():
         return None  # filtered rows: not ours

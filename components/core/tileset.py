@@ -24,6 +24,7 @@ tile from other inputs never hides under the same name.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,16 +32,22 @@ import numpy as np
 
 from components import __version__
 from components.core.detect import Detection
-from components.core.errors import LocgenError
-from components.core.geo import Bounds3857, LonLatBounds, Tile, contains, tile_from_bounds_3857
-from components.core.pngmeta import decode_png
+from components.core.errors import LocgenError, one_line
+from components.core.geo import (
+    Bounds3857,
+    LonLatBounds,
+    Tile,
+    check_bounds_3857,
+    contains,
+    lonlat_from_3857,
+    mercator_scale,
+    tile_from_bounds_3857,
+)
+from components.core.pngmeta import MAX_TILE_PX, MIN_TILE_PX, decode_png, read_png_text
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import Store
 from components.core.style import STYLE_VERSION, style_sha256
 
-# Tile sides a tile set may have: a 4096 px tile is 48 MiB decoded, which every reader can hold; the model
-# works at 256 px.
-MIN_TILE_PX, MAX_TILE_PX = 16, 4096
 MANIFEST_KEY = "manifest.jsonl"
 MANIFEST_PARTS = "manifest-parts"  # one part per shard, merged into the manifest when every shard is done
 GEOREF_TEXT_KEY = "locgen:georef"
@@ -130,7 +137,7 @@ def tile_of_row(row: dict) -> Tile:
 
 
 def read_manifest(store: Store) -> list[dict]:
-    return parse_manifest(store.get_bytes(MANIFEST_KEY))
+    return parse_manifest(store.get_bytes(MANIFEST_KEY), store.url(MANIFEST_KEY))
 
 
 def manifest_key(shard: int, shards: int) -> str:
@@ -144,7 +151,8 @@ def merge_manifest_parts(store: Store, shards: int) -> list[dict]:
     """Publish the manifest of a tile set that `shards` shards made, each taking every shards-th tile
     of the plan from its own index on: the rows back in plan order, as one run would have written them
     (a planned tile's rows, the a/b twins that share its id, stay together)."""
-    parts = [_by_planned_tile(parse_manifest(_part(store, shard, shards))) for shard in range(shards)]
+    parts = [_by_planned_tile(parse_manifest(_part(store, shard, shards), store.url(manifest_key(shard, shards))))
+             for shard in range(shards)]
     rows = [row for index in range(max(map(len, parts), default=0)) for part in parts if index < len(part)
             for row in part[index]]
     store.publish_bytes(MANIFEST_KEY, manifest_bytes(rows), "application/jsonl")
@@ -189,8 +197,67 @@ def plain_rows(store: Store, option: str) -> list[dict]:
     return rows
 
 
-def parse_manifest(raw: bytes) -> list[dict]:
-    return [json.loads(line) for line in raw.decode().splitlines() if line]
+def parse_manifest(raw: bytes, where: str) -> list[dict]:
+    """The rows of a manifest, each checked (`check_row`); one line naming `where` and the line otherwise."""
+    rows = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if not isinstance(row, dict):
+            raise LocgenError(f"{where} line {number}: not a JSON object; {MANIFEST_FIX}")
+        rows.append(check_row(row, f"{where} line {number}"))
+    return rows
+
+
+MANIFEST_FIX = "render (or generate) the tile set again: its manifest was changed or cut short"
+# A row's geometry agrees with itself to this share (what JSON's 17 digits and one division lose, many times over).
+ROW_TOLERANCE = 1e-9
+
+
+def check_row(row: dict, what: str) -> dict:
+    """The row of a tile (a manifest's, or a PNG's own georeference), if every reader may trust its geometry:
+    a path and a domain, a side within the tile sizes, square bounds inside the Web Mercator world whose scale
+    is its mpp_3857, and m_per_px that scale at the tile's centre; else one line naming `what`."""
+    problem = _row_problem(row)
+    if problem:
+        raise LocgenError(f"{what}: {problem}; {MANIFEST_FIX}")
+    return row
+
+
+def _row_problem(row: dict) -> str | None:
+    if not (isinstance(row.get("path"), str) and row["path"] and isinstance(row.get("domain"), str)):
+        return "no path or domain"
+    size_px = row.get("size_px")
+    if isinstance(size_px, bool) or not isinstance(size_px, int) or not MIN_TILE_PX <= size_px <= MAX_TILE_PX:
+        return f"size_px {size_px!r} is not a whole number from {MIN_TILE_PX} to {MAX_TILE_PX}"
+    bounds = row.get("bounds_3857")
+    if not (isinstance(bounds, list) and len(bounds) == 4 and all(_is_number(value) for value in bounds)):
+        return f"bounds_3857 {bounds!r} are not four numbers"
+    try:
+        check_bounds_3857(Bounds3857(*bounds), "bounds_3857", "")
+    except LocgenError as error:
+        return str(error).removesuffix("; ")
+    west, south, east, north = bounds
+    side = east - west
+    if not math.isclose(north - south, side, rel_tol=ROW_TOLERANCE):
+        return f"bounds_3857 {west:g},{south:g},{east:g},{north:g} are not a square tile"
+    for name, expected in (("mpp_3857", side / size_px),
+                           ("m_per_px", side / size_px / mercator_scale(_centre_lat(south, north)))):
+        if name in row and not (_is_number(row[name]) and math.isclose(row[name], expected, rel_tol=ROW_TOLERANCE)):
+            return f"{name} {row[name]!r} disagrees with its bounds ({expected:.6g})"
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _centre_lat(south_3857: float, north_3857: float) -> float:
+    return float(lonlat_from_3857(0.0, (south_3857 + north_3857) / 2)[1])
 
 
 def manifest_bytes(rows: list[dict]) -> bytes:
@@ -205,9 +272,15 @@ def fetch_all(store: Store, keys: list[str]) -> Iterator[bytes]:
             yield from pool.map(store.get_bytes, keys[start:start + FETCH_BATCH])
 
 
-def decode_tile(png: bytes, uri: str) -> np.ndarray:
-    """A tile's RGB pixels; a corrupt file is one clear error naming it."""
+def decode_tile(png: bytes, uri: str, row: dict) -> np.ndarray:
+    """A tile's RGB pixels, of the size its (checked) manifest row says; a corrupt file, one of another size or
+    one whose own georeference places it elsewhere is one clear error naming it."""
     try:
-        return decode_png(png)
-    except ValueError:
-        raise LocgenError(f"{uri}: not a readable PNG (corrupt or cut short); render or generate it again") from None
+        rgb = decode_png(png, row["size_px"])
+        georef = read_png_text(png).get(GEOREF_TEXT_KEY)
+        if georef is not None and json.loads(georef).get("bounds_3857") != row["bounds_3857"]:
+            raise ValueError("its own georeference places it elsewhere than its manifest row")
+    except (ValueError, RecursionError) as error:
+        raise LocgenError(f"{uri}: not a readable tile ({one_line(error, 200)}); render or generate it "
+                          "again") from None
+    return rgb

@@ -255,7 +255,8 @@ def _real_tiles(uri: str, from_training: bool) -> np.ndarray:
                           f"cannot be read ({error}); give --tiles URI, any tile set locgen render wrote") from None
     picked = [rows[index] for index in sorted(set(np.linspace(0, len(rows) - 1, REAL_TILES).round().astype(int)))]
     keys = [row["path"] for row in picked]
-    tiles = np.stack([decode_tile(png, store.url(key)) for key, png in zip(keys, fetch_all(store, keys))])
+    tiles = np.stack([decode_tile(png, store.url(row["path"]), row)
+                      for row, png in zip(picked, fetch_all(store, keys))])
     check_tile_size(tiles.shape[1], tiles.shape[2], SIZE_MULTIPLE, MIN_SIZE_PX, f"{option} {uri}")
     return tiles
 

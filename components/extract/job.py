@@ -31,6 +31,7 @@ from components.core.storage import Store, open_file_uri, open_store
 from components.core.tileset import (
     GEOREF_TEXT_KEY,
     MANIFEST_KEY,
+    check_row,
     decode_tile,
     fetch_all,
     owned_detections,
@@ -106,7 +107,7 @@ def extract(settings: ExtractSettings) -> dict:
     found = []
     with tqdm(total=len(rows), unit="tile", desc="extract", disable=not settings.progress) as bar:
         for index, (row, png) in enumerate(zip(rows, fetch_all(store, [row["path"] for row in rows]))):
-            rgb = decode_tile(png, store.url(row["path"]))
+            rgb = decode_tile(png, store.url(row["path"]), row)
             found.append(find_markers(rgb, settings.detect, marker_radius_px=row.get("marker_radius_px")))
             if mosaic is not None:
                 mosaic.paste(tiles[index], rgb, row.get("core_inset_px", 0.0))
@@ -150,7 +151,8 @@ def _plain_mosaic(store: Store, rows: list[dict], tiles: list[Tile]) -> Mosaic:
         source = store if uri == store.uri else open_store(uri)
         indices, keys = zip(*tiles_keys)
         for index, key, png in zip(indices, keys, fetch_all(source, list(keys))):
-            mosaic.paste(tiles[index], decode_tile(png, source.url(key)), rows[index].get("core_inset_px", 0.0))
+            mosaic.paste(tiles[index], decode_tile(png, source.url(key), rows[index]),
+                         rows[index].get("core_inset_px", 0.0))
     return mosaic
 
 
@@ -164,7 +166,8 @@ def _split_crowded_blobs(store: Store, rows: list[dict], found: list[Found], set
     tile set may not fit in memory)."""
     dot_core_px, again = second_pass(found)
     for index, png in zip(again, fetch_all(store, [rows[index]["path"] for index in again])):
-        found[index] = find_markers(decode_tile(png, store.url(rows[index]["path"])), settings, dot_core_px)
+        found[index] = find_markers(decode_tile(png, store.url(rows[index]["path"]), rows[index]), settings,
+                                    dot_core_px)
 
 
 def _best(settings: ExtractSettings, records: list[dict], rows: list[dict]) -> list[dict]:
@@ -225,7 +228,14 @@ def _row_from_png(store: Store, key: str, png: bytes) -> dict:
     if GEOREF_TEXT_KEY not in text:
         raise LocgenError(f"{store.url(key)}: no georeference (no '{GEOREF_TEXT_KEY}' PNG text chunk); "
                           f"give the tile set with its {MANIFEST_KEY}, or tiles that locgen wrote")
-    return {**json.loads(text[GEOREF_TEXT_KEY]), "path": key}
+    try:
+        georef = json.loads(text[GEOREF_TEXT_KEY])
+    except (ValueError, RecursionError):
+        georef = None
+    if not isinstance(georef, dict):
+        raise LocgenError(f"{store.url(key)}: its '{GEOREF_TEXT_KEY}' PNG text chunk is not a JSON object; remove "
+                          "it or render the tile again")
+    return check_row({**georef, "path": key}, f"{store.url(key)} ('{GEOREF_TEXT_KEY}')")
 
 
 def _record(points: list[TilePoint], cluster: list[int], rows: list[dict]) -> dict:

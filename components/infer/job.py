@@ -50,6 +50,9 @@ def generate(settings: GenerateSettings) -> dict:
     """Translate every plain tile of settings.tiles into settings.out; returns a summary."""
     published = manifest_key(settings.shard, settings.shards)
     store = open_store(settings.tiles)
+    if open_store(settings.out).uri == store.uri:  # its manifest would replace the plain tiles' own
+        raise LocgenError(f"--out {settings.out}: is the tile set of --tiles; give the generated tiles a folder of "
+                          "their own")
     all_rows = plain_rows(store, "--tiles")
     rows = all_rows[settings.shard::settings.shards]
     model_uri = settings.model or f"bundled:{BUNDLED_MODEL.name}"  # a label that is the same on every machine
@@ -134,7 +137,7 @@ def _translate_all(store: Store, out_store: Store, todo: list[tuple[dict, dict]]
         measuring: list[Future] = []
         for start in range(0, len(todo), settings.batch_size):
             chunk = todo[start:start + settings.batch_size]
-            tiles = np.stack([decode_tile(next(pngs), store.url(row["path"])) for row, _ in chunk])
+            tiles = np.stack([decode_tile(next(pngs), store.url(row["path"]), row) for row, _ in chunk])
             generated = translator.translate(tiles)
             measuring.append(uploads.submit(cast.add, tiles, generated))
             _wait(uploading, bar)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from components.core.errors import LocgenError
+from components.core.pngmeta import MAX_TILE_PX, MIN_TILE_PX
 from components.core.settings import SEED, Within, check_number, setting
 from components.core.storage import default_cache_dir
-from components.core.tileset import MAX_TILE_PX, MIN_TILE_PX
 
 SHARE = Within(0, 1, above=True, below=True)
 COUNT = Within(1)
@@ -128,6 +128,8 @@ class TrainSettings:
     resume_if_any: bool = setting(
         False, help="continue from OUT/checkpoints/last.pt where there is one, else start a new run (from --init-from "
                     "where given): what a retried or restarted task runs", output=False)
+    overwrite: bool = setting(False, help="start afresh in an --out that holds a run: its checkpoints, generator "
+                                          "and metrics are replaced", output=False)
     init_from: str | None = setting(
         None, help="fine-tune: start the networks from this generator.pt or checkpoint (local or s3://, or "
                    "'bundled' for the bundled generator); the steps, optimisers and schedulers start anew",

@@ -61,7 +61,7 @@ def load_tiles(uri: str, validation_share: float, cache_dir: Path | None = None)
         raise LocgenError(f"--data {uri}: no {MANIFEST_KEY}; give a tile set that locgen render wrote with "
                           "--pairs (it holds domains a and b)")
     manifest = store.get_bytes(MANIFEST_KEY)
-    rows = parse_manifest(manifest)
+    rows = parse_manifest(manifest, store.url(MANIFEST_KEY))
     by_domain = {domain: [row for row in rows if row["domain"] == domain] for domain in ("a", "b")}
     for domain, what in (("a", "with markers"), ("b", "plain")):
         if not by_domain[domain]:
@@ -177,7 +177,7 @@ def _read(store: Store, rows: list[dict], cache: LocalStore | None) -> torch.Ten
                                           desc="download tiles", disable=not missing)):
             cache.put_bytes(key, png)
     source = store if cache is None else cache
-    images = [decode_tile(png, store.url(key)) for key, png in zip(keys, fetch_all(source, keys))]
+    images = [decode_tile(png, store.url(row["path"]), row) for row, png in zip(rows, fetch_all(source, keys))]
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 

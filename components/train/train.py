@@ -123,6 +123,7 @@ def train(settings: TrainSettings) -> dict:
     """
     config = settings.config
     settings = _resume_if_any(settings)
+    _check_new_run(settings)
     if settings.resume and settings.init_from:
         raise LocgenError(f"--resume with --init-from {settings.init_from}: --resume continues the run in --out "
                           "(its step, optimisers and weights), --init-from starts a new one from a model's weights; "
@@ -218,6 +219,16 @@ def _resume_if_any(settings: TrainSettings) -> TrainSettings:
         raise LocgenError("--resume with --resume-if-any: give one of them (--resume-if-any resumes where it can)")
     found = open_store(settings.out).exists(LAST_KEY)
     return replace(settings, resume=found, resume_if_any=False, init_from=None if found else settings.init_from)
+
+
+def _check_new_run(settings: TrainSettings) -> None:
+    """A new run goes only where there is none, or with --overwrite: a run's checkpoints are hours of work."""
+    if settings.resume or settings.overwrite:
+        return
+    store = open_store(settings.out)
+    if store.exists(LAST_KEY):
+        raise LocgenError(f"--out {store.uri} holds a training run ({LAST_KEY}); continue it with --resume, or start "
+                          "afresh there with --overwrite (its checkpoints are replaced)")
 
 
 def _device(name: str) -> torch.device:
