@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 
 from components.core.errors import LocgenError, redacted
-from components.core.settings import declared, is_list
+from components.core.settings import check_within, declared, is_list
 from components.export.settings import ExportSettings
 from components.extract.evaluate import EvaluateSettings, FitBaselineSettings, evaluate, fit_baseline
 from components.extract.job import ExtractSettings, extract
@@ -146,16 +146,17 @@ def _locations_parser(commands) -> None:
     parser.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.geojson")
     parser.add_argument("--lat-column", help="CSV latitude column (default: found by its usual name)")
     parser.add_argument("--lon-column", help="CSV longitude column (default: found by its usual name)")
-    add_settings(parser, RenderSettings, only=("drop_disabled", "drop_reserved"))
+    add_settings(parser, RenderSettings, only=("drop_disabled", "drop_reserved", "feed_max_mb", "feed_deadline_s"))
     parser.set_defaults(run=_run_locations)
 
 
 def _run_locations(args) -> dict:
-    from components.sources.locations import load_locations, write_locations
+    from components.sources.locations import feed_limits, load_locations, write_locations
 
+    check_within(RenderSettings, vars(args))  # the options it shares with render
     sources = [load_locations(spec, osm_files=args.osm, drop_disabled=args.drop_disabled,
                               drop_reserved=args.drop_reserved, lat_column=args.lat_column,
-                              lon_column=args.lon_column) for spec in args.sources]
+                              lon_column=args.lon_column, limits=feed_limits(args)) for spec in args.sources]
     write_locations(sources, args.out)
     return {"out": args.out, "points": sum(len(source.points) for source in sources),
             "sources": [{"uri": s.uri, "kind": s.kind, "points": len(s.points), "sha256": s.sha256}

@@ -112,6 +112,12 @@ TRAIN = ["train", "--data", "tiles"]
      "the Web Mercator world (±20037508 m); give a smaller area or --m-per-px, or one farther from the poles and "
      "the antimeridian"),
     (RENDER[:3] + ["--pairs", "2", "--empty-share", "1.5"], "--empty-share 1.5: give a number from 0 to 1"),
+    (RENDER + ["--overpass-max-mb", "0"], "--overpass-max-mb 0: give a number above 0"),
+    (RENDER + ["--overpass-deadline-s", "-5"], "--overpass-deadline-s -5: give a number above 0"),
+    (RENDER + ["--feed-max-mb", "inf"], "--feed-max-mb inf: give a number above 0"),
+    (["locations", "feed.json", "--feed-deadline-s", "0"], "--feed-deadline-s 0: give a number above 0"),
+    (["evaluate", "--generated", "g.csv", "--truth", "t.csv", "--bbox", CHICAGO, "--feed-max-mb", "-1"],
+     "--feed-max-mb -1: give a number above 0"),
     (EXTRACT + ["--hue-deg", "340,260"], "--hue-deg 340,260: give LOW,HIGH with LOW at most HIGH, e.g. 260,340 (a "
                                          "range across 0, red, is not supported)"),
     (EXTRACT + ["--hue-deg", "0,1000"], "--hue-deg 0,1000: give a number from 0 to 360"),
@@ -142,7 +148,8 @@ TRAIN = ["train", "--data", "tiles"]
     (["export", "--seed", "-1"], "--seed -1: give a whole number from 0 to 4294967295"),
 ])
 def test_a_value_out_of_range_is_one_line_naming_it_and_what_to_give(argv, message, capsys, tmp_path):
-    out = str(tmp_path / {"evaluate": "out.json", "fit-baseline": "out.json", "extract": "out/points.csv"}.get(
+    out = str(tmp_path / {"evaluate": "out.json", "fit-baseline": "out.json", "extract": "out/points.csv",
+                          "locations": "points.csv"}.get(
         argv[0], "out"))
     assert _fails(capsys, tmp_path, *argv, "--out", out) == message
 
@@ -155,7 +162,8 @@ NUMBERS = st.one_of(st.integers(min_value=-2**70, max_value=2**70),
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["size_px", "m_per_px", "overlap_px", "marker_radius_px", "empty_share", "seed",
-                        "workers", "grid", "pairs"]), NUMBERS)
+                        "workers", "grid", "pairs", "overpass_max_mb", "overpass_deadline_s", "feed_max_mb",
+                        "feed_deadline_s"]), NUMBERS)
 def test_any_number_for_a_render_setting_is_taken_or_refused_in_one_line(name, number):
     _taken_or_refused(lambda: RenderSettings(osm=["x.pbf"], out="o", **{name: number}))
 

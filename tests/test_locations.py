@@ -15,6 +15,7 @@ import json
 import socket
 import tempfile
 import threading
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import jsonschema
 import osmium
 import pytest
 from conftest import HELSINKI_PBF, KOTKA_PBF
+from drip_server import DripServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from s3server import refusing_port
@@ -30,7 +32,7 @@ from components.core import storage
 from components.core.errors import LocgenError
 from components.core.geo import MAX_LAT
 from components.core.provenance import OSM_ATTRIBUTION
-from components.sources.locations import Location, LocationSource, load_locations, write_locations
+from components.sources.locations import FEED_LIMITS, Location, LocationSource, load_locations, write_locations
 
 MARSEILLE = Path("gbfs/marseille-voi-2023-11-03/free_bike_status.json")
 CHICAGO = Path("gbfs/chicago-divvy-2025-01-29")
@@ -226,8 +228,18 @@ def test_real_feeds_are_gbfs(shared_data):
 # --- GBFS over HTTP (a server on 127.0.0.1 serving the Chicago snapshot) -------------------------
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves its folder; /to/<URL, quoted> redirects to that URL."""
+
     def log_message(self, *args):  # keep the test output clean
         pass
+
+    def do_GET(self):
+        if not self.path.startswith("/to/"):
+            return super().do_GET()
+        self.send_response(302)
+        self.send_header("Location", urllib.parse.unquote(self.path.removeprefix("/to/")))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
 
 @pytest.fixture
@@ -251,6 +263,27 @@ def chicago_server(shared_data, tmp_path):
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+def test_a_feed_redirected_within_http_is_followed(chicago_server):
+    base, _ = chicago_server
+    moved = load_locations(f"{base}/to/{urllib.parse.quote(base + '/free_bike_status.json', safe='')}")
+    assert moved.points == load_locations(f"{base}/free_bike_status.json").points
+
+
+@pytest.mark.parametrize("target, reason", [
+    ("file:///etc/passwd", "HTTP 302 Found - Redirection to url 'file:///etc/passwd' is not allowed"),
+    ("ftp://127.0.0.1/free_bike_status.json", "unknown url type: ftp"),
+    ("s3://bucket/free_bike_status.json", "HTTP 302 Found - Redirection to url 's3://bucket/free_bike_status.json' "
+                                          "is not allowed"),
+])
+def test_a_feed_redirected_out_of_http_is_refused(chicago_server, target, reason):
+    base, _ = chicago_server
+    url = f"{base}/to/{urllib.parse.quote(target, safe='')}"
+    with pytest.raises(LocgenError) as error:
+        load_locations(url)
+    assert str(error.value) == (f"{url}: cannot fetch ({reason}); check the URL and the network, or download the "
+                                "feed and give the local file")
 
 
 def test_gbfs_discovery_over_http(chicago_server, shared_data):
@@ -281,7 +314,7 @@ def test_gbfs_http_failures_name_the_url(chicago_server, tmp_path):
     with refusing_port() as port:  # held while in use: refused on every run, never someone else's server
         with pytest.raises(LocgenError, match=f"http://127.0.0.1:{port}/gbfs.json: cannot fetch .*refused"
                                               ".*check the URL"):
-            load_locations(f"http://127.0.0.1:{port}/gbfs.json", timeout_s=5)
+            load_locations(f"http://127.0.0.1:{port}/gbfs.json")
 
     # Listening but never accepting: the kernel completes the connection and nothing ever answers on it,
     # so the client's timeout is what ends the wait, whatever its length and however slow the machine.
@@ -290,7 +323,36 @@ def test_gbfs_http_failures_name_the_url(chicago_server, tmp_path):
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/gbfs.json"
         with pytest.raises(LocgenError, match="cannot fetch \\(timed out\\)"):
-            load_locations(url, timeout_s=0.3)
+            load_locations(url, limits=FEED_LIMITS._replace(stall_s=0.3))
+
+
+# A feed server that never ends its answer: the size cap or the deadline ends it, whatever the machine's speed.
+ENOUGH_TIME = FEED_LIMITS._replace(max_mb=1)  # the size cap ends it long before the deadline could
+ENOUGH_ROOM = FEED_LIMITS._replace(deadline_s=0.3)  # a drip brings a few bytes: only the deadline can end it
+
+
+@pytest.mark.parametrize("mode, limits, says", [
+    ("endless", ENOUGH_TIME, "sent more than the 1 MB a download may take; if the answer is that large, raise "
+                             "--feed-max-mb"),
+    ("announced", ENOUGH_TIME, "announces 1000000.0 MB, more than the 1 MB a download may take; if that is right, "
+                               "raise --feed-max-mb"),
+    ("drip", ENOUGH_ROOM, "the download was not done after 0.3 s; retry later, or raise --feed-deadline-s"),
+    ("drip_headers", ENOUGH_ROOM, "the download was not done after 0.3 s; retry later, or raise --feed-deadline-s"),
+])
+def test_a_feed_download_is_bounded_in_size_and_in_time(mode, limits, says):
+    with DripServer(mode) as server:
+        url = f"{server.url}/free_bike_status.json"
+        with pytest.raises(LocgenError) as error:
+            load_locations(url, limits=limits)
+    assert str(error.value) == f"{url}: {says}"
+
+
+def test_the_feeds_a_discovery_file_names_are_bounded_too(tmp_path):
+    with DripServer("endless") as server:
+        feed = f"{server.url}/free_bike_status.json"
+        discovery = {"data": {"en": {"feeds": [{"name": "free_bike_status", "url": feed}]}}}
+        with pytest.raises(LocgenError, match=f"^{feed}: sent more than the 1 MB"):
+            load_locations(str(write_json(tmp_path / "gbfs.json", discovery)), limits=ENOUGH_TIME)
 
 
 # --- malformed GBFS -------------------------------------------------------------------------------

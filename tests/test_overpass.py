@@ -4,10 +4,12 @@ Every request goes to tests/overpass_server.py on 127.0.0.1, never to the intern
 """
 
 import functools
+import os
 
 import osmium
 import pytest
 from conftest import HELSINKI_PBF
+from drip_server import DripServer
 from overpass_server import (
     OverpassServer,
     bad_request,
@@ -23,7 +25,7 @@ from s3server import refusing_port
 
 from components.core.errors import LocgenError
 from components.core.geo import LonLatBounds
-from components.sources.overpass import fetch_overpass, overpass_query
+from components.sources.overpass import OVERPASS_LIMITS, fetch_overpass, overpass_query
 
 # Two neighbouring areas inside the Helsinki sample extract (around Kluuvi and Kruununhaka).
 KLUUVI = LonLatBounds(24.940, 60.166, 24.946, 60.170)
@@ -182,11 +184,38 @@ def test_an_unreachable_endpoint_fails_at_the_refusal(cache_dir):
 def test_a_silent_endpoint_times_out(server, cache_dir):
     server.script(stall())  # held until released: only the client's timeout can end the wait
     with pytest.raises(LocgenError, match="did not answer within 0.2 s"):
-        fetch_overpass(KLUUVI, url=server.url, cache_dir=cache_dir, timeout_s=0.2)
+        fetch_overpass(KLUUVI, url=server.url, cache_dir=cache_dir, limits=OVERPASS_LIMITS._replace(stall_s=0.2))
     assert list(cache_dir.iterdir()) == []
     server.release()
     # The timeout was not cached: the next fetch asks again and gets the data.
     assert fetch_overpass(KLUUVI, url=server.url, cache_dir=cache_dir).is_file()
+
+
+@pytest.mark.parametrize("mode, limits, says", [
+    ("endless", OVERPASS_LIMITS._replace(max_mb=2), "sent more than the 2 MB a download may take; if the answer is "
+                                                    "that large, raise --overpass-max-mb"),
+    ("drip", OVERPASS_LIMITS._replace(deadline_s=0.3), "the download was not done after 0.3 s; retry later, or raise "
+                                                        "--overpass-deadline-s"),
+])
+def test_an_answer_that_never_ends_is_cut_at_its_bound_and_leaves_nothing(mode, limits, says, cache_dir):
+    with DripServer(mode) as server:
+        url = f"{server.url}/api/interpreter"
+        with pytest.raises(LocgenError) as error:
+            fetch_overpass(KLUUVI, url=url, cache_dir=cache_dir, limits=limits)
+    assert str(error.value) == f"Overpass API at {url}: {says}"
+    assert list(cache_dir.iterdir()) == []
+
+
+def test_a_partial_download_that_no_live_download_can_own_is_removed(server, cache_dir):
+    cache_dir.mkdir()
+    dead, live = cache_dir / ".0123abcd.x1.part", cache_dir / ".4567cdef.x2.part"
+    dead.write_bytes(b"<osm" + bytes(1000))
+    live.write_bytes(b"<osm")
+    # written last a moment longer ago than a download may last, deadline and one stall
+    last_written_s = live.stat().st_mtime - OVERPASS_LIMITS.deadline_s - OVERPASS_LIMITS.stall_s - 1
+    os.utime(dead, (last_written_s, last_written_s))
+    path = fetch_overpass(KLUUVI, url=server.url, cache_dir=cache_dir)
+    assert sorted(cache_dir.iterdir()) == sorted([live, path])
 
 
 def test_a_url_that_is_not_http_is_refused(cache_dir):

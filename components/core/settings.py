@@ -87,11 +87,16 @@ class Checked:
     line, from pipeline parameters and from code alike."""
 
     def __post_init__(self) -> None:
-        for item in declared(type(self)):
-            value = getattr(self, item.name)
-            if item.within is not None and value is not None:
-                element = typing.get_args(item.kind)[0] if typing.get_args(item.kind) else item.kind
-                check_number(item.flag, value, item.within, whole=element is int)
+        check_within(type(self), vars(self))
+
+
+def check_within(cls, values: dict[str, Any]) -> None:
+    """The `values` of settings of `cls` (by name; others are ignored) within their `within`; else one line."""
+    for item in declared(cls):
+        value = values.get(item.name)
+        if item.within is not None and value is not None:
+            element = typing.get_args(item.kind)[0] if typing.get_args(item.kind) else item.kind
+            check_number(item.flag, value, item.within, whole=element is int)
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, parse: Callable[[str, str], Any] | None = None,

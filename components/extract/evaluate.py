@@ -50,7 +50,13 @@ from components.extract.baseline import (
     shares_problem,
     uniform_baseline,
 )
-from components.sources.locations import LocationSource, load_locations
+from components.sources.locations import (
+    LocationSource,
+    feed_deadline_s_setting,
+    feed_limits,
+    feed_max_mb_setting,
+    load_locations,
+)
 from components.sources.osm import MapData, header_bounds, read_osm
 
 
@@ -101,6 +107,8 @@ class EvaluateSettings(Checked):
     count: str | int | None = setting(None, parse=_count, metavar="N|truth",
                                       help="score only the N best-scoring generated points (their score column), or "
                                            "with 'truth' as many as the real points in the area (default: all)")
+    feed_max_mb: float = feed_max_mb_setting()
+    feed_deadline_s: float = feed_deadline_s_setting()
     progress: bool = setting(True, help="progress bars on stderr", cli=False, output=False)
 
 
@@ -115,6 +123,8 @@ class FitBaselineSettings(Checked):
                        metavar="FILE.json", output=False)
     near_m: float = setting(NEAR_M, help="a point this close to a drawn map feature has its class, in ground metres "
                             "(%(default)s)", within=Within(0, above=True))
+    feed_max_mb: float = feed_max_mb_setting()
+    feed_deadline_s: float = feed_deadline_s_setting()
 
 
 class ClassShares(NamedTuple):
@@ -142,9 +152,10 @@ def evaluate(settings: EvaluateSettings) -> dict:
                           "of the area; give --osm data of the area too")
     bbox = scored_area(settings.bbox, osm_files)
     # A model that found nothing is scored as such, not refused.
-    generated = load_locations(settings.generated, osm_files=osm_files, allow_empty=True)
-    truth = [load_locations(spec, osm_files=osm_files) for spec in settings.truth]
-    train = [load_locations(spec, osm_files=osm_files) for spec in settings.train_points]
+    limits = feed_limits(settings)
+    generated = load_locations(settings.generated, osm_files=osm_files, limits=limits, allow_empty=True)
+    truth = [load_locations(spec, osm_files=osm_files, limits=limits) for spec in settings.truth]
+    train = [load_locations(spec, osm_files=osm_files, limits=limits) for spec in settings.train_points]
     for source in truth:
         _require_points_in_area(source, bbox)
     train_lonlat = np.concatenate([positions_lonlat(source) for source in train]) if train else None
@@ -206,7 +217,7 @@ def fit_baseline(settings: FitBaselineSettings) -> dict:
         raise LocgenError("fit-baseline needs --locations (the real points) and --osm (the map they are classed on)")
     osm_files = _local_osm_files(settings.osm)
     store, key = open_file_uri(settings.out)
-    sources = [load_locations(spec, osm_files=osm_files) for spec in settings.locations]
+    sources = [load_locations(spec, osm_files=osm_files, limits=feed_limits(settings)) for spec in settings.locations]
     lonlat = np.concatenate([positions_lonlat(source) for source in sources])
     extents = [header_bounds(Path(path)) for path in osm_files]
     inside = (np.ones(len(lonlat), bool) if None in extents

@@ -61,9 +61,15 @@ from components.render.plan import (
     pairs_plan,
 )
 from components.render.raster import draw_markers, render_map
-from components.sources.locations import LocationSource, load_locations
+from components.sources.locations import (
+    LocationSource,
+    feed_deadline_s_setting,
+    feed_limits,
+    feed_max_mb_setting,
+    load_locations,
+)
 from components.sources.osm import MapData, header_bounds, read_osm, touching
-from components.sources.overpass import DEFAULT_OVERPASS_URL, fetch_overpass
+from components.sources.overpass import DEFAULT_OVERPASS_URL, OVERPASS_LIMITS, fetch_overpass
 
 OVERPASS = "overpass"
 # Map data kept around the tiles, so features that only cross an edge are drawn: EPSG:3857 metres,
@@ -122,6 +128,12 @@ class RenderSettings(Checked):
     drop_reserved: bool = setting(False, help="drop GBFS vehicles marked is_reserved")
     overpass_url: str = setting(DEFAULT_OVERPASS_URL,
                                 help="Overpass API interpreter for --osm overpass (%(default)s)")
+    overpass_max_mb: float = setting(OVERPASS_LIMITS.max_mb, help="the most megabytes the Overpass answer may "
+                                     "take (%(default)s)", within=Within(0, above=True), output=False)
+    overpass_deadline_s: float = setting(OVERPASS_LIMITS.deadline_s, help="seconds the Overpass answer may take "
+                                         "in all (%(default)s)", within=Within(0, above=True), output=False)
+    feed_max_mb: float = feed_max_mb_setting()
+    feed_deadline_s: float = feed_deadline_s_setting()
     cache_dir: Path = setting(help="download cache (default $LOCGEN_CACHE or ~/.cache/locgen)",
                               default_factory=default_cache_dir, output=False)
     progress: bool = setting(True, help="a progress bar on stderr", cli=False, output=False)
@@ -160,7 +172,8 @@ def render(settings: RenderSettings) -> dict:
     store = open_store(settings.out)
     osm_files = _osm_files(settings)
     sources = [load_locations(spec, osm_files=osm_files, drop_disabled=settings.drop_disabled,
-                              drop_reserved=settings.drop_reserved) for spec in settings.locations]
+                              drop_reserved=settings.drop_reserved, limits=feed_limits(settings))
+               for spec in settings.locations]
     points_lonlat, weights = _positions(sources)
     plan = _plan(settings, osm_files, points_lonlat, weights)[settings.shard::settings.shards]
     if not plan:  # more shards than tiles
@@ -238,8 +251,9 @@ def _read_map(settings: RenderSettings, osm_files: list[Path],
     extents = [header_bounds(path) for path in osm_files]
     if OVERPASS in settings.osm:
         overpass_bbox = check_bbox(bounds_to_lonlat(expand(bounds_to_3857(area), OSM_MARGIN_3857)))
+        limits = OVERPASS_LIMITS._replace(max_mb=settings.overpass_max_mb, deadline_s=settings.overpass_deadline_s)
         osm_files = osm_files + [fetch_overpass(overpass_bbox, url=settings.overpass_url,
-                                                cache_dir=settings.cache_dir / "overpass")]
+                                                cache_dir=settings.cache_dir / "overpass", limits=limits)]
         osm_uris.append(f"{settings.overpass_url}?bbox={','.join(f'{v:.7f}' for v in overpass_bbox)}")
         extents.append(overpass_bbox)
     # The scale at the whole degree of latitude: the same tolerance (and so the same pixels) for any

@@ -54,8 +54,9 @@ from components.core.errors import LocgenError
 from components.core.geo import check_lonlat
 from components.core.points import write_points
 from components.core.provenance import OSM_ATTRIBUTION, file_sha256
+from components.core.settings import Within, setting
 from components.core.storage import open_file_uri
-from components.sources.web import REQUEST_ERRORS, failure_reason
+from components.sources.web import REQUEST_ERRORS, DownloadLimits, download, failure_reason
 
 PREFIXES = ("gbfs", "csv", "geojson", "osm")
 ACCEPTED_FORMS = ("a GBFS gbfs.json or feed (file or http(s) URL), a .csv with lat/lon columns, a .geojson, "
@@ -68,6 +69,10 @@ CSV_COLUMNS = ("latitude", "longitude", "weight", "kind", "ref", "source", "sour
 GEOJSON_TYPES = {"FeatureCollection", "Feature", "Point", "MultiPoint", "LineString", "MultiLineString",
                  "Polygon", "MultiPolygon", "GeometryCollection"}
 VEHICLE_FEEDS = ("free_bike_status", "vehicle_status")  # GBFS v1.x/v2.x name, v3.0 name
+# Bounds of one feed download. The largest real position files in ../shared/data are 2.2 MB (London's
+# BikePoint, 795 stations) and 0.8 MB (Marseille's Voi free_bike_status): 64 MB leaves 30 times that, and
+# 120 s fetches it at 0.5 MB/s; a feed server that says nothing for 30 s is taken as down.
+FEED_LIMITS = DownloadLimits(max_mb=64, deadline_s=120, stall_s=30, options=("--feed-max-mb", "--feed-deadline-s"))
 NO_GBFS_POSITIONS = ("a GBFS file with no positions (no data.bikes, data.vehicles or stations with lat/lon); "
                      "give gbfs.json, free_bike_status.json, vehicle_status.json or station_information.json")
 
@@ -91,19 +96,37 @@ class LocationSource(NamedTuple):
     points: list[Location]
 
 
+def feed_max_mb_setting():
+    """The `feed_max_mb` setting of every stage that reads location sources."""
+    return setting(FEED_LIMITS.max_mb, help="the most megabytes one http(s) location feed may send (%(default)s)",
+                   within=Within(0, above=True), output=False)
+
+
+def feed_deadline_s_setting():
+    """The `feed_deadline_s` setting of every stage that reads location sources."""
+    return setting(FEED_LIMITS.deadline_s, help="seconds one http(s) location feed may take in all (%(default)s)",
+                   within=Within(0, above=True), output=False)
+
+
+def feed_limits(settings) -> DownloadLimits:
+    """The feed bounds of settings made with feed_max_mb_setting and feed_deadline_s_setting."""
+    return FEED_LIMITS._replace(max_mb=settings.feed_max_mb, deadline_s=settings.feed_deadline_s)
+
+
 def load_locations(spec: str, *, osm_files: Sequence[str | Path] = (), drop_disabled: bool = True,
                    drop_reserved: bool = False, lat_column: str | None = None, lon_column: str | None = None,
-                   timeout_s: float = 30, allow_empty: bool = False) -> LocationSource:
+                   limits: DownloadLimits = FEED_LIMITS, allow_empty: bool = False) -> LocationSource:
     """Read one location source (see the module docstring for the accepted forms).
 
-    `allow_empty` accepts a source with no point (a model's output may rightly hold none).
+    `limits` bound each http(s) download; `allow_empty` accepts a source with no point (a model's output may
+    rightly hold none).
     """
     kind, target = split_spec(spec)
     if kind == "osm":
         points, sha256 = _osm_points(spec, _parse_osm_terms(spec, target), osm_files)
         kind = "osm-tags"
     else:
-        raw = _read_bytes(target, timeout_s)
+        raw = _read_bytes(target, limits)
         sha256 = hashlib.sha256(raw).hexdigest()
         kind = kind or _kind_from_suffix(target)
         if kind == "csv":
@@ -114,7 +137,7 @@ def load_locations(spec: str, *, osm_files: Sequence[str | Path] = (), drop_disa
             if kind == "geojson":
                 points = _geojson_points(target, doc)
             else:
-                points, sha256 = _gbfs_points(target, doc, sha256, timeout_s, drop_disabled, drop_reserved)
+                points, sha256 = _gbfs_points(target, doc, sha256, limits, drop_disabled, drop_reserved)
     if not points and not allow_empty:
         raise LocgenError(f"{spec}: gives no locations; check the source and its filters "
                           "(OSM tag and --osm area, CSV rows, disabled/reserved vehicles)")
@@ -147,10 +170,10 @@ def _is_url(location: str) -> bool:
     return urllib.parse.urlparse(location).scheme in ("http", "https")
 
 
-def _read_bytes(location: str, timeout_s: float) -> bytes:
-    """The bytes of a local file, an s3:// object or an http(s) URL."""
+def _read_bytes(location: str, limits: DownloadLimits) -> bytes:
+    """The bytes of a local file, an s3:// object or an http(s) URL (this one within `limits`)."""
     if _is_url(location):
-        return _fetch(location, timeout_s)
+        return _fetch(location, limits)
     if location.startswith("s3://"):
         store, key = open_file_uri(location)
         return store.get_bytes(key)
@@ -160,11 +183,12 @@ def _read_bytes(location: str, timeout_s: float) -> bytes:
     return path.read_bytes()
 
 
-def _fetch(url: str, timeout_s: float) -> bytes:
-    """GET an http(s) URL with the standard library."""
+def _fetch(url: str, limits: DownloadLimits) -> bytes:
+    """GET an http(s) URL with the standard library, within `limits`."""
+    body = bytearray()
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.read()
+        download(url, url, limits, body.extend)
+        return bytes(body)
     except REQUEST_ERRORS as exc:
         raise LocgenError(f"{url}: cannot fetch ({failure_reason(exc)}); check the URL and the network, "
                           "or download the feed and give the local file") from None
@@ -217,7 +241,7 @@ def _location(lon_raw: Any, lat_raw: Any, weight: float, kind: str, ref: str, wh
 
 # --- GBFS ---------------------------------------------------------------------------------------
 
-def _gbfs_points(name: str, doc: Any, sha256: str, timeout_s: float, drop_disabled: bool,
+def _gbfs_points(name: str, doc: Any, sha256: str, limits: DownloadLimits, drop_disabled: bool,
                  drop_reserved: bool) -> tuple[list[Location], str]:
     """Points of a discovery file (reading its position feeds) or of one position feed."""
     data = _feed_data(doc, name)
@@ -239,7 +263,7 @@ def _gbfs_points(name: str, doc: Any, sha256: str, timeout_s: float, drop_disabl
     digests, read = [sha256], {}  # read: feed name -> (where it was read, its data)
     for feed in wanted:
         location = _feed_location(name, feeds[feed])
-        raw = _read_bytes(location, timeout_s)
+        raw = _read_bytes(location, limits)
         digests.append(hashlib.sha256(raw).hexdigest())
         read[feed] = location, _feed_data(_parse_json(raw, location), location)
     points = []

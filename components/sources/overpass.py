@@ -15,6 +15,7 @@ import mmap
 import os
 import re
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,13 +24,19 @@ from pathlib import Path
 from components import __version__
 from components.core.errors import LocgenError, one_line
 from components.core.geo import LonLatBounds, check_bbox
-from components.sources.web import REQUEST_ERRORS, failure_reason, timed_out
+from components.sources.web import REQUEST_ERRORS, DownloadLimits, download, failure_reason, timed_out
 
 DEFAULT_OVERPASS_URL = "https://overpass-api.de/api/interpreter"
 USER_AGENT = f"locgen/{__version__} (location generator; Python urllib)"
 # Statuses by which Overpass says it is overloaded (rate limit, or no slot before its gateway gave up).
 BUSY_STATUSES = {429, 503, 504}
-CHUNK_BYTES = 1 << 20
+# Bounds of one answer. The densest OSM data in ../shared/data, Helsinki's centre, is 6.5 MB of OSM XML per
+# km² (10.8 MB for its 1.67 km² extract, written with metadata, which `out body` leaves out): 2000 MB holds
+# some 300 km² of city centre, more of anything less dense, and fits on any disk the tiles fit on. 1800 s
+# is the query's own 180 s on the server, then 2000 MB at 1.1 MB/s; the server may think for 180 s before
+# it sends the first byte. A larger area: raise the bounds, or give an extract (.osm.pbf).
+OVERPASS_LIMITS = DownloadLimits(max_mb=2000, deadline_s=1800, stall_s=180,
+                                 options=("--overpass-max-mb", "--overpass-deadline-s"))
 # An OSM XML document: an optional XML declaration, then the <osm> root element. An Overpass HTML error
 # page also starts with an XML declaration, so the root element is what tells them apart.
 OSM_XML_START = re.compile(rb"\A\s*(?:<\?xml[^>]*\?>\s*)?<osm[\s>]")
@@ -61,11 +68,10 @@ def overpass_query(bbox: LonLatBounds) -> str:
 
 
 def fetch_overpass(bbox: LonLatBounds, *, url: str = DEFAULT_OVERPASS_URL, cache_dir: Path,
-                   timeout_s: float = 180) -> Path:
-    """Path of a cached .osm (XML) file with the OSM data in `bbox`; asks `url` only on a cache miss.
-
-    `timeout_s` bounds each wait on the network (connecting, then each read), not the whole download.
-    """
+                   limits: DownloadLimits = OVERPASS_LIMITS) -> Path:
+    """Path of a cached .osm (XML) file with the OSM data in `bbox`; asks `url` only on a cache miss, with
+    the answer's size and time bounded by `limits`. Partial downloads that no live download can own are
+    removed first (a killed run leaves its .part behind)."""
     query = overpass_query(bbox)
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise LocgenError(f"Overpass URL '{url}' is not an http(s) URL; give an interpreter endpoint "
@@ -75,9 +81,10 @@ def fetch_overpass(bbox: LonLatBounds, *, url: str = DEFAULT_OVERPASS_URL, cache
     if path.is_file():
         return path  # published only after its check below, so a hit needs no new check
     try:
+        _remove_stale_parts(path.parent, limits)
         part = _new_part_file(path)
         try:
-            _download(url, query, timeout_s, part)
+            _download(url, query, limits, part)
             _check_osm_xml(part, url, bbox)
             os.replace(part, path)
         finally:
@@ -96,35 +103,41 @@ def _new_part_file(path: Path) -> Path:
     return Path(name)
 
 
-def _download(url: str, query: str, timeout_s: float, part: Path) -> None:
-    """POST the query as form field `data` and stream the answer into `part`."""
+def _remove_stale_parts(folder: Path, limits: DownloadLimits) -> None:
+    """Remove the .part files last written longer ago than a download may last: no live download (of a
+    run with these bounds) owns them, since each one is written to as its answer arrives."""
+    stale_before_s = time.time() - limits.deadline_s - limits.stall_s
+    for part in folder.glob(".*.part"):
+        try:
+            if part.stat().st_mtime < stale_before_s:
+                part.unlink()
+        except FileNotFoundError:
+            pass  # another run removed it first
+
+
+def _download(url: str, query: str, limits: DownloadLimits, part: Path) -> None:
+    """POST the query as form field `data` and stream the answer into `part`, within `limits`."""
     request = urllib.request.Request(
         url, data=urllib.parse.urlencode({"data": query}).encode(), method="POST",
         headers={"User-Agent": USER_AGENT, "Content-Type": "application/x-www-form-urlencoded"})
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)
-    except urllib.error.HTTPError as error:
-        raise _http_error(url, error) from None
-    except REQUEST_ERRORS as error:
-        if timed_out(error):
-            raise LocgenError(f"Overpass API at {url} did not answer within {timeout_s:g} s; "
-                              f"{FIX_BUSY}") from None
-        raise LocgenError(f"cannot reach the Overpass API at {url} ({failure_reason(error)}); check the "
-                          "URL and the network, or pass a local .osm.pbf instead") from None
-    with response, open(part, "wb") as out:
-        while chunk := _read_chunk(response, url, timeout_s):
-            out.write(chunk)
+    with open(part, "wb", buffering=0) as out:  # unbuffered: the file's time says the download is alive
+        try:
+            download(request, f"Overpass API at {url}", limits, out.write)
+        except urllib.error.HTTPError as error:
+            raise _http_error(url, error) from None
+        except REQUEST_ERRORS as error:
+            raise _request_error(url, limits, error) from None
 
 
-def _read_chunk(response, url: str, timeout_s: float) -> bytes:
-    """The next chunk of the answer; b"" at its end. A broken or stalled connection is a LocgenError."""
-    try:
-        return response.read(CHUNK_BYTES)
-    except TimeoutError:
-        raise LocgenError(f"Overpass API at {url} stopped sending for {timeout_s:g} s; {FIX_BUSY}") from None
-    except REQUEST_ERRORS as error:
-        raise LocgenError(f"the download from the Overpass API at {url} broke off "
-                          f"({one_line(repr(error))}); {FIX_BUSY}") from None
+def _request_error(url: str, limits: DownloadLimits, error: BaseException) -> LocgenError:
+    """What a failed request or read says: a wait over the stall bound, no connection, or a broken one."""
+    if timed_out(error):
+        return LocgenError(f"Overpass API at {url} did not answer within {limits.stall_s:g} s; {FIX_BUSY}")
+    if isinstance(error, urllib.error.URLError):  # urllib's wrapping of what failed before any answer
+        return LocgenError(f"cannot reach the Overpass API at {url} ({failure_reason(error)}); check the URL "
+                           "and the network, or pass a local .osm.pbf instead")
+    return LocgenError(f"the download from the Overpass API at {url} broke off ({one_line(repr(error))}); "
+                       f"{FIX_BUSY}")
 
 
 def _http_error(url: str, error: urllib.error.HTTPError) -> LocgenError:
