@@ -16,7 +16,16 @@ from s3server import refusing_port
 from components.core.errors import LocgenError, redacted
 from components.core.geo import LonLatBounds, lonlat_from_3857, mercator_scale
 from components.core.pngmeta import encode_png
-from components.core.tileset import MANIFEST_KEY, decode_tile, parse_manifest
+from components.core.storage import open_store
+from components.core.tileset import (
+    MANIFEST_KEY,
+    PLAN_KEY,
+    check_claim,
+    claim,
+    decode_tile,
+    parse_manifest,
+    tileset_plan,
+)
 from components.extract.job import ExtractSettings
 from components.render.job import RenderSettings
 from components.train.config import TRAIN_VALUES, preset_config
@@ -306,6 +315,44 @@ def test_an_empty_or_undersized_tile_is_one_line(tile_set, content, capsys, tmp_
     line = _fails(capsys, tmp_path, "extract", "--tiles", str(tiles), "--out", str(tmp_path / "out" / "p.csv"))
     assert line == (f"{tiles / first['path']}: not a readable tile (not a PNG file (no PNG signature and header)); "
                     "render or generate it again")
+
+
+# --- outputs never replace an input, nor another run's tile set ------------------------------------------------
+
+@pytest.mark.parametrize("flag, name", [("--out", "points.csv"), ("--out", "b/points.geojson"),
+                                        ("--preview", "preview.png"), ("--preview-generated", "b/seen.png")])
+def test_extract_writes_nothing_into_the_tile_set_it_reads(tile_set, flag, name, capsys, tmp_path):
+    tiles = _tampered(tile_set, tmp_path, lambda row: row)
+    before = {path: path.read_bytes() for path in tiles.rglob("*") if path.is_file()}
+    argv = ["extract", "--tiles", str(tiles), "--out", str(tiles / name if flag == "--out" else tmp_path / "p.csv")]
+    argv += [flag, str(tiles / name)] if flag != "--out" else []
+    line = _fails(capsys, tmp_path, *argv)
+    assert line == (f"{flag} {tiles / name}: lies inside the tile set of --tiles, which is read, not written; write "
+                    "it outside that folder")
+    assert {path: path.read_bytes() for path in tiles.rglob("*") if path.is_file()} == before
+
+
+def test_of_two_runs_of_other_plans_started_at_once_the_last_claim_publishes_and_the_other_nothing(tmp_path):
+    store = open_store(tmp_path / "tiles")
+    first = tileset_plan(store, "render", {"bbox": [24.93, 60.16, 24.95, 60.18]}, overwrite=False)
+    second = tileset_plan(store, "render", {"bbox": [26.93, 60.52, 26.97, 60.54]}, overwrite=False)  # both: free
+    claim(store, first)
+    claim(store, second)  # the later claim wins
+    check_claim(store, second)
+    with pytest.raises(LocgenError) as error:
+        check_claim(store, first)
+    assert str(error.value) == (f"--out {store.uri}: another run of another plan took it over while this one ran; "
+                                "its tile set stands and this run published nothing: run again with another --out")
+    assert tileset_plan(store, "render", {"bbox": [26.93, 60.52, 26.97, 60.54]}, overwrite=False) == second
+
+
+def test_a_tile_set_written_before_plans_were_recorded_is_replaced_only_when_asked(tile_set, tmp_path):
+    copy = tmp_path / "tiles"
+    shutil.copytree(tile_set, copy)
+    (copy / PLAN_KEY).unlink()
+    with pytest.raises(LocgenError, match=r"holds another tile set \(one with no plan recorded\)"):
+        tileset_plan(open_store(copy), "render", {}, overwrite=False)
+    assert tileset_plan(open_store(copy), "render", {}, overwrite=True) == {"stage": "render", "identity": {}}
 
 
 @settings(max_examples=300, deadline=None)

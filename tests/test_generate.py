@@ -223,3 +223,20 @@ def test_the_generated_tiles_never_replace_the_tiles_they_come_from(kotka):
         assert str(raised.value) == (f"--out {out}: is the tile set of --tiles; give the generated tiles a folder of "
                                      "their own")
     assert (Path(kotka) / MANIFEST_KEY).read_bytes() == manifest
+
+
+def test_generated_tiles_never_replace_another_tile_set(kotka, generated, tmp_path):
+    other = _render(tmp_path / "other", grid=2)
+    _, first = generated
+    kept = {out: (Path(out) / MANIFEST_KEY).read_bytes() for out in (other, first)}
+    with pytest.raises(LocgenError) as raised:
+        generate(GenerateSettings(tiles=kotka, out=other, progress=False))
+    assert str(raised.value) == (f"--out {other}: holds another tile set (written by render); give another --out, "
+                                 "or --overwrite to replace it (the tiles they share are reused)")
+    with pytest.raises(LocgenError) as raised:
+        generate(GenerateSettings(tiles=other, out=first, progress=False))
+    assert str(raised.value) == (f"--out {first}: holds another tile set (generate of other tiles); give another "
+                                 "--out, or --overwrite to replace it (the tiles they share are reused)")
+    assert {out: (Path(out) / MANIFEST_KEY).read_bytes() for out in (other, first)} == kept
+    replaced = generate(GenerateSettings(tiles=kotka, out=other, progress=False, overwrite=True))  # as asked
+    assert replaced["tiles"] == 9 and read_manifest(open_store(other)) == read_manifest(open_store(first))

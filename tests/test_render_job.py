@@ -11,7 +11,7 @@ from overpass_server import OverpassServer
 from s3server import DyingProxy, free_port, unique_prefix
 
 from components.core.storage import open_store
-from components.core.tileset import MANIFEST_KEY, read_manifest
+from components.core.tileset import MANIFEST_KEY, PLAN_KEY, read_manifest
 from locgen.cli import main
 
 BICYCLE_POINTS = "osm:amenity=bicycle_rental,amenity=bicycle_parking"
@@ -39,7 +39,7 @@ def test_a_rerun_renders_nothing_and_a_changed_input_renders_only_what_it_change
     status, again = run(capsys, *HELSINKI_PAIRS, "--out", out)
     assert (again["rendered"], again["skipped"]) == (0, 12)
     assert (tmp_path / "pairs" / MANIFEST_KEY).read_bytes() == manifest
-    status, bigger = run(capsys, *HELSINKI_PAIRS, "--out", out, "--marker-radius-px", "4")
+    status, bigger = run(capsys, *HELSINKI_PAIRS, "--out", out, "--marker-radius-px", "4", "--overwrite")
     assert (bigger["rendered"], bigger["skipped"]) == (6, 6)  # the b tiles have no markers
 
 
@@ -53,8 +53,19 @@ def _fail_after(seconds: int):
 def test_more_pairs_reuse_the_tiles_of_fewer(tmp_path, capsys):
     out = str(tmp_path / "pairs")
     run(capsys, *HELSINKI_PAIRS, "--out", out, "--empty-share", "0")
-    status, more = run(capsys, *HELSINKI_PAIRS, "--pairs", "9", "--out", out, "--empty-share", "0")  # last wins
+    status, more = run(capsys, *HELSINKI_PAIRS, "--pairs", "9", "--out", out, "--empty-share", "0", "--overwrite")
     assert status == 0 and (more["tiles"], more["rendered"], more["skipped"]) == (18, 6, 12)
+
+
+def test_a_render_of_another_plan_into_a_tile_set_is_refused_and_changes_nothing(tmp_path, capsys):
+    out = tmp_path / "pairs"
+    run(capsys, *HELSINKI_PAIRS, "--out", str(out))
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    status, lines = run(capsys, *HELSINKI_PAIRS, "--pairs", "9", "--seed", "3", "--out", str(out))
+    assert status == 2 and lines == [f"locgen: error: --out {out}: holds another tile set (render of other "
+                                     "pairs, seed); give another --out, or --overwrite to replace it (the tiles they "
+                                     "share are reused)"]
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
 
 
 def test_all_cores_give_the_same_tiles_as_one(tmp_path, capsys):
@@ -125,7 +136,7 @@ def test_render_to_s3_lists_reruns_and_survives_a_store_that_dies_midway(s3_env,
     status, summary = run(capsys, *args, "--out", f"{prefix}/small", "--grid", "2", "--workers", "2")
     assert status == 0 and summary["manifest"] == f"{prefix}/small/{MANIFEST_KEY}"
     rows = read_manifest(open_store(f"{prefix}/small"))
-    assert open_store(f"{prefix}/small").list_keys() == {row["path"] for row in rows} | {MANIFEST_KEY}
+    assert open_store(f"{prefix}/small").list_keys() == {row["path"] for row in rows} | {MANIFEST_KEY, PLAN_KEY}
     status, again = run(capsys, *args, "--out", f"{prefix}/small", "--grid", "2")
     assert (again["rendered"], again["skipped"]) == (0, 4)
 
@@ -136,7 +147,7 @@ def test_render_to_s3_lists_reruns_and_survives_a_store_that_dies_midway(s3_env,
     # that renders exactly the tiles that are missing.
     with DyingProxy(s3_env.endpoint_url, rb"^PUT /\S+\.png ", nth=5) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        status, errors = run(capsys, *args, "--out", f"{prefix}/small")
+        status, errors = run(capsys, *args, "--out", f"{prefix}/small", "--overwrite")
     assert proxy.died.is_set() and status == 2 and len(errors) == 1, errors
     assert f"object store {proxy.url} (AWS_ENDPOINT_URL) is unreachable" in errors[0]
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint_url)
@@ -144,10 +155,10 @@ def test_render_to_s3_lists_reruns_and_survives_a_store_that_dies_midway(s3_env,
     assert read_manifest(store) == rows  # not replaced by a manifest of the unfinished run
     assert all(store.exists(row["path"]) for row in rows)
     assert not any(".tmp-" in name for name in s3_env.object_names())
-    landed = store.list_keys() - {row["path"] for row in rows} - {MANIFEST_KEY}
+    landed = store.list_keys() - {row["path"] for row in rows} - {MANIFEST_KEY, PLAN_KEY}
     assert len(landed) <= 4  # the 5th upload and every later one never reached the store
 
-    status, resumed = run(capsys, *args, "--out", f"{prefix}/small")  # resumes where it stopped
+    status, resumed = run(capsys, *args, "--out", f"{prefix}/small")  # resumes where it stopped: its plan now
     assert status == 0
     assert (resumed["tiles"], resumed["rendered"], resumed["skipped"]) == (9, 9 - len(landed), len(landed))
     finished = read_manifest(store)

@@ -85,7 +85,7 @@ def test_the_train_component_takes_the_presets_values_by_their_names():
 def test_a_tile_set_is_named_by_every_render_setting_but_where_it_goes_and_how_it_runs():
     outside = {item.name for item in declared(RenderSettings) if not item.output}
     assert outside == {"out", "workers", "cache_dir", "progress", "shard", "shards", "overpass_max_mb",
-                       "overpass_deadline_s", "feed_max_mb", "feed_deadline_s"}
+                       "overpass_deadline_s", "feed_max_mb", "feed_deadline_s", "overwrite"}
     base = RenderSettings(osm=["city.osm.pbf"], out="a", pairs=10, locations=["x.csv"])
     for item in declared(RenderSettings):
         if item.output:

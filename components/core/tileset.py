@@ -19,6 +19,12 @@ one tile and none from a border band.
 Tile keys contain the first hex digits of `inputs_sha256`, the hash of everything that shapes the
 pixels: a re-run finds what is already there with one listing and renders only the rest, and a
 tile from other inputs never hides under the same name.
+
+`plan.json` says which stage wrote the tile set, from what (`claim_tileset`): a run of the same plan
+resumes there, a run of another plan is refused (or, asked to, replaces it), so one tile set's
+manifest never silently replaces another's. Written before the first tile and checked again before
+the manifest is published, it also stops the slower of two runs of different plans that started at
+once: the plan written last wins, the other publishes nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from components.core.storage import Store
 from components.core.style import STYLE_VERSION, style_sha256
 
 MANIFEST_KEY = "manifest.jsonl"
+PLAN_KEY = "plan.json"
 MANIFEST_PARTS = "manifest-parts"  # one part per shard, merged into the manifest when every shard is done
 GEOREF_TEXT_KEY = "locgen:georef"
 KEY_HASH_CHARS = 16
@@ -138,6 +145,51 @@ def tile_of_row(row: dict) -> Tile:
 
 def read_manifest(store: Store) -> list[dict]:
     return parse_manifest(store.get_bytes(MANIFEST_KEY), store.url(MANIFEST_KEY))
+
+
+def tileset_plan(store: Store, stage: str, identity: dict, overwrite: bool) -> dict:
+    """The plan of a `stage` run with `identity` (JSON values: what names its output), once it is known that it
+    may write to `store`: where it holds no tile set or this plan's; another plan's (or a tile set with no plan)
+    only with `overwrite`. Nothing is written yet: `claim` writes it before the first tile."""
+    plan = json.loads(json.dumps({"stage": stage, "identity": identity}))
+    held = _held_plan(store)
+    if held == plan or overwrite or (held is None and not store.exists(MANIFEST_KEY)):
+        return plan
+    if held is None:
+        differs = "one with no plan recorded"
+    elif held["stage"] != stage:
+        differs = f"written by {held['stage']}"
+    else:
+        names = set(plan["identity"]) | set(held["identity"])
+        differs = f"{stage} of other " + ", ".join(
+            sorted(name for name in names if plan["identity"].get(name) != held["identity"].get(name)))
+    raise LocgenError(f"--out {store.uri}: holds another tile set ({differs}); give another --out, or --overwrite "
+                      "to replace it (the tiles they share are reused)")
+
+
+def claim(store: Store, plan: dict) -> None:
+    """Write `plan` (of `tileset_plan`) to `store` unless it is there already."""
+    if _held_plan(store) != plan:
+        store.publish_bytes(PLAN_KEY, json.dumps(plan, indent=1).encode(), "application/json")
+
+
+def check_claim(store: Store, plan: dict) -> None:
+    """`store` still holds `plan`, just before its manifest is published; else another run took it over."""
+    if _held_plan(store) != plan:
+        raise LocgenError(f"--out {store.uri}: another run of another plan took it over while this one ran; its "
+                          "tile set stands and this run published nothing: run again with another --out")
+
+
+def _held_plan(store: Store) -> dict | None:
+    if not store.exists(PLAN_KEY):
+        return None
+    try:
+        plan = json.loads(store.get_bytes(PLAN_KEY))
+    except ValueError:
+        plan = None
+    if not (isinstance(plan, dict) and isinstance(plan.get("stage"), str) and isinstance(plan.get("identity"), dict)):
+        raise LocgenError(f"{store.url(PLAN_KEY)}: is not a tile set's plan; give another --out, or remove the file")
+    return plan
 
 
 def manifest_key(shard: int, shards: int) -> str:

@@ -201,9 +201,21 @@ def _check_out(settings: ExtractSettings) -> None:
         raise LocgenError("no output file; give at least one FILE.csv or FILE.geojson (local or s3://)")
     for path in settings.out:
         points_file(path)
-    for flag, path in (("--preview", settings.preview), ("--preview-generated", settings.preview_generated)):
+    previews = (("--preview", settings.preview), ("--preview-generated", settings.preview_generated))
+    for flag, path in previews:
         if path and not path.lower().endswith(".png"):
             raise LocgenError(f"{flag} {path}: a preview is written as a PNG image; give a FILE.png")
+    tiles_prefix = open_store(settings.tiles).uri.rstrip("/") + "/"
+    for flag, path in [("--out", path) for path in settings.out] + list(previews):
+        if path and _file_url(path).startswith(tiles_prefix):
+            raise LocgenError(f"{flag} {path}: lies inside the tile set of --tiles, which is read, not written; "
+                              "write it outside that folder")
+
+
+def _file_url(path: str) -> str:
+    """The full URI (or absolute path) of one output file, as its store names it."""
+    store, key = open_file_uri(path)
+    return store.url(key)
 
 
 def _tile_rows(store: Store) -> list[dict]:

@@ -28,6 +28,8 @@ from components.core.onnx_io import check_tile_size, fp16_path
 from components.core.pngmeta import encode_png
 from components.core.storage import Store, cache_folder, local_file, open_file_uri, open_store
 from components.core.tileset import (
+    check_claim,
+    claim,
     decode_tile,
     fetch_all,
     manifest_bytes,
@@ -35,6 +37,7 @@ from components.core.tileset import (
     plain_rows,
     png_text,
     tile_key,
+    tileset_plan,
 )
 from components.infer.onnxmodel import Translator, open_translator, read_metadata
 from components.infer.settings import GenerateSettings
@@ -56,6 +59,8 @@ def generate(settings: GenerateSettings) -> dict:
     all_rows = plain_rows(store, "--tiles")
     rows = all_rows[settings.shard::settings.shards]
     model_uri = settings.model or f"bundled:{BUNDLED_MODEL.name}"  # a label that is the same on every machine
+    out_store = open_store(settings.out)
+    tileset = tileset_plan(out_store, "generate", {"tiles": store.uri, "model": model_uri}, settings.overwrite)
     model_path = BUNDLED_MODEL if settings.model is None else _local_model(settings.model, settings.cache_dir)
     metadata = read_metadata(model_path)
     tile_px = _check_tiles(all_rows, metadata, settings.tiles)  # a shard with no tile still checks the set
@@ -63,12 +68,13 @@ def generate(settings: GenerateSettings) -> dict:
     if settings.require_gpu and translator.provider == "cpu":
         raise LocgenError(f"{model_uri}: runs on the CPU here ({', '.join(translator.session.get_providers())}), but "
                           f"this task was given a GPU; {GPU_NODE_FIX}")
-    out_store = open_store(settings.out)
     out_rows = [_generated_row(row, store.uri, model_uri, translator.model_sha256) for row in rows]
     existing = out_store.list_keys()
     todo = [(row, out_row) for row, out_row in zip(rows, out_rows) if out_row["path"] not in existing]
     cast = ColourCastMeter()  # of the tiles translated in this run (not of those skipped)
+    claim(out_store, tileset)
     _translate_all(store, out_store, todo, translator, settings, total=len(rows), cast=cast)
+    check_claim(out_store, tileset)
     out_store.publish_bytes(published, manifest_bytes(out_rows), "application/jsonl")
     colour = cast.result().as_dict()  # its means are None when no tile was translated
     return {"tileset": out_store.uri, "manifest": out_store.url(published), "tiles": len(out_rows),

@@ -23,6 +23,8 @@ class GenerateSettings(Checked):
     provider: str = setting("auto", help="auto: TensorRT, else CUDA, else CPU (%(default)s)",
                             choices=("auto", *AUTO_ORDER))
     batch_size: int = setting(8, help="tiles per run (%(default)s)", output=False, within=Within(1))
+    overwrite: bool = setting(False, help="replace another tile set in --out (of other tiles or another model)",
+                              output=False)
     cache_dir: Path = setting(help="downloaded models and TensorRT engines (default $LOCGEN_CACHE or ~/.cache/locgen)",
                               default_factory=default_cache_dir, output=False)
     progress: bool = setting(True, help="a progress bar on stderr", cli=False, output=False)

@@ -39,17 +39,20 @@ from components.core.geo import (
     parse_latlon,
 )
 from components.core.pngmeta import encode_png
-from components.core.settings import SEED, Checked, Within, setting
+from components.core.settings import SEED, Checked, Within, output_identity, setting
 from components.core.storage import Store, default_cache_dir, local_file, open_store
 from components.core.style import style_sha256
 from components.core.tileset import (
     MAX_TILE_PX,
     MIN_TILE_PX,
+    check_claim,
+    claim,
     manifest_bytes,
     manifest_key,
     manifest_row,
     png_text,
     tile_key,
+    tileset_plan,
 )
 from components.render.plan import (
     SAMPLINGS,
@@ -129,11 +132,14 @@ class RenderSettings(Checked):
     overpass_url: str = setting(DEFAULT_OVERPASS_URL,
                                 help="Overpass API interpreter for --osm overpass (%(default)s)")
     overpass_max_mb: float = setting(OVERPASS_LIMITS.max_mb, help="the most megabytes the Overpass answer may "
-                                     "take (%(default)s)", within=Within(0, above=True), output=False)
+                                     "take (%(default)s)", metavar="MB", within=Within(0, above=True), output=False)
     overpass_deadline_s: float = setting(OVERPASS_LIMITS.deadline_s, help="seconds the Overpass answer may take "
-                                         "in all (%(default)s)", within=Within(0, above=True), output=False)
+                                         "in all (%(default)s)", metavar="SECONDS", within=Within(0, above=True),
+                                         output=False)
     feed_max_mb: float = feed_max_mb_setting()
     feed_deadline_s: float = feed_deadline_s_setting()
+    overwrite: bool = setting(False, help="replace the tile set of another plan in --out (the tiles they share are "
+                                          "reused)", output=False)
     cache_dir: Path = setting(help="download cache (default $LOCGEN_CACHE or ~/.cache/locgen)",
                               default_factory=default_cache_dir, output=False)
     progress: bool = setting(True, help="a progress bar on stderr", cli=False, output=False)
@@ -170,6 +176,7 @@ def render(settings: RenderSettings) -> dict:
     _check_mode(settings)
     published = manifest_key(settings.shard, settings.shards)
     store = open_store(settings.out)
+    tileset = tileset_plan(store, "render", output_identity(settings), settings.overwrite)
     osm_files = _osm_files(settings)
     sources = [load_locations(spec, osm_files=osm_files, drop_disabled=settings.drop_disabled,
                               drop_reserved=settings.drop_reserved, limits=feed_limits(settings))
@@ -177,6 +184,7 @@ def render(settings: RenderSettings) -> dict:
     points_lonlat, weights = _positions(sources)
     plan = _plan(settings, osm_files, points_lonlat, weights)[settings.shard::settings.shards]
     if not plan:  # more shards than tiles
+        claim(store, tileset)
         store.publish_bytes(published, b"", "application/jsonl")
         return {"tileset": store.uri, "manifest": store.url(published), "city": settings.city, "tiles": 0,
                 "rendered": 0, "skipped": 0, "domains": [], "render_s": 0.0, "data_share": 1.0}
@@ -188,6 +196,7 @@ def render(settings: RenderSettings) -> dict:
                [{"uri": s.uri, "kind": s.kind, "sha256": s.sha256} for s in sources],
                points_lonlat[drawn], _to_3857(points_lonlat[drawn]), settings.marker_radius_px, store.list_keys(),
                settings.holdout if settings.pairs is not None else None)
+    claim(store, tileset)
     started_s = time.perf_counter()
     rows, rendered = _render_all(job, plan, settings.workers, settings.progress)
     render_s = time.perf_counter() - started_s
@@ -196,6 +205,7 @@ def render(settings: RenderSettings) -> dict:
         log.warning("only %.0f %% of the area lies inside the OSM data's extent (%s); nothing is generated or "
                     "extracted outside it: give OSM data that covers the area, or a smaller area", 100 * covered,
                     "; ".join(",".join(f"{v:.5f}" for v in box) for box in rows[0]["data_extent_lonlat"]))
+    check_claim(store, tileset)
     store.publish_bytes(published, manifest_bytes(rows), "application/jsonl")
     return {"tileset": store.uri, "manifest": store.url(published), "city": job.city, "tiles": len(rows),
             "rendered": rendered, "skipped": len(rows) - rendered,

@@ -99,13 +99,13 @@ class LocationSource(NamedTuple):
 def feed_max_mb_setting():
     """The `feed_max_mb` setting of every stage that reads location sources."""
     return setting(FEED_LIMITS.max_mb, help="the most megabytes one http(s) location feed may send (%(default)s)",
-                   within=Within(0, above=True), output=False)
+                   metavar="MB", within=Within(0, above=True), output=False)
 
 
 def feed_deadline_s_setting():
     """The `feed_deadline_s` setting of every stage that reads location sources."""
     return setting(FEED_LIMITS.deadline_s, help="seconds one http(s) location feed may take in all (%(default)s)",
-                   within=Within(0, above=True), output=False)
+                   metavar="SECONDS", within=Within(0, above=True), output=False)
 
 
 def feed_limits(settings) -> DownloadLimits:
