@@ -350,6 +350,14 @@ def _resume_command(argv: list[str], args: argparse.Namespace) -> str:
     return shlex.join(["locgen", *(word for word in argv if word != "--overwrite"), "--resume"])
 
 
+def _file_problem(error: OSError) -> str:
+    """One line for a local file or folder that could not be read or written (a path under a file, a read-only
+    or full disk, no permission), naming the path."""
+    fix = "check the path" if isinstance(error, FileNotFoundError) else \
+        "give a path in a folder this user may write to, on a disk with free space"
+    return f"{error.filename}: {error.strerror or error}; {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     parser = build_parser()
@@ -360,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = args.run(args)
     except LocgenError as error:
         parser.exit(2, redacted(f"locgen: error: {error}\n"))
+    except OSError as error:
+        if error.filename is None:  # not about a path of ours: a defect, shown whole
+            raise
+        parser.exit(2, redacted(f"locgen: error: {_file_problem(error)}\n"))
     except KeyboardInterrupt:
         again = f"resume with: {_resume_command(argv, args)}" if args else "run the command again"
         parser.exit(130, redacted(f"locgen: interrupted; {again}\n"))

@@ -173,8 +173,20 @@ def _service_account_token_path() -> Path | None:
 def send(submission: Submission) -> dict:
     """Check the server, upload the version unless it is there, start or schedule the run; returns its id and its
     link in the Kubeflow UI (kfp.Client's own "details" lines go to stderr: stdout is the summary)."""
+    import kfp_server_api
+    import urllib3
+
+    again = "check the server, then submit again (a version uploaded already is reused)"
     with contextlib.redirect_stdout(sys.stderr):
-        return _send(submission)
+        try:
+            return _send(submission)
+        except urllib3.exceptions.HTTPError as error:  # refused, reset or timed out after the health check
+            reason = getattr(error, "reason", None) or (error.args[-1] if error.args else error)  # the cause alone
+            raise LocgenError(f"--host {submission.host}: the connection to Kubeflow Pipelines failed "
+                              f"({one_line(reason, 200)}); {again}") from None
+        except kfp_server_api.ApiException as error:
+            raise LocgenError(f"--host {submission.host}: Kubeflow Pipelines answered HTTP {error.status} "
+                              f"{error.reason} ({one_line(error.body or '', 200)}); {again}") from None
 
 
 def _send(submission: Submission) -> dict:

@@ -44,11 +44,17 @@ class KfpServer(LoopbackServer):
     token: str | None = None  # the bearer token every request must carry; None: any
     run_state: str = "SUCCEEDED"  # what a started run has ended as, when asked
     task_details: list = field(default_factory=list)  # its tasks: {"display_name", "state"} each
+    down_after_healthz: bool = False  # answers its health check, then drops every connection unanswered
+    fails_with: int | None = None  # after its health check, answers every request with this status
     requests: list[Received] = field(default_factory=list)
 
     def answer(self, method: str, request) -> tuple[int, dict]:
         route = {"GET": self._get, "POST": self._post}.get(method)
         received = self._received(method, request)
+        if received.path != f"{API}/healthz" and self.down_after_healthz:
+            raise ConnectionAbortedError("gone")  # the handler closes the connection without an answer
+        if received.path != f"{API}/healthz" and self.fails_with:
+            return self.fails_with, {"error": "the database is not reachable", "code": 14}
         return self._checked(received, route) if route else (405, {"error": f"no {method}"})
 
     def _received(self, method: str, request) -> Received:

@@ -1,7 +1,7 @@
 """A JSON HTTP server on 127.0.0.1, in a thread for the length of a `with` block: what the loopback imitations of
 the Kubeflow Pipelines and Kubernetes APIs (kfp_server.py, kube_server.py) are made of. A subclass answers every
 request in `answer(method, request)` (`request`: the http.server handler it came in on, with its path, headers
-and body) with a status and a JSON document."""
+and body) with a status and a JSON document, or raises ConnectionAbortedError to drop the connection unanswered."""
 
 from __future__ import annotations
 
@@ -23,13 +23,21 @@ class LoopbackServer:
                 pass
 
             def do_GET(self) -> None:
-                self._send(*server.answer("GET", self))
+                self._answer("GET")
 
             def do_POST(self) -> None:
-                self._send(*server.answer("POST", self))
+                self._answer("POST")
 
             def do_DELETE(self) -> None:
-                self._send(*server.answer("DELETE", self))
+                self._answer("DELETE")
+
+            def _answer(self, method: str) -> None:
+                try:
+                    status, document = server.answer(method, self)
+                except ConnectionAbortedError:  # a server gone away: the connection closes with no answer
+                    self.close_connection = True
+                    return
+                self._send(status, document)
 
             def _send(self, status: int, document: dict) -> None:
                 body = json.dumps(document).encode()

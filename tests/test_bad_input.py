@@ -217,6 +217,44 @@ def test_an_object_store_endpoint_with_credentials_is_shown_without_them(capsys,
     assert "s3cret" not in line and f"http://***@127.0.0.1:{port}" in line, line
 
 
+def test_submit_shows_its_host_without_credentials(capsys, tmp_path):
+    with refusing_port() as port:
+        host = f"http://admin:s3cret@127.0.0.1:{port}"
+        cluster = ["--pipeline", "generate", "--param", "store=s3://locgen/cities", "--param",
+                   "osm=s3://osm/oslo.osm.pbf", "--param", "model_uri=s3://locgen/cities/run-1/model.onnx"]
+        assert main(["submit", "--host", host, *cluster, "--dry-run"]) == 0
+        printed = capsys.readouterr().out
+        assert "s3cret" not in printed and json.loads(printed)["host"] == f"http://***@127.0.0.1:{port}"
+        line = _fails(capsys, tmp_path, "submit", "--host", host, *cluster)  # nothing listens there
+    assert line.startswith(f"--host http://***@127.0.0.1:{port}: no Kubeflow Pipelines health answer at "
+                           f"http://***@127.0.0.1:{port}/apis/v2beta1/healthz (<urlopen error ")
+    assert line.endswith(">); check --host") and "s3cret" not in line
+
+
+# --- outputs where nothing can be written --------------------------------------------------------------------
+
+def test_compile_into_a_folder_that_cannot_be_made_is_one_line(capsys, tmp_path):
+    not_a_folder = tmp_path / "in" / "a-file"
+    not_a_folder.parent.mkdir()
+    not_a_folder.write_text("")
+    line = _fails(capsys, tmp_path, "compile", "--out-dir", str(not_a_folder / "pipelines"))
+    assert line == (f"{not_a_folder / 'pipelines'}: Not a directory; give a path in a folder this user may write to, "
+                    "on a disk with free space")
+
+
+def test_train_into_a_folder_that_cannot_be_made_is_one_line(capsys, tmp_path):
+    pairs, not_a_folder = tmp_path / "in" / "pairs", tmp_path / "in" / "a-file"
+    assert main(["render", "--osm", str(HELSINKI_PBF), "--pairs", "4", "--locations",
+                 "osm:amenity=bicycle_rental,amenity=bicycle_parking", "--out", str(pairs)]) == 0
+    not_a_folder.write_text("")
+    capsys.readouterr()
+    line = _fails(capsys, tmp_path, "train", "--data", str(pairs), "--preset", "tiny", "--steps", "1", "--out",
+                  str(not_a_folder / "run"))
+    assert line == (f"{not_a_folder / 'run'}: Not a directory; give a path in a folder this user may write to, on a "
+                    "disk with free space")
+    assert not_a_folder.read_text() == ""
+
+
 # --- unreadable files ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("content, reason", [(b"", "EOFError"), (b"PK\x03\x04" + bytes(60), "PytorchStreamReader "

@@ -759,3 +759,37 @@ def test_json_nested_beyond_reading_is_one_line(tmp_path):
         load_locations(str(path))
     assert one_line_error(excinfo) == (f"{path}: JSON nested deeper than Python reads; no location source is, so "
                                        "give the real feed or file")
+
+
+# --- random input: a reader takes it or refuses it in one line, never with a traceback ------------------------
+
+# JSON shaped like the documents the readers look into, with any value where they expect numbers or objects.
+_KEYS = st.sampled_from(["data", "bikes", "vehicles", "stations", "en", "feeds", "name", "url", "lat", "lon",
+                         "station_id", "num_bikes_available", "is_disabled", "type", "features", "geometry",
+                         "coordinates", "properties", "last_updated"])
+_JSON = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=5),
+                     max_leaves=30)
+
+
+def _read_or_refuse(name: str, raw: bytes) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_bytes(raw)
+        try:
+            load_locations(str(path))
+        except LocgenError as error:
+            assert "\n" not in str(error) and str(path) in str(error)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["feed.json", "points.csv", "points.geojson", "points.tsv"]),
+       st.binary(max_size=600) | st.text(alphabet='lat,lon;\t\n"0123456789.-e', max_size=200).map(str.encode))
+def test_random_bytes_as_a_location_file_are_taken_or_refused_in_one_line(name, raw):
+    _read_or_refuse(name, raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["free_bike_status.json", "station_information.json", "points.geojson"]), _JSON)
+def test_random_json_as_a_feed_or_geojson_is_taken_or_refused_in_one_line(name, doc):
+    _read_or_refuse(name, json.dumps(doc).encode())

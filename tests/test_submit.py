@@ -256,6 +256,24 @@ def test_the_cli_prints_only_its_summary_on_stdout(monkeypatch, capsys):
     assert json.loads(out)["run_id"] == "run-1" and "Run details:" in err
 
 
+@pytest.mark.parametrize("server_settings, says", [
+    ({"down_after_healthz": True}, "the connection to Kubeflow Pipelines failed ("),
+    ({"fails_with": 503}, "Kubeflow Pipelines answered HTTP 503 Service Unavailable ("),
+])
+def test_a_server_that_fails_after_its_health_check_is_one_line(monkeypatch, capsys, server_settings, says):
+    from kfp_server import KfpServer
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with KfpServer(**server_settings) as server, pytest.raises(SystemExit) as exit_:
+        main(["submit", "--host", server.url, "--pipeline", "generate", "--param", "store=s3://locgen/cities",
+              "--param", "osm=s3://osm/oslo.osm.pbf", "--param",
+              "model_uri=s3://locgen/cities/helsinki/runs/run-1/model.onnx"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("locgen: error: ")]
+    assert exit_.value.code == 2 and len(errors) == 1, errors
+    assert errors[0].startswith(f"locgen: error: --host {server.url}: {says}")
+    assert errors[0].endswith("); check the server, then submit again (a version uploaded already is reused)")
+
+
 @pytest.mark.parametrize("tasks, promoted", [
     ([{"display_name": "compare with the current model", "state": "SUCCEEDED"},
       {"display_name": "promote the model", "state": "SUCCEEDED"}], True),

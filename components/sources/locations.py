@@ -50,7 +50,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import osmium
 
-from components.core.errors import LocgenError
+from components.core.errors import LocgenError, one_line
 from components.core.geo import check_lonlat
 from components.core.points import write_points
 from components.core.provenance import OSM_ATTRIBUTION, file_sha256
@@ -221,7 +221,7 @@ def _kind_from_json(doc: Any, name: str) -> str:
     """'gbfs' for a GBFS envelope (a `data` object), 'geojson' for a GeoJSON object."""
     if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
         return "gbfs"
-    if isinstance(doc, dict) and doc.get("type") in GEOJSON_TYPES:
+    if _geojson_type(doc) in GEOJSON_TYPES:
         return "geojson"
     raise LocgenError(f"{name}: is not a location source I know; give {ACCEPTED_FORMS}")
 
@@ -418,7 +418,7 @@ def _column_index(name: str, header: list[str], columns: list[str], given: str |
     for column in wanted:
         if column in columns:
             return columns.index(column)
-    raise LocgenError(f"{name}: no {what} column ({' or '.join(wanted)}) among {', '.join(header)}; "
+    raise LocgenError(f"{name}: no {what} column ({' or '.join(wanted)}) among {one_line(', '.join(header))}; "
                       "name the columns with --lat-column and --lon-column")
 
 
@@ -426,7 +426,7 @@ def _column_index(name: str, header: list[str], columns: list[str], given: str |
 
 def _geojson_points(name: str, doc: Any) -> list[Location]:
     """Points of a FeatureCollection, a Feature or a bare Point/MultiPoint geometry."""
-    if not (isinstance(doc, dict) and doc.get("type") in GEOJSON_TYPES):
+    if _geojson_type(doc) not in GEOJSON_TYPES:
         raise LocgenError(f"{name}: is not GeoJSON (no FeatureCollection, Feature or geometry type); "
                           "give an RFC 7946 file")
     if doc["type"] == "FeatureCollection":
@@ -444,6 +444,12 @@ def _geojson_points(name: str, doc: Any) -> list[Location]:
         ref = str(feature.get("id", index))
         points += _geometry_points(f"{name}: feature {index}", ref, feature["geometry"])
     return points
+
+
+def _geojson_type(doc: Any) -> str | None:
+    """The `type` of a JSON object, when it is a text."""
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _geometry_points(what: str, ref: str, geometry: Any) -> list[Location]:
