@@ -16,6 +16,7 @@ from s3server import refusing_port
 from components.core.errors import LocgenError, redacted
 from components.core.geo import LonLatBounds, lonlat_from_3857, mercator_scale
 from components.core.pngmeta import encode_png
+from components.core.settings import declared
 from components.core.storage import open_store
 from components.core.tileset import (
     MANIFEST_KEY,
@@ -26,7 +27,10 @@ from components.core.tileset import (
     parse_manifest,
     tileset_plan,
 )
+from components.export.settings import ExportSettings
+from components.extract.evaluate import EvaluateSettings, FitBaselineSettings
 from components.extract.job import ExtractSettings
+from components.infer.settings import GenerateSettings
 from components.render.job import RenderSettings
 from components.train.config import TRAIN_VALUES, preset_config
 from locgen.cli import build_parser, main
@@ -188,6 +192,20 @@ def test_any_number_for_an_extract_setting_is_taken_or_refused_in_one_line(name,
 def test_any_number_for_a_training_value_is_taken_or_refused_in_one_line(name, number):
     value = (number,) if name == "nce_layers" else number
     _taken_or_refused(lambda: preset_config("tiny", **{name: value}))
+
+
+REQUIRED = {EvaluateSettings: dict(generated="g.csv", truth=["t.csv"], bbox=LonLatBounds(24.93, 60.16, 24.95, 60.18),
+                                   out="r.json"),
+            FitBaselineSettings: dict(locations=["l.csv"], osm=["x.pbf"], out="s.json"),
+            GenerateSettings: dict(tiles="t", out="g"), ExportSettings: dict(out="m")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([(cls, item.name) for cls in REQUIRED for item in declared(cls) if item.kind in (int, float)]),
+       NUMBERS)
+def test_any_number_for_another_stage_setting_is_taken_or_refused_in_one_line(setting, number):
+    cls, name = setting
+    _taken_or_refused(lambda: cls(**REQUIRED[cls], **{name: number}))
 
 
 def _taken_or_refused(make) -> None:
@@ -391,6 +409,22 @@ def test_a_tile_set_written_before_plans_were_recorded_is_replaced_only_when_ask
     with pytest.raises(LocgenError, match=r"holds another tile set \(one with no plan recorded\)"):
         tileset_plan(open_store(copy), "render", {}, overwrite=False)
     assert tileset_plan(open_store(copy), "render", {}, overwrite=True) == {"stage": "render", "identity": {}}
+
+
+@pytest.mark.parametrize("georef", ["{not json", "[1, 2]", "[" * 100_000])
+@pytest.mark.parametrize("with_manifest", [True, False], ids=["manifest", "folder of PNGs"])
+def test_a_tile_whose_georeference_is_not_json_is_one_line(tile_set, georef, with_manifest, capsys, tmp_path):
+    tiles = _tampered(tile_set, tmp_path, lambda row: row)
+    first = json.loads((tiles / MANIFEST_KEY).read_bytes().splitlines()[0])
+    rgb = decode_tile((tiles / first["path"]).read_bytes(), first["path"], first)
+    (tiles / first["path"]).write_bytes(encode_png(rgb, {"locgen:georef": georef}))
+    if not with_manifest:  # each PNG's own georeference is all there is
+        (tiles / MANIFEST_KEY).unlink()
+        (tiles / PLAN_KEY).unlink()
+    line = _fails(capsys, tmp_path, "extract", "--tiles", str(tiles), "--out", str(tmp_path / "out" / "p.csv"))
+    problem = "its 'locgen:georef' PNG text chunk is not a JSON object"
+    assert line == (f"{tiles / first['path']}: not a readable tile ({problem}); render or generate it again"
+                    if with_manifest else f"{tiles / first['path']}: {problem}; remove it or render the tile again")
 
 
 @settings(max_examples=300, deadline=None)

@@ -324,13 +324,28 @@ def fetch_all(store: Store, keys: list[str]) -> Iterator[bytes]:
             yield from pool.map(store.get_bytes, keys[start:start + FETCH_BATCH])
 
 
+def read_georef(png: bytes) -> dict | None:
+    """The georeference a tile carries (its `locgen:georef` PNG text chunk), None without one; ValueError for a
+    file that is no PNG or a chunk that is not a JSON object."""
+    text = read_png_text(png).get(GEOREF_TEXT_KEY)
+    if text is None:
+        return None
+    try:
+        georef = json.loads(text)
+    except (ValueError, RecursionError):
+        georef = None
+    if not isinstance(georef, dict):
+        raise ValueError(f"its '{GEOREF_TEXT_KEY}' PNG text chunk is not a JSON object")
+    return georef
+
+
 def decode_tile(png: bytes, uri: str, row: dict) -> np.ndarray:
     """A tile's RGB pixels, of the size its (checked) manifest row says; a corrupt file, one of another size or
     one whose own georeference places it elsewhere is one clear error naming it."""
     try:
         rgb = decode_png(png, row["size_px"])
-        georef = read_png_text(png).get(GEOREF_TEXT_KEY)
-        if georef is not None and json.loads(georef).get("bounds_3857") != row["bounds_3857"]:
+        georef = read_georef(png)
+        if georef is not None and georef.get("bounds_3857") != row["bounds_3857"]:
             raise ValueError("its own georeference places it elsewhere than its manifest row")
     except (ValueError, RecursionError) as error:
         raise LocgenError(f"{uri}: not a readable tile ({one_line(error, 200)}); render or generate it "

@@ -7,7 +7,6 @@ lat/lon through the geo core, exactly.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +22,6 @@ from components.core.detect import (
 from components.core.errors import LocgenError
 from components.core.geo import Tile, lonlat_from_3857
 from components.core.markers import MarkerRange
-from components.core.pngmeta import read_png_text
 from components.core.points import points_file, write_points
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.settings import Checked, Within, setting
@@ -35,6 +33,7 @@ from components.core.tileset import (
     decode_tile,
     fetch_all,
     owned_detections,
+    read_georef,
     read_manifest,
     tile_of_row,
 )
@@ -234,19 +233,12 @@ def _tile_rows(store: Store) -> list[dict]:
 
 def _row_from_png(store: Store, key: str, png: bytes) -> dict:
     try:
-        text = read_png_text(png)
-    except ValueError:
-        raise LocgenError(f"{store.url(key)}: not a PNG file; remove it or render the tile again") from None
-    if GEOREF_TEXT_KEY not in text:
+        georef = read_georef(png)
+    except ValueError as error:
+        raise LocgenError(f"{store.url(key)}: {error}; remove it or render the tile again") from None
+    if georef is None:
         raise LocgenError(f"{store.url(key)}: no georeference (no '{GEOREF_TEXT_KEY}' PNG text chunk); "
                           f"give the tile set with its {MANIFEST_KEY}, or tiles that locgen wrote")
-    try:
-        georef = json.loads(text[GEOREF_TEXT_KEY])
-    except (ValueError, RecursionError):
-        georef = None
-    if not isinstance(georef, dict):
-        raise LocgenError(f"{store.url(key)}: its '{GEOREF_TEXT_KEY}' PNG text chunk is not a JSON object; remove "
-                          "it or render the tile again")
     return check_row({**georef, "path": key}, f"{store.url(key)} ('{GEOREF_TEXT_KEY}')")
 
 
