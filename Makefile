@@ -16,7 +16,7 @@ install: $(PYTHON)
 
 test: install
 	$(VENV)/bin/ruff check components pipeline tests benchmarks
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
 
 # The main job on the bundled sample data: the end-to-end Kubeflow pipeline, run here through kfp.local.
 # It trains the tiny preset on central Helsinki, generates for Kotka and for the held-out part of Helsinki

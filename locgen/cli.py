@@ -9,7 +9,6 @@ import argparse
 import functools
 import importlib
 import json
-import logging
 import os
 import re
 import shlex
@@ -18,6 +17,7 @@ import typing
 from pathlib import Path
 
 from components.core.errors import LocgenError, redacted
+from components.core.logs import log_to_stderr
 from components.core.settings import check_within, declared, is_list
 from components.export.settings import ExportSettings
 from components.extract.evaluate import EvaluateSettings, FitBaselineSettings, evaluate, fit_baseline
@@ -257,13 +257,16 @@ def _run_parser(commands) -> None:
                         help="where the tiles, models and points go (%(default)s)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="a pipeline parameter, e.g. steps=500 or target_grid=3 (JSON for lists; repeatable)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show kfp.local's whole log (each task's output and its inputs and outputs) as it comes; "
+                             "without it, a line a task, and the whole log in a file under STORE/kfp/logs")
     parser.set_defaults(run=_run_run)
 
 
 def _run_run(args) -> dict:
     from pipeline.local import parse_parameters, run_sample
 
-    return run_sample(args.store, parse_parameters(args.param), args.pretrained)
+    return run_sample(args.store, parse_parameters(args.param), args.pretrained, args.verbose)
 
 
 def _submit_parser(commands) -> None:
@@ -313,35 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is when a message comes, not to the one of the first call (tests and
-    callers swap it; a handler holding a closed stream fails every later message)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
-
-
-class _RedactingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redacted(super().format(record))
-
-
-def _log_to_stderr() -> None:
-    """locgen's own messages (not its libraries' chatter) as `locgen: ...` lines on stderr; stdout is the summary."""
-    for name in ("components", "pipeline"):
-        logger = logging.getLogger(name)
-        if not logger.handlers:
-            handler = _StderrHandler()
-            handler.setFormatter(_RedactingFormatter("locgen: %(message)s"))
-            logger.addHandler(handler)
-            logger.setLevel(logging.INFO)
-
-
 def _resume_command(argv: list[str], args: argparse.Namespace) -> str:
     """The command that continues an interrupted one: training needs --resume (without --overwrite, which
     would start afresh); every other command resumes when it runs again."""
@@ -359,7 +333,7 @@ def _file_problem(error: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _log_to_stderr()
+    log_to_stderr()
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = None

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from components.render.job import RenderSettings
 from components.train.config import PRESETS
 from pipeline.images import DEFAULT_REGISTRY
 from pipeline.pipelines import SAMPLE_CITY, SAMPLE_MODEL, SAMPLE_TARGET_OSM, build_pipelines
+from pipeline.runlog import RunLog
 from pipeline.steps import CITY_EXAMPLE, asked_gpus, city_parameters, city_prefix
 
 PIPELINE_DIR = Path(__file__).resolve().parent
@@ -37,6 +39,8 @@ PARAMETER_PREFIXES = ("target_", "truth_", "train_", "infer_")
 STAGE_SETTINGS = (RenderSettings, EvaluateSettings, GenerateSettings, ExtractSettings)  # what parameters feed
 TYPE_NAMES = {int: "a whole number", float: "a number", str: "a text", list: "a JSON list", bool: "true or false"}
 PROJECT_ROOT = PIPELINE_DIR.parent
+
+log = logging.getLogger(__name__)
 
 
 def pipeline_file(name: str) -> Path:
@@ -180,15 +184,21 @@ def setting_fed_by(parameter: str, classes: tuple = STAGE_SETTINGS) -> Declared 
     return next((item for cls in classes for item in declared(cls) if item.name == name), None)
 
 
-def run_locally(pipeline, parameters: dict, pipeline_root: Path):
-    """Run `pipeline` with `parameters` through kfp.local; returns the pipeline's outputs."""
+def run_locally(pipeline, parameters: dict, pipeline_root: Path, verbose: bool = False):
+    """Run `pipeline` with `parameters` through kfp.local; returns the pipeline's outputs. A line a task on
+    stderr, its whole log in a file under `pipeline_root`/logs (named on the first line), and with `verbose` on
+    stderr too."""
     parameters = check_parameters(pipeline, parameters)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    log_path = Path(pipeline_root) / "logs" / f"{pipeline.name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("%s: the whole log of each task goes to %s", pipeline.name, log_path)
     root_logger = logging.getLogger()
     handlers, level = root_logger.handlers[:], root_logger.level
     try:
-        # kfp.local prints its log and every task's output on stdout: to stderr, so that stdout is our summary.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        # kfp.local prints its log and every task's output on stdout: to the run log, so that stdout is our summary.
+        with warnings.catch_warnings(), open(log_path, "a", encoding="utf-8") as log_file, \
+                contextlib.redirect_stdout(RunLog(log_file, sys.stderr, verbose)):
             # kfp.local says, task by task, that it ignores resources and accelerators and that our images
             # are not plain Python ones: true, and meant (the project is installed right here).
             warnings.filterwarnings("ignore", message=r".*have no effect in the current local runner")
@@ -196,7 +206,7 @@ def run_locally(pipeline, parameters: dict, pipeline_root: Path):
             return pipeline(**parameters)
     except RuntimeError as error:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
         message = re.sub(r"\x1b\[[0-9;]*m", "", str(error).splitlines()[0])  # without its terminal colours
-        raise LocgenError(f"{message.rstrip('.')} (its error is in the log above); fix the input it names and run "
+        raise LocgenError(f"{message.rstrip('.')} (its error is in {log_path}); fix the input it names and run "
                           "again: published tiles and checkpoints are reused") from None
     finally:
         # kfp.local swaps the root logger's handlers for its own while it runs, and after a failed task
@@ -205,7 +215,7 @@ def run_locally(pipeline, parameters: dict, pipeline_root: Path):
         root_logger.setLevel(level)
 
 
-def run_sample(store: Path, overrides: dict, pretrained: bool) -> dict:
+def run_sample(store: Path, overrides: dict, pretrained: bool, verbose: bool = False) -> dict:
     """The end-to-end pipeline on the sample data (with `overrides`), starting from the bundled
     generator (so a few minutes of training on a CPU never give a worse model, by the validation that
     picks the best checkpoint; `init_from=` starts afresh), or with `pretrained` the generation
@@ -220,14 +230,14 @@ def run_sample(store: Path, overrides: dict, pretrained: bool) -> dict:
     if not pretrained:
         parameters = {"cities": [sample], "target_osm": str(PROJECT_ROOT / SAMPLE_TARGET_OSM),
                       "store": str(root), "init_from": "bundled", **overrides}
-        outputs = run_locally(pipelines["end-to-end"], parameters, pipeline_root).outputs
+        outputs = run_locally(pipelines["end-to-end"], parameters, pipeline_root, verbose).outputs
         return _where(outputs["target_points"], outputs["holdout_points"])
     model = str(PROJECT_ROOT / SAMPLE_MODEL)
     target = {"osm": str(PROJECT_ROOT / SAMPLE_TARGET_OSM), "store": str(root), "model_uri": model, **overrides}
     held_out = {"city": sample["city"], "osm": sample["osm"], "bbox": sample["holdout"], "grid": 0, "center": "",
                 "truth": sample["locations"], "truth_bbox": sample["holdout"], "store": str(root), "model_uri": model}
-    return _where(run_locally(pipelines["generate"], target, pipeline_root).output,
-                  [run_locally(pipelines["generate"], held_out, pipeline_root).output])
+    return _where(run_locally(pipelines["generate"], target, pipeline_root, verbose).output,
+                  [run_locally(pipelines["generate"], held_out, pipeline_root, verbose).output])
 
 
 def _where(target_points, held_out_points: list) -> dict:

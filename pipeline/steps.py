@@ -24,6 +24,7 @@ import functools
 import hashlib
 import html
 import json
+import logging
 import math
 import os
 import re
@@ -35,6 +36,8 @@ from pathlib import Path
 from components import __version__
 from components.core.errors import GPU_NODE_FIX, LocgenError
 from components.core.geo import parse_bbox
+from components.core.logs import log_to_stderr
+from components.core.progress import duration_text
 from components.core.provenance import OSM_ATTRIBUTION, git_commit
 from components.core.settings import from_parameters, output_identity, unset
 from components.core.storage import default_cache_dir, local_file, open_file_uri, open_store
@@ -43,14 +46,28 @@ from components.core.tileset import MANIFEST_KEY
 
 KFP_POD_ENV = "KFP_POD_NAME"  # set in every task pod by KFP's backend (its driver and launcher read it)
 
+log = logging.getLogger(__name__)
+DONE = "done in"  # a task's last line: "done in 12 s: 120 tiles, 120 rendered" (what locgen run shows of it)
+# The metrics that line shows, in words: what each task made, and how good a model or its points are.
+HEADLINE = {"tiles": "tiles", "tiles_rendered": "rendered", "tiles_generated": "generated", "points": "points",
+            "steps": "steps", "validation_place_score": "place score", "fp16_dot_f1": "fp16 dots' F1",
+            "evaluation_points_generated": "points scored", "evaluation_metrics_f1@50m": "F1 within 50 m",
+            "promote": "better (1) or not (0)", "promoted": "promoted"}
+
 
 def timed(step):
-    """Log the step's wall time as the metric `seconds` (the local run's benchmark reads it too)."""
+    """Log the step's wall time as the metric `seconds` (the local run's benchmark reads it too), and, as the
+    task's last line for a person, how long it took and its HEADLINE metrics."""
     @functools.wraps(step)
     def run(*args, **kwargs):
+        log_to_stderr()  # a task runs in a process of its own: its progress and messages go to its log
         started = time.perf_counter()
         result = step(*args, **kwargs)
-        log_metrics(kwargs["metrics"], {"seconds": round(time.perf_counter() - started, 2)})
+        seconds = round(time.perf_counter() - started, 2)
+        log_metrics(kwargs["metrics"], {"seconds": seconds})
+        made = kwargs["metrics"].metadata
+        shown = [f"{made[name]:.3g} {words}" for name, words in HEADLINE.items() if name in made]
+        log.info("%s %s%s", DONE, duration_text(seconds), ": " + ", ".join(shown) if shown else "")
         return result
     return run
 
@@ -209,7 +226,7 @@ def render_step(store: str, shard: int, shards: int, tiles, metrics, **render) -
     from components.render.job import render as render_tileset
 
     city = render["city"]
-    settings = from_parameters(RenderSettings, render, out="", workers=0, progress=False, shard=shard, shards=shards)
+    settings = from_parameters(RenderSettings, render, out="", workers=0, progress=True, shard=shard, shards=shards)
     identity = {name: value for name, value in output_identity(settings).items() if value is not None}
     settings.out = f"{city_prefix(store, city)}/tiles/{_short_hash(identity)}"
     summary = render_tileset(settings)
@@ -332,7 +349,7 @@ def train_step(store: str, run_id: str, preset: str, steps: int, batch_size: int
         _torchrun(processes, arguments)
     else:
         train(TrainSettings(data=uris, out=out, config=config, resume_if_any=True, init_from=started_from,
-                            progress=False))
+                            progress=True))
     best = load_generator(f"{out}/{GENERATOR_KEY}")[1]["validation"]
     publish_pointer(generator, f"{out}/{GENERATOR_KEY}", lineage(
         city, uris, cities=[tiles.metadata["city"] for tiles in tile_sets], area=_union_area(tile_sets),
@@ -481,7 +498,7 @@ def generate_step(store: str, run_id: str, provider: str, batch_size: int, shard
     out = run_uri(store, city, run_id, f"{area}/generated")
     inference = {"model": model_source(onnx_model), "provider": provider, "batch_size": batch_size}
     require_gpu = asked_gpus(gpus, "gpus") > 0 and in_kfp_pod()
-    summary = generate(from_parameters(GenerateSettings, inference, tiles=pointed_uri(tiles), out=out, progress=False,
+    summary = generate(from_parameters(GenerateSettings, inference, tiles=pointed_uri(tiles), out=out, progress=True,
                                        shard=shard, shards=shards, require_gpu=require_gpu))
     metadata = lineage(city, [summary["model"], pointed_uri(tiles)], provider=summary["provider"],
                        model_sha256=summary["model_sha256"], shard=shard, shards=shards)
@@ -508,7 +525,7 @@ def extract_step(count: int, truth: list[str], truth_bbox: str, class_shares: st
     csv_uri, geojson_uri, preview_uri, painted_uri = (
         f"{folder}/{name}" for name in ("points.csv", "points.geojson", "preview.png", "preview-generated.png"))
     result = extract(ExtractSettings(tiles=tiles_uri, out=[csv_uri, geojson_uri], preview=preview_uri,
-                                     preview_generated=painted_uri, count=unset(count), progress=False))
+                                     preview_generated=painted_uri, count=unset(count), progress=True))
     rows = [("city", city), ("tiles", result["tiles"]), ("points", result["points"]), ("points (CSV)", csv_uri),
             ("points (GeoJSON)", geojson_uri), ("the generated tiles, with the points", painted_uri),
             ("rejected blobs (not markers)", _rejected_text(result["rejected_blobs"]))]
@@ -543,7 +560,7 @@ def _evaluate(points_uri: str, truth: list[str], bbox: str, class_shares: str, o
     out = points_uri.rsplit("/", 1)[0] + "/report.json"
     osm_files = [str(local_file(osm, default_cache_dir() / "osm"))] if osm else []
     result = evaluate(EvaluateSettings(generated=points_uri, truth=truth, bbox=parse_bbox(bbox, "truth_bbox"),
-                                       out=out, osm=osm_files, class_shares=unset(class_shares), progress=False))
+                                       out=out, osm=osm_files, class_shares=unset(class_shares), progress=True))
     log_metrics(metrics, _flat_numbers(result["model"], "evaluation_"))
     store, key = open_file_uri(out.removesuffix(".json") + ".md")
     return {"uri": out, "verdict": result["verdict"]["line"], "markdown": store.get_bytes(key).decode()}

@@ -35,7 +35,7 @@ from components.render.job import RenderSettings
 from components.train.config import TRAIN_VALUES, preset_config
 from locgen.cli import build_parser, main
 
-PROGRESS = re.compile(r"[\w ]+: +\d+%\|")
+PROGRESS = re.compile(r"[\w ]+: +\d+%\||locgen: [\w ]+: \d+/\d+ \w+s \(\d+%\)")  # a bar, or a plain line
 CHICAGO = "-87.64,41.88,-87.62,41.89"  # west of Greenwich
 CAPE_TOWN = "-33.9,18.4"  # south of the equator, LAT,LON
 
@@ -260,10 +260,18 @@ def test_compile_into_a_folder_that_cannot_be_made_is_one_line(capsys, tmp_path)
                     "on a disk with free space")
 
 
-def test_train_into_a_folder_that_cannot_be_made_is_one_line(capsys, tmp_path):
-    pairs, not_a_folder = tmp_path / "in" / "pairs", tmp_path / "in" / "a-file"
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    """Real training data: 4 pairs of central Helsinki."""
+    out = tmp_path_factory.mktemp("pairs") / "helsinki"
     assert main(["render", "--osm", str(HELSINKI_PBF), "--pairs", "4", "--locations",
-                 "osm:amenity=bicycle_rental,amenity=bicycle_parking", "--out", str(pairs)]) == 0
+                 "osm:amenity=bicycle_rental,amenity=bicycle_parking", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_into_a_folder_that_cannot_be_made_is_one_line(pairs, capsys, tmp_path):
+    not_a_folder = tmp_path / "in" / "a-file"
+    not_a_folder.parent.mkdir()
     not_a_folder.write_text("")
     capsys.readouterr()
     line = _fails(capsys, tmp_path, "train", "--data", str(pairs), "--preset", "tiny", "--steps", "1", "--out",
@@ -271,6 +279,17 @@ def test_train_into_a_folder_that_cannot_be_made_is_one_line(capsys, tmp_path):
     assert line == (f"{not_a_folder / 'run'}: Not a directory; give a path in a folder this user may write to, on a "
                     "disk with free space")
     assert not_a_folder.read_text() == ""
+
+
+def test_resuming_from_an_empty_checkpoint_is_one_line_and_leaves_it(pairs, capsys, tmp_path):
+    last = tmp_path / "in" / "run" / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    capsys.readouterr()
+    line = _fails(capsys, tmp_path, "train", "--data", str(pairs), "--preset", "tiny", "--steps", "1", "--out",
+                  str(tmp_path / "in" / "run"), "--resume")
+    assert line == f"{last}: not a readable checkpoint (EOFError); train again, or resume from another checkpoint"
+    assert last.read_bytes() == b"" and [path.name for path in last.parent.parent.iterdir()] == ["checkpoints"]
 
 
 # --- unreadable files ----------------------------------------------------------------------------------------

@@ -366,11 +366,21 @@ def test_a_rerun_reuses_the_rendered_tiles(small_run, tmp_path):
     assert {path: sorted(p.stat().st_mtime_ns for p in path.rglob("*.png")) for path in tile_sets} == before
 
 
-def test_pretrained_runs_generation_with_the_bundled_model(tmp_path):
+def test_pretrained_runs_generation_with_the_bundled_model(tmp_path, capfd):
     where = run_sample(tmp_path, {"grid": 2}, pretrained=True)
     assert where["points"] > 0  # the bundled generator paints markers on Kotka
     report = open(where["held_out"][0]["evaluation_report"]).read()
     assert "**Verdict:**" in report
+    # A person sees a line as each task starts and ends, and the tasks' own lines; the logs hold everything.
+    shown = capfd.readouterr().err.splitlines()
+    started = [line.removesuffix(" ...") for line in shown if line.endswith(" ...")]
+    ended = [line.partition(": done")[0] for line in shown if re.match(r"locgen run: [^:]+: done", line)]
+    assert started == ended and len(started) == 2 * 8  # two generation runs of eight tasks each
+    assert "locgen run: extract and score the points: done in" in "\n".join(shown)
+    assert not [line for line in shown if not line.startswith("locgen")]  # none of kfp.local's own lines
+    logs = sorted((tmp_path / "kfp" / "logs").glob("locgen-generate-*.log"))
+    assert len(logs) == 2 and all(f"the whole log of each task goes to {log}" in "\n".join(shown) for log in logs)
+    assert all(text.count("Executing task") == 8 and "outputs:" in text for text in map(Path.read_text, logs))
 
 
 @pytest.mark.parametrize("parameters, message", [
@@ -532,7 +542,8 @@ def test_a_failing_stage_is_named_with_its_input(tmp_path, capfd):
                                        "locations": ["osm:amenity=no_such_amenity"]}]}  # valid, but locates nothing
     with pytest.raises(LocgenError, match=r"Inner task failed: 'render-city'.*run again: published tiles"):
         run_sample(tmp_path, parameters, pretrained=False)
-    assert "osm:amenity=no_such_amenity" in capfd.readouterr().err  # the stage's own error, in the log
+    assert ("locgen run: render training pairs: FAILED: osm:amenity=no_such_amenity: gives no locations; check the "
+            "source and its filters") in capfd.readouterr().err  # the stage's own error, where the person looks
 
 
 def test_compile_for_another_registry_and_a_cluster_without_gpus(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from components.core.detect import (
     REJECTION_REASONS,
@@ -23,6 +22,7 @@ from components.core.errors import LocgenError
 from components.core.geo import Tile, lonlat_from_3857
 from components.core.markers import MarkerRange
 from components.core.points import points_file, write_points
+from components.core.progress import Progress
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.settings import Checked, Within, setting
 from components.core.storage import Store, open_file_uri, open_store
@@ -104,7 +104,7 @@ def extract(settings: ExtractSettings) -> dict:
     tiles = [tile_of_row(row) for row in rows]
     mosaic = Mosaic(tiles) if settings.preview_generated else None
     found = []
-    with tqdm(total=len(rows), unit="tile", desc="extract", disable=not settings.progress) as bar:
+    with Progress("extract", len(rows), "tile", enabled=settings.progress) as bar:
         for index, (row, png) in enumerate(zip(rows, fetch_all(store, [row["path"] for row in rows]))):
             rgb = decode_tile(png, store.url(row["path"]), row)
             found.append(find_markers(rgb, settings.detect, marker_radius_px=row.get("marker_radius_px")))

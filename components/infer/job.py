@@ -20,12 +20,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from components.core.colour import ColourCastMeter
 from components.core.errors import GPU_NODE_FIX, LocgenError
 from components.core.onnx_io import check_tile_size, fp16_path
 from components.core.pngmeta import encode_png
+from components.core.progress import Progress
 from components.core.storage import Store, cache_folder, local_file, open_file_uri, open_store
 from components.core.tileset import (
     check_claim,
@@ -136,8 +136,7 @@ def _translate_all(store: Store, out_store: Store, todo: list[tuple[dict, dict]]
     cast is added to `cast`, on the upload threads too)."""
     keys = [row["path"] for row, _ in todo]
     pngs = fetch_all(store, keys)
-    with (tqdm(total=total, initial=total - len(todo), unit="tile", desc="generate",
-               disable=not settings.progress) as bar,
+    with (Progress("generate", total, "tile", initial=total - len(todo), enabled=settings.progress) as bar,
           ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as uploads):
         uploading: list[Future] = []
         measuring: list[Future] = []
@@ -155,7 +154,7 @@ def _translate_all(store: Store, out_store: Store, todo: list[tuple[dict, dict]]
             measured.result()  # raises a failed measurement's error
 
 
-def _wait(uploads: list[Future], bar: tqdm) -> None:
+def _wait(uploads: list[Future], bar: Progress) -> None:
     for upload in uploads:
         upload.result()  # raises the first failed upload's error
     bar.update(len(uploads))

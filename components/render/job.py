@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from components import __version__
 from components.core.cpus import usable_cpus
@@ -39,6 +38,7 @@ from components.core.geo import (
     parse_latlon,
 )
 from components.core.pngmeta import encode_png
+from components.core.progress import Progress
 from components.core.settings import SEED, Checked, Within, output_identity, setting
 from components.core.storage import Store, default_cache_dir, local_file, open_store
 from components.core.style import style_sha256
@@ -345,7 +345,7 @@ def _render_all(job: _Job, plan: list[PlannedTile], workers: int, progress: bool
     _JOB = job
     workers = workers or usable_cpus()
     chunks = [plan[start:start + CHUNK_TILES] for start in range(0, len(plan), CHUNK_TILES)]
-    bar = tqdm(total=len(plan), unit="tile", desc=f"render {job.city}", disable=not progress)
+    bar = Progress(f"render {job.city}", len(plan), "tile", enabled=progress)
     pool = None
     if workers == 1:
         results = map(_render_chunk, chunks)

@@ -16,10 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from components.core.errors import LocgenError
 from components.core.geo import Bounds3857, LonLatBounds, bbox_text, bounds_to_3857, contains, intersects
+from components.core.progress import Progress
 from components.core.storage import LocalStore, Store, cache_folder, open_store
 from components.core.tileset import MANIFEST_KEY, decode_tile, fetch_all, parse_manifest
 
@@ -173,9 +173,10 @@ def _read(store: Store, rows: list[dict], cache: LocalStore | None) -> torch.Ten
     keys = [row["path"] for row in rows]
     if cache is not None:
         missing = [key for key in keys if not cache.exists(key)]
-        for key, png in zip(missing, tqdm(fetch_all(store, missing), total=len(missing), unit="tile",
-                                          desc="download tiles", disable=not missing)):
-            cache.put_bytes(key, png)
+        with Progress("download tiles", len(missing), "tile", enabled=bool(missing)) as bar:
+            for key, png in zip(missing, fetch_all(store, missing)):
+                cache.put_bytes(key, png)
+                bar.update()
     source = store if cache is None else cache
     images = [decode_tile(png, store.url(row["path"]), row) for row, png in zip(rows, fetch_all(source, keys))]
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()

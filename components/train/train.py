@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from components import __version__
 from components.core.errors import LocgenError
 from components.core.pngmeta import encode_png
+from components.core.progress import Progress
 from components.core.provenance import OSM_ATTRIBUTION
 from components.core.storage import LocalStore, Store, open_store
 from components.train.config import PRESETS, TrainConfig, TrainSettings
@@ -151,9 +151,8 @@ def train(settings: TrainSettings) -> dict:
                                metrics, best, device)
     stop = min(config.steps, settings.stop_at or config.steps)
     board = _tensorboard(store) if runtime.rank == 0 else None
-    bar = tqdm(range(start, stop), initial=start, total=config.steps, unit="step", desc="train",
-               disable=not settings.progress)
-    for step in bar:
+    progress = Progress("train", config.steps, "step", initial=start, enabled=settings.progress and runtime.rank == 0)
+    for step in range(start, stop):
         losses = _step(models, runtime, optimisers, data, config, step)
         for scheduler in schedulers:
             scheduler.step()
@@ -164,15 +163,17 @@ def train(settings: TrainSettings) -> dict:
             # The step's only wait for the GPU: between logs the host prepares batches ahead of it.
             values = {name: loss.item() for name, loss in losses.items()}
             metrics.append({"step": done, **values, "lr": schedulers[0].get_last_lr()[0], "time": time.time()})
-            bar.set_postfix({name: f"{value:.3f}" for name, value in values.items()})
+            progress.note(**values)
             _board_scalars(board, done, values)
         if runtime.rank == 0 and (done % config.sample_every == 0 or done == config.steps):
             _save_samples(store, _evaluated(models, average), data, done, device)
         if runtime.rank == 0 and (done % config.checkpoint_every == 0 or done == stop):
             best = _checkpoint(store, models, average, optimisers, schedulers, data, real_rate, config, settings,
                                done, metrics, best, device)
+            progress.say(validation_text(metrics[-1]["validation"], best))
             _board_scalars(board, done, {"dots_per_tile": metrics[-1]["validation"]["dots_per_tile"]})
-    bar.close()
+        progress.update()
+    progress.close()
     if board is not None:
         board.close()
     return {"out": store.uri, "steps": stop, "resumed_from": start, "init_from": _started_from(metrics), "best": best,
@@ -383,6 +384,14 @@ def _validation(generator: Generator, data: TileData, real_rate: float, step: in
     return {"step": step, "dots_per_tile": dots, "real_dots_per_tile": real_rate,
             "dot_rate_error": abs(dots - real_rate) / max(real_rate, 1e-9),
             **place_scores(generator, data.held_out_boxes, data.marker_radius_px, device)}
+
+
+def validation_text(validation: dict, best: dict | None) -> str:
+    """A checkpoint's validation in a line: its dot rate against the real one and its place score."""
+    place = validation.get("place_score")
+    text = (f"validation at step {validation['step']}: {validation['dots_per_tile']:.2f} dots a tile (real "
+            f"{validation['real_dots_per_tile']:.2f})" + ("" if place is None else f", place score {place:.3f}"))
+    return text + (", the best yet" if best is validation else "")
 
 
 def _better(validation: dict, best: dict | None) -> bool:
