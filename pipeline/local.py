@@ -28,7 +28,7 @@ from components.infer.settings import GenerateSettings
 from components.render.job import RenderSettings
 from components.train.config import PRESETS
 from pipeline.images import DEFAULT_REGISTRY
-from pipeline.pipelines import SAMPLE_CITY, SAMPLE_MODEL, SAMPLE_TARGET_OSM, build_pipelines
+from pipeline.pipelines import SAMPLE_CITY, SAMPLE_MODEL, SAMPLE_TARGET_OSM, TASKS, build_pipelines
 from pipeline.runlog import RunLog
 from pipeline.steps import CITY_EXAMPLE, asked_gpus, city_parameters, city_prefix
 
@@ -184,10 +184,10 @@ def setting_fed_by(parameter: str, classes: tuple = STAGE_SETTINGS) -> Declared 
     return next((item for cls in classes for item in declared(cls) if item.name == name), None)
 
 
-def run_locally(pipeline, parameters: dict, pipeline_root: Path, verbose: bool = False):
+def run_locally(pipeline, parameters: dict, pipeline_root: Path, verbose: bool = False, done: dict | None = None):
     """Run `pipeline` with `parameters` through kfp.local; returns the pipeline's outputs. A line a task on
     stderr, its whole log in a file under `pipeline_root`/logs (named on the first line), and with `verbose` on
-    stderr too."""
+    stderr too; `done` gets each task's last line (`done in ...`) by its display name."""
     parameters = check_parameters(pipeline, parameters)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     log_path = Path(pipeline_root) / "logs" / f"{pipeline.name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
@@ -195,10 +195,10 @@ def run_locally(pipeline, parameters: dict, pipeline_root: Path, verbose: bool =
     log.info("%s: the whole log of each task goes to %s", pipeline.name, log_path)
     root_logger = logging.getLogger()
     handlers, level = root_logger.handlers[:], root_logger.level
+    # kfp.local prints its log and every task's output on stdout: to the run log, so that stdout is our summary.
+    run_log = RunLog(open(log_path, "a", encoding="utf-8"), sys.stderr, verbose)
     try:
-        # kfp.local prints its log and every task's output on stdout: to the run log, so that stdout is our summary.
-        with warnings.catch_warnings(), open(log_path, "a", encoding="utf-8") as log_file, \
-                contextlib.redirect_stdout(RunLog(log_file, sys.stderr, verbose)):
+        with warnings.catch_warnings(), run_log, contextlib.redirect_stdout(run_log):
             # kfp.local says, task by task, that it ignores resources and accelerators and that our images
             # are not plain Python ones: true, and meant (the project is installed right here).
             warnings.filterwarnings("ignore", message=r".*have no effect in the current local runner")
@@ -209,6 +209,8 @@ def run_locally(pipeline, parameters: dict, pipeline_root: Path, verbose: bool =
         raise LocgenError(f"{message.rstrip('.')} (its error is in {log_path}); fix the input it names and run "
                           "again: published tiles and checkpoints are reused") from None
     finally:
+        if done is not None:
+            done.update(run_log.done)
         # kfp.local swaps the root logger's handlers for its own while it runs, and after a failed task
         # leaves its handler, bound to the stream of that moment, behind: put back what was there.
         root_logger.handlers[:] = handlers
@@ -227,17 +229,42 @@ def run_sample(store: Path, overrides: dict, pretrained: bool, verbose: bool = F
     root = store.resolve()
     pipeline_root = root / "kfp"
     sample = {**SAMPLE_CITY, "osm": str(PROJECT_ROOT / SAMPLE_CITY["osm"])}
+    done: dict[str, str] = {}
     if not pretrained:
         parameters = {"cities": [sample], "target_osm": str(PROJECT_ROOT / SAMPLE_TARGET_OSM),
                       "store": str(root), "init_from": "bundled", **overrides}
-        outputs = run_locally(pipelines["end-to-end"], parameters, pipeline_root, verbose).outputs
-        return _where(outputs["target_points"], outputs["holdout_points"])
-    model = str(PROJECT_ROOT / SAMPLE_MODEL)
-    target = {"osm": str(PROJECT_ROOT / SAMPLE_TARGET_OSM), "store": str(root), "model_uri": model, **overrides}
-    held_out = {"city": sample["city"], "osm": sample["osm"], "bbox": sample["holdout"], "grid": 0, "center": "",
-                "truth": sample["locations"], "truth_bbox": sample["holdout"], "store": str(root), "model_uri": model}
-    return _where(run_locally(pipelines["generate"], target, pipeline_root, verbose).output,
-                  [run_locally(pipelines["generate"], held_out, pipeline_root, verbose).output])
+        outputs = run_locally(pipelines["end-to-end"], parameters, pipeline_root, verbose, done).outputs
+        where = _where(outputs["target_points"], outputs["holdout_points"])
+    else:
+        model = str(PROJECT_ROOT / SAMPLE_MODEL)
+        target = {"osm": str(PROJECT_ROOT / SAMPLE_TARGET_OSM), "store": str(root), "model_uri": model, **overrides}
+        held_out = {"city": sample["city"], "osm": sample["osm"], "bbox": sample["holdout"], "grid": 0, "center": "",
+                    "truth": sample["locations"], "truth_bbox": sample["holdout"], "store": str(root),
+                    "model_uri": model}
+        where = _where(run_locally(pipelines["generate"], target, pipeline_root, verbose).output,
+                       [run_locally(pipelines["generate"], held_out, pipeline_root, verbose).output])
+    for line in closing_lines(where, done.get(TASKS["train_generator"][0])):
+        log.info("%s", line)
+    return where
+
+
+def closing_lines(where: dict, trained: str | None) -> list[str]:
+    """What a person reads at the end of `locgen run`: where the points are and how many, each held-out box's
+    verdict and F1 within 50 m against the best baseline's, and how training went (`trained`: the train task's
+    last line; None: no training)."""
+    lines = [f"{where['points']} points for the target town: {where['points_csv']} (and .geojson); over the map: "
+             f"{where['preview']}"]
+    for held_out in where["held_out"]:
+        report = json.loads(Path(held_out["evaluation_report"]).with_suffix(".json").read_text())
+        f1 = report["model"]["metrics"]["f1@50m"]
+        baselines = {name: scores["metrics"]["f1@50m"] for name, scores in report["baselines"].items()}
+        baseline = max(baselines, key=baselines.get)
+        lines.append(f"{held_out['city']}'s held-out box: {report['verdict']['line']}; F1 within 50 m {f1:.2f}, the "
+                     f"best baseline's {baselines[baseline]:.2f} ({baseline}); the report: "
+                     f"{held_out['evaluation_report']}")
+    lines.append(f"training: {trained}" if trained else "no training: the bundled model (locgen run without "
+                 "--pretrained trains one, starting from it)")
+    return lines
 
 
 def _where(target_points, held_out_points: list) -> dict:

@@ -34,6 +34,7 @@ class RunLog(io.TextIOBase):
 
     def __init__(self, log_file: TextIO, person: TextIO, verbose: bool = False) -> None:
         self._file, self._person, self._verbose = log_file, person, verbose
+        self.done: dict[str, str] = {}  # each task's `done in ...` line, by its display name (the last one's)
         self._partial = ""
         self._made: str | None = None
         self._failure: str | None = None
@@ -55,6 +56,13 @@ class RunLog(io.TextIOBase):
         self._file.flush()
         self._person.flush()
 
+    def close(self) -> None:
+        """The last line, should it have no newline, then the log file."""
+        if not self.closed:
+            self.write("\n" if self._partial else "")
+            super().close()  # flushes
+            self._file.close()
+
     def _read(self, line: str) -> None:
         if started := STARTED.search(line):
             self._made = self._failure = None
@@ -62,7 +70,8 @@ class RunLog(io.TextIOBase):
         elif ended := ENDED.search(line):
             name = task_display_name(ended[1])
             if ended[2] == "SUCCESS":
-                self._say(f"{name}: {self._made or 'done'}")
+                self.done[name] = self._made or "done"
+                self._say(f"{name}: {self.done[name]}")
             else:
                 self._say(f"{name}: FAILED" + (f": {self._failure}" if self._failure else ""))
         elif line.startswith(OURS + DONE + " "):

@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 DONE = "done in"  # a task's last line: "done in 12 s: 120 tiles, 120 rendered" (what locgen run shows of it)
 # The metrics that line shows, in words: what each task made, and how good a model or its points are.
 HEADLINE = {"tiles": "tiles", "tiles_rendered": "rendered", "tiles_generated": "generated", "points": "points",
-            "steps": "steps", "validation_place_score": "place score", "fp16_dot_f1": "fp16 dots' F1",
+            "steps": "steps", "validation_place_score": "place score",
+            "started_from_place_score": "place score of the model it started from", "fp16_dot_f1": "fp16 dots' F1",
             "evaluation_points_generated": "points scored", "evaluation_metrics_f1@50m": "F1 within 50 m",
             "promote": "better (1) or not (0)", "promoted": "promoted"}
 

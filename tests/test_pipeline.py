@@ -12,6 +12,7 @@ from conftest import HELSINKI_PBF, KOTKA_PBF
 from google.protobuf import json_format
 
 from components.core.errors import LocgenError
+from components.core.logs import log_to_stderr
 from components.core.provenance import OSM_ATTRIBUTION, git_commit
 from components.core.storage import open_store
 from components.core.tileset import MANIFEST_KEY, merge_manifest_parts, read_manifest
@@ -367,6 +368,7 @@ def test_a_rerun_reuses_the_rendered_tiles(small_run, tmp_path):
 
 
 def test_pretrained_runs_generation_with_the_bundled_model(tmp_path, capfd):
+    log_to_stderr()  # as the command line does
     where = run_sample(tmp_path, {"grid": 2}, pretrained=True)
     assert where["points"] > 0  # the bundled generator paints markers on Kotka
     report = open(where["held_out"][0]["evaluation_report"]).read()
@@ -381,6 +383,17 @@ def test_pretrained_runs_generation_with_the_bundled_model(tmp_path, capfd):
     logs = sorted((tmp_path / "kfp" / "logs").glob("locgen-generate-*.log"))
     assert len(logs) == 2 and all(f"the whole log of each task goes to {log}" in "\n".join(shown) for log in logs)
     assert all(text.count("Executing task") == 8 and "outputs:" in text for text in map(Path.read_text, logs))
+    # It ends with what a person wants to know: where the points are, and how good they are.
+    report = json.loads(Path(where["held_out"][0]["evaluation_report"]).with_suffix(".json").read_text())
+    assert shown[-3:] == [
+        f"locgen: {where['points']} points for the target town: {where['points_csv']} (and .geojson); over the map: "
+        f"{where['preview']}",
+        f"locgen: helsinki's held-out box: {report['verdict']['line']}; F1 within 50 m "
+        f"{report['model']['metrics']['f1@50m']:.2f}, the best baseline's "
+        f"{max(scores['metrics']['f1@50m'] for scores in report['baselines'].values()):.2f} "
+        f"({max(report['baselines'], key=lambda name: report['baselines'][name]['metrics']['f1@50m'])}); the report: "
+        f"{where['held_out'][0]['evaluation_report']}",
+        "locgen: no training: the bundled model (locgen run without --pretrained trains one, starting from it)"]
 
 
 @pytest.mark.parametrize("parameters, message", [
