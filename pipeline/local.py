@@ -8,6 +8,7 @@ containers. Parameters are checked here, before any stage runs.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import json
 import logging
@@ -20,7 +21,7 @@ from pathlib import Path
 import yaml
 from kfp import compiler, local
 
-from components.core.errors import LocgenError
+from components.core.errors import LocgenError, one_line
 from components.core.settings import Declared, declared, parse_text
 from components.extract.evaluate import EvaluateSettings
 from components.extract.job import ExtractSettings
@@ -184,11 +185,33 @@ def setting_fed_by(parameter: str, classes: tuple = STAGE_SETTINGS) -> Declared 
     return next((item for cls in classes for item in declared(cls) if item.name == name), None)
 
 
+# What a task imports beyond locgen's own dependencies, and the extra that installs it (pyproject.toml).
+TASK_NEEDS = {"train-generator": ("train", ("torch",)), "decide-promotion": ("train", ("torch",)),
+              "export-onnx": ("train,export", ("torch", "onnx", "onnxscript", "onnxruntime")),
+              "generate-tiles": ("infer", ("onnxruntime",))}
+
+
+def check_installed(pipeline) -> None:
+    """Every module the pipeline's tasks import is installed here; else one line naming the extra to install,
+    before any task runs (not after minutes of training, at the export)."""
+    tasks = {re.sub(r"^comp-|-\d+$", "", name) for name in pipeline.pipeline_spec.components}
+    for task in sorted(tasks & set(TASK_NEEDS)):
+        extra, modules = TASK_NEEDS[task]
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                raise LocgenError(f"{pipeline.name}: its task '{task}' needs {module}, which does not import here "
+                                  f"({one_line(error, 120)}); install it: pip install -c constraints.txt "
+                                  f"'locgen[{extra}]' (or make install)") from None
+
+
 def run_locally(pipeline, parameters: dict, pipeline_root: Path, verbose: bool = False, done: dict | None = None):
     """Run `pipeline` with `parameters` through kfp.local; returns the pipeline's outputs. A line a task on
     stderr, its whole log in a file under `pipeline_root`/logs (named on the first line), and with `verbose` on
     stderr too; `done` gets each task's last line (`done in ...`) by its display name."""
     parameters = check_parameters(pipeline, parameters)
+    check_installed(pipeline)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     log_path = Path(pipeline_root) / "logs" / f"{pipeline.name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ lineage, and bad parameters refused before any stage runs."""
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -408,6 +409,18 @@ def test_pretrained_runs_generation_with_the_bundled_model(tmp_path, capfd):
 def test_bad_parameters_fail_before_any_stage_runs(tmp_path, parameters, message):
     with pytest.raises(LocgenError, match=re.escape(message)):
         run_sample(tmp_path, parameters, pretrained=False)
+    assert not (tmp_path / "kfp").exists()
+
+
+@pytest.mark.parametrize("module, task, extra", [("onnxscript", "export-onnx", "train,export"),
+                                                 ("torch", "decide-promotion", "train")])
+def test_a_missing_extra_is_named_before_any_task_runs(tmp_path, monkeypatch, module, task, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # how Python itself refuses a module: an import that fails
+    with pytest.raises(LocgenError) as error:
+        run_sample(tmp_path, {}, pretrained=False)
+    assert str(error.value) == (f"locgen-end-to-end: its task '{task}' needs {module}, which does not import here "
+                                f"(import of {module} halted; None in sys.modules); install it: pip install -c "
+                                f"constraints.txt 'locgen[{extra}]' (or make install)")
     assert not (tmp_path / "kfp").exists()
 
 
