@@ -283,8 +283,8 @@ def closing_lines(where: dict, trained: str | None) -> list[str]:
         baselines = {name: scores["metrics"]["f1@50m"] for name, scores in report["baselines"].items()}
         baseline = max(baselines, key=baselines.get)
         lines.append(f"{held_out['city']}'s held-out box: {report['verdict']['line']}; F1 within 50 m {f1:.2f}, the "
-                     f"best baseline's {baselines[baseline]:.2f} ({baseline}); the report: "
-                     f"{held_out['evaluation_report']}")
+                     f"best baseline's {baselines[baseline]:.2f} ({baseline}); the report, with the map and the "
+                     f"training: {held_out['report_page']}")
     lines.append(f"training: {trained}" if trained else "no training: the bundled model (locgen run without "
                  "--pretrained trains one, starting from it)")
     return lines
@@ -295,6 +295,7 @@ def _where(target_points, held_out_points: list) -> dict:
     return {"points_csv": target["uri"], "points_geojson": target["geojson"], "preview": target["preview"],
             "points": int(target["points"]),
             "held_out": [{"city": meta["city"], "points_csv": meta["uri"], "preview": meta["preview"],
-                          "evaluation_report": meta["evaluation"].removesuffix(".json") + ".md"}
+                          "evaluation_report": meta["evaluation"].removesuffix(".json") + ".md",
+                          "report_page": meta["evaluation"].removesuffix(".json") + ".html"}
                          for meta in sorted((points.metadata for points in held_out_points),
                                             key=lambda meta: meta["city"])]}

@@ -31,7 +31,9 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+import numpy as np
 
 from components import __version__
 from components.core.errors import GPU_NODE_FIX, LocgenError
@@ -67,10 +69,15 @@ def timed(step):
         seconds = round(time.perf_counter() - started, 2)
         log_metrics(kwargs["metrics"], {"seconds": seconds})
         made = kwargs["metrics"].metadata
-        shown = [f"{made[name]:.3g} {words}" for name, words in HEADLINE.items() if name in made]
+        shown = [f"{_figure(made[name])} {words}" for name, words in HEADLINE.items() if name in made]
         log.info("%s %s%s", DONE, duration_text(seconds), ": " + ", ".join(shown) if shown else "")
         return result
     return run
+
+
+def _figure(value: float) -> str:
+    """2000, 25, 0.383: a count whole, a score to three figures."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
 
 
 def city_prefix(store: str, city: str) -> str:
@@ -543,8 +550,33 @@ def extract_step(count: int, truth: list[str], truth_bbox: str, class_shares: st
                           **{f"rejected_blobs_{reason}": count for reason, count in result["rejected_blobs"].items()}})
     preview_store, preview_key = open_file_uri(preview_uri)
     title = f"locgen: predicted positions in {city}"
-    Path(preview.path).write_text(_html_page(title, preview_store.get_bytes(preview_key), rows))
+    preview_png = preview_store.get_bytes(preview_key)
+    page = _html_page(title, preview_png, rows) if report is None else _report_page(
+        title, report["uri"], preview_png, list(truth), osm, generated.metadata.get("parents", [None])[0])
+    Path(preview.path).write_text(page)
     Path(summary.path).write_text(_markdown(title, rows) + (f"\n{report['markdown']}" if report else ""))
+
+
+def _report_page(title: str, report_uri: str, preview_png: bytes, truth: list[str], osm: str,
+                 model_uri: str | None) -> str:
+    """The report page, published as report.html beside report.json: the preview with the real points over it,
+    the metrics, and the training record of a model this pipeline trained (its run's train/metrics.jsonl)."""
+    from components.extract.report_page import report_page
+    from components.sources.locations import load_locations
+
+    store, key = open_file_uri(report_uri)
+    osm_files = [str(local_file(osm, default_cache_dir() / "osm"))] if osm else []
+    truth_lonlat = np.array([(point.lon, point.lat) for spec in truth
+                             for point in load_locations(spec, osm_files=osm_files).points]).reshape(-1, 2)
+    training = None
+    if model_uri and model_uri.endswith("/model.onnx"):
+        training_store, training_key = open_file_uri(model_uri.removesuffix("model.onnx") + "train/metrics.jsonl")
+        if training_store.exists(training_key):
+            training = [json.loads(line) for line in training_store.get_bytes(training_key).decode().splitlines()
+                        if line]
+    page = report_page(title, json.loads(store.get_bytes(key)), preview_png, truth_lonlat, training)
+    store.publish_bytes(str(PurePosixPath(key).with_suffix(".html")), page.encode(), "text/html")
+    return page
 
 
 def _rejected_text(rejected: dict[str, int]) -> str:

@@ -303,7 +303,7 @@ def test_end_to_end_runs_locally_and_every_artifact_names_its_lineage(small_run)
     geojson = json.loads(open(where["points_geojson"]).read())
     assert geojson["type"] == "FeatureCollection" and geojson["attribution"] == OSM_ATTRIBUTION
     assert "| F1 within 50 m |" in open(held_out["evaluation_report"]).read()
-    run = next((store / "kfp").iterdir())
+    run = next(path for path in (store / "kfp").iterdir() if path.name != "logs")  # kfp.local's run, not our logs
     artifacts, artifact_uris = {}, {}
     for executor_output in run.rglob("executor_output.json"):  # the shards lie under for-loop-N-iteration-I/
         for name, listing in json.loads(executor_output.read_text()).get("artifacts", {}).items():
@@ -357,6 +357,10 @@ def test_end_to_end_runs_locally_and_every_artifact_names_its_lineage(small_run)
     for page in html_pages:
         text = page.read_text()
         assert "data:image/png;base64," in text and OSM_ATTRIBUTION in text and "<table>" in text
+    # The held-out box's page is its report: the run's own training drawn, the real points over the map.
+    report_page = Path(pointers["extract-points-2/points"]["evaluation"]).with_suffix(".html").read_text()
+    assert report_page == next(page for page in html_pages if page.parent.name == "extract-points-2").read_text()
+    assert report_page.count("<polyline") == 3 and "place score" in report_page and "<circle cx=" in report_page
 
 
 def test_a_rerun_reuses_the_rendered_tiles(small_run, tmp_path):
@@ -374,6 +378,9 @@ def test_pretrained_runs_generation_with_the_bundled_model(tmp_path, capfd):
     assert where["points"] > 0  # the bundled generator paints markers on Kotka
     report = open(where["held_out"][0]["evaluation_report"]).read()
     assert "**Verdict:**" in report
+    page = Path(where["held_out"][0]["report_page"]).read_text()
+    assert "<b>Verdict:</b>" in page and "data:image/png;base64," in page and OSM_ATTRIBUTION in page
+    assert "No training record beside this model." in page  # the bundled model's training is not in the store
     # A person sees a line as each task starts and ends, and the tasks' own lines; the logs hold everything.
     shown = capfd.readouterr().err.splitlines()
     started = [line.removesuffix(" ...") for line in shown if line.endswith(" ...")]
@@ -392,8 +399,8 @@ def test_pretrained_runs_generation_with_the_bundled_model(tmp_path, capfd):
         f"locgen: helsinki's held-out box: {report['verdict']['line']}; F1 within 50 m "
         f"{report['model']['metrics']['f1@50m']:.2f}, the best baseline's "
         f"{max(scores['metrics']['f1@50m'] for scores in report['baselines'].values()):.2f} "
-        f"({max(report['baselines'], key=lambda name: report['baselines'][name]['metrics']['f1@50m'])}); the report: "
-        f"{where['held_out'][0]['evaluation_report']}",
+        f"({max(report['baselines'], key=lambda name: report['baselines'][name]['metrics']['f1@50m'])}); the report, "
+        f"with the map and the training: {where['held_out'][0]['report_page']}",
         "locgen: no training: the bundled model (locgen run without --pretrained trains one, starting from it)"]
 
 

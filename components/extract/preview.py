@@ -3,6 +3,7 @@ extracted points drawn as rings, and the OSM attribution in the corner."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import cv2
@@ -16,6 +17,8 @@ from components.core.provenance import OSM_ATTRIBUTION
 MAX_SIDE_PX = 4096  # a city's 15 x 15 grid of 256 px tiles is 3840 px: shown at full size
 RING_RGB = (0, 160, 255)  # blue rings: they stand out on the map and on the magenta dots
 RING_RADIUS_PX = 6
+# The preview's own georeference, so that a page can put other points over it (the report's real points).
+PREVIEW_TEXT_KEY = "locgen:preview"
 
 
 class Mosaic:
@@ -61,7 +64,10 @@ class Mosaic:
         cols, rows = self._px(points_3857[:, 0], points_3857[:, 1]) if len(points_3857) else ([], [])
         for col, row in zip(cols, rows):
             cv2.circle(image, (round(col * 16), round(row * 16)), RING_RADIUS_PX * 16, RING_RGB, 2, cv2.LINE_AA, 4)
-        return encode_png(_with_attribution(image), {"Copyright": OSM_ATTRIBUTION, "Source": "locgen extract"})
+        georef = {"bounds_3857": list(self.bounds_3857), "mpp_3857": self.mpp_3857,
+                  "size_px": [image.shape[1], image.shape[0]]}
+        return encode_png(_with_attribution(image), {"Copyright": OSM_ATTRIBUTION, "Source": "locgen extract",
+                                                     PREVIEW_TEXT_KEY: json.dumps(georef)})
 
 
 def _with_attribution(rgb: np.ndarray) -> np.ndarray:

@@ -144,14 +144,15 @@ def train(settings: TrainSettings) -> dict:
     schedulers = [torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_factor(config)) for optimiser in optimisers]
     start, metrics, best = (_resume(store, models, average, optimisers, schedulers, config, device)
                             if settings.resume else (0, [], None))
+    progress = Progress("train", config.steps, "step", initial=start, enabled=settings.progress and runtime.rank == 0)
     if started_from is not None:
         metrics.append({"init_from": started_from})
         if runtime.rank == 0:  # the starting model, validated on this run's tiles, is the first candidate for best
             best = _checkpoint(store, models, average, optimisers, schedulers, data, real_rate, config, settings, 0,
                                metrics, best, device)
+            progress.say(f"{validation_text(metrics[-1]['validation'], None)} (the model it starts from)")
     stop = min(config.steps, settings.stop_at or config.steps)
     board = _tensorboard(store) if runtime.rank == 0 else None
-    progress = Progress("train", config.steps, "step", initial=start, enabled=settings.progress and runtime.rank == 0)
     for step in range(start, stop):
         losses = _step(models, runtime, optimisers, data, config, step)
         for scheduler in schedulers:
