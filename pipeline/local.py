@@ -248,7 +248,7 @@ def run_sample(store: Path, overrides: dict, pretrained: bool, verbose: bool = F
 
     Returns where the points, previews and the evaluation reports (one a held-out city) are.
     """
-    pipelines = build_pipelines()
+    pipelines = build_pipelines(retries=False)  # here a retry would only repeat a failure, minutes later
     root = store.resolve()
     pipeline_root = root / "kfp"
     sample = {**SAMPLE_CITY, "osm": str(PROJECT_ROOT / SAMPLE_CITY["osm"])}

@@ -78,8 +78,10 @@ NOT_GIVEN = {"Integer": 0, "Float": 0.0, "String": "", "typing.List[str]": []}  
 class _Tasks:
     """The task groups the pipelines are made of, on one registry's images, with or without GPUs."""
 
-    def __init__(self, registry: str, tag: str, gpus: bool, gpu_node_selector: dict[str, str], max_parallel: int):
+    def __init__(self, registry: str, tag: str, gpus: bool, gpu_node_selector: dict[str, str], max_parallel: int,
+                 retries: bool):
         self.components = build_components(registry, tag)
+        self.retries = retries
         self.train_job = _train_job(image("train", registry, tag), gpus, gpu_node_selector)
         self.gpus = gpus
         self.gpu_node_selector = gpu_node_selector
@@ -95,7 +97,9 @@ class _Tasks:
         task.set_memory_request(memory_request).set_memory_limit(memory_limit)
         task.set_caching_options(cache)
         display_name, deadline_s = TASKS[task.component_spec.name.replace("-", "_")]
-        task.set_display_name(display_name).set_retry(**RETRY)
+        task.set_display_name(display_name)
+        if self.retries:
+            task.set_retry(**RETRY)
         kubernetes.set_timeout(task, deadline_s)
         kubernetes.use_secret_as_env(task, secret_name=OBJECT_STORE_SECRET,
                                      secret_key_to_env={name: name for name in OBJECT_STORE_VARIABLES})
@@ -229,13 +233,15 @@ def _parameters(scope: dict) -> dict:
 
 
 def build_pipelines(registry: str = DEFAULT_REGISTRY, gpus: bool = True, gpu_node_selector: dict | None = None,
-                    max_parallel: int = MAX_PARALLEL, tag: str = DEFAULT_TAG) -> dict:
+                    max_parallel: int = MAX_PARALLEL, tag: str = DEFAULT_TAG, retries: bool = True) -> dict:
     """The three pipelines, by the name `locgen compile` and `locgen submit` use, on the stage images
     of `registry` with `tag`; without `gpus`, no task asks for a GPU (train and infer then run on the CPU); GPU
-    tasks go to nodes with the labels of `gpu_node_selector`; a ParallelFor runs `max_parallel` tasks at once."""
+    tasks go to nodes with the labels of `gpu_node_selector`; a ParallelFor runs `max_parallel` tasks at once.
+    Without `retries` (a run on this machine, where nothing is pre-empted), a failed task fails the run at once
+    instead of being tried again 3 times over 7 minutes."""
     if max_parallel < 1:
         raise LocgenError(f"--max-parallel {max_parallel}: give 1 or more tasks at once")
-    tasks = _Tasks(registry, tag, gpus, gpu_node_selector or {}, max_parallel)
+    tasks = _Tasks(registry, tag, gpus, gpu_node_selector or {}, max_parallel, retries)
 
     @dsl.pipeline(name="locgen-train",
                   description="Render training pairs for each city, train FastCUT on all of them, export to ONNX.")

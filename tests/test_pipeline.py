@@ -570,6 +570,16 @@ def test_metadata_leaves_out_what_the_launcher_refuses():
         launchable({"area": [1.0, float("nan")]})
 
 
+def test_a_run_on_this_machine_does_not_retry_a_failed_task_and_a_cluster_run_does():
+    for retries, expected in ((True, {"maxRetryCount": 3, "backoffDuration": "60s", "backoffFactor": 2.0,
+                                      "backoffMaxDuration": "3600s"}), (False, None)):
+        spec = json_format.MessageToDict(build_pipelines(retries=retries)["end-to-end"].pipeline_spec)
+        tasks = [task for task in spec["root"]["dag"]["tasks"].values()  # tasks, not their groups (loops, ifs)
+                 if not task["componentRef"]["name"].startswith(("comp-for-loop", "comp-condition"))]
+        assert tasks and {json.dumps(task.get("retryPolicy"), sort_keys=True) for task in tasks} == {
+            json.dumps(expected, sort_keys=True)}
+
+
 def test_a_failing_stage_is_named_with_its_input(tmp_path, capfd):
     parameters = {**SMALL, "cities": [{**SAMPLE_CITY, "osm": str(HELSINKI_PBF),
                                        "locations": ["osm:amenity=no_such_amenity"]}]}  # valid, but locates nothing
