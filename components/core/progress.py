@@ -4,7 +4,7 @@ On a terminal it is a tqdm bar on stderr. Anywhere else (a pipeline pod's log, `
 a bar is unreadable, so it is a plain line through the `components.progress` logger at the first
 update, then at least every `every_s` seconds and at the end:
 
-    train: 400/2000 steps (20%), 3.1 steps/s, 8 min 36 s left; G_GAN 1.234, D 0.567
+    train: 400/2000 steps (20%), 3.1 steps/s, 8 min 36 s left; loss_d 0.251, loss_g_gan 0.913, loss_nce 1.2
 
 `note` sets the values shown after the semicolon (the latest losses); `say` writes a line at once
 (the validation at a checkpoint), above the bar on a terminal.

@@ -183,11 +183,8 @@ def check_claim(store: Store, plan: dict) -> None:
 def _held_plan(store: Store) -> dict | None:
     if not store.exists(PLAN_KEY):
         return None
-    try:
-        plan = json.loads(store.get_bytes(PLAN_KEY))
-    except ValueError:
-        plan = None
-    if not (isinstance(plan, dict) and isinstance(plan.get("stage"), str) and isinstance(plan.get("identity"), dict)):
+    plan = json_object(store.get_bytes(PLAN_KEY))
+    if not (plan is not None and isinstance(plan.get("stage"), str) and isinstance(plan.get("identity"), dict)):
         raise LocgenError(f"{store.url(PLAN_KEY)}: is not a tile set's plan; give another --out, or remove the file")
     return plan
 
@@ -249,17 +246,23 @@ def plain_rows(store: Store, option: str) -> list[dict]:
     return rows
 
 
+def json_object(text: str | bytes) -> dict | None:
+    """`text` read as JSON, when it is an object; None for anything else (not JSON, nested past reading, a list)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def parse_manifest(raw: bytes, where: str) -> list[dict]:
     """The rows of a manifest, each checked (`check_row`); one line naming `where` and the line otherwise."""
     rows = []
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            row = None
-        if not isinstance(row, dict):
+        row = json_object(line)
+        if row is None:
             raise LocgenError(f"{where} line {number}: not a JSON object; {MANIFEST_FIX}")
         rows.append(check_row(row, f"{where} line {number}"))
     return rows
@@ -330,11 +333,8 @@ def read_georef(png: bytes) -> dict | None:
     text = read_png_text(png).get(GEOREF_TEXT_KEY)
     if text is None:
         return None
-    try:
-        georef = json.loads(text)
-    except (ValueError, RecursionError):
-        georef = None
-    if not isinstance(georef, dict):
+    georef = json_object(text)
+    if georef is None:
         raise ValueError(f"its '{GEOREF_TEXT_KEY}' PNG text chunk is not a JSON object")
     return georef
 

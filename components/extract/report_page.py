@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 
 import numpy as np
 
 from components.core.geo import lonlat_to_3857
 from components.core.pngmeta import read_png_text
 from components.core.provenance import OSM_ATTRIBUTION
+from components.core.tileset import json_object
 from components.extract.preview import PREVIEW_TEXT_KEY
 
 TRUTH_RGB = "#ff8c00"  # orange: apart from the blue rings and the magenta dots
@@ -41,7 +41,7 @@ def report_page(title: str, report: dict, preview_png: bytes | None, truth_lonla
 
 def _map_svg(preview_png: bytes, truth_lonlat: np.ndarray | None) -> str:
     """The preview as an SVG image, with the real points over it where the preview says where it lies."""
-    georef = json.loads(read_png_text(preview_png).get(PREVIEW_TEXT_KEY, "null") or "null")
+    georef = json_object(read_png_text(preview_png).get(PREVIEW_TEXT_KEY, ""))
     image = base64.b64encode(preview_png).decode()
     width, height = georef["size_px"] if georef else (800, 800)
     dots = ""
